@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the tests need when it is missing (Debian: redis-server, etcd-server,
+# protobuf-compiler), then runs the whole test suite against real servers that the tests
+# start themselves on free loopback ports, then runs every example.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "test.sh: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo test --all-features -- --test-threads "${DLOCK_TEST_THREADS:-4}"
+
+for example in examples/*.rs; do
+  name=$(basename "$example" .rs)
+  echo "test.sh: running example $name"
+  timeout 120 cargo run --quiet --example "$name" >/dev/null
+done
+echo "test.sh: all tests and examples passed"

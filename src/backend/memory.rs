@@ -1,0 +1,240 @@
+//! The in-process backend: a [`MemoryStore`] plays the server, with TTLs, tokens, fencing
+//! counters, and switches to simulate an outage or an admin deleting a key.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::time::Instant;
+
+use super::{poll_until_acquired, wake, watchdog, Lease, Loss, Request};
+use crate::error::{Error, Result};
+
+/// An in-process lock server for [`Driver::Memory`](crate::Driver::Memory): the same TTL,
+/// token, fencing and loss semantics as Redis, without a network.
+///
+/// Lockers that share a store exclude each other; a locker built without
+/// [`LockerBuilder::memory`](crate::LockerBuilder::memory) uses [`MemoryStore::global`].
+/// A store is a cheap handle: clones share the same locks.
+///
+/// ```
+/// use dlock::{Config, Locker, MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+/// let store = MemoryStore::new();
+/// let a = Locker::builder(Config::default()).memory(store.clone()).build()?;
+/// let b = Locker::builder(Config::default()).memory(store.clone()).build()?;
+/// let held = a.lock("job").await?;
+/// assert!(b.try_lock("job").await?.is_none(), "b must not get a lock a holds");
+/// assert!(store.contains("dlock:job"));
+/// held.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<StoreInner>,
+}
+
+#[derive(Default)]
+struct StoreInner {
+    state: Mutex<State>,
+    offline: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    locks: HashMap<String, Entry>,
+    /// Last fencing token per key; never reset, like the Redis counter.
+    fences: HashMap<String, u64>,
+}
+
+struct Entry {
+    token: String,
+    expires_at: Instant,
+}
+
+impl State {
+    /// The live entry of `key`, dropping it first if it has expired.
+    fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
+        if self.locks.get(key).is_some_and(|e| e.expires_at <= now) {
+            self.locks.remove(key);
+        }
+        self.locks.get_mut(key)
+    }
+}
+
+impl MemoryStore {
+    /// A new, empty store.
+    ///
+    /// ```
+    /// let store = dlock::MemoryStore::new();
+    /// assert!(!store.contains("dlock:job"));
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide store used when no store is injected.
+    ///
+    /// ```
+    /// let a = dlock::MemoryStore::global();
+    /// let b = dlock::MemoryStore::global();
+    /// assert!(a.same_store(&b));
+    /// ```
+    pub fn global() -> MemoryStore {
+        static GLOBAL: OnceLock<MemoryStore> = OnceLock::new();
+        GLOBAL.get_or_init(MemoryStore::new).clone()
+    }
+
+    /// Whether two handles share one store.
+    ///
+    /// ```
+    /// let store = dlock::MemoryStore::new();
+    /// assert!(store.same_store(&store.clone()));
+    /// assert!(!store.same_store(&dlock::MemoryStore::new()));
+    /// ```
+    pub fn same_store(&self, other: &MemoryStore) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Whether a live (unexpired) lock is stored under `storage_key` (prefix + key).
+    ///
+    /// ```
+    /// assert!(!dlock::MemoryStore::new().contains("dlock:job"));
+    /// ```
+    pub fn contains(&self, storage_key: &str) -> bool {
+        self.state().live(storage_key, Instant::now()).is_some()
+    }
+
+    /// Deletes a lock behind its holder's back, as an operator would; the holder's guard
+    /// reports the loss at its next renewal. Returns whether a live lock was there.
+    ///
+    /// ```
+    /// assert!(!dlock::MemoryStore::new().remove("dlock:job"));
+    /// ```
+    pub fn remove(&self, storage_key: &str) -> bool {
+        let mut state = self.state();
+        let was_live = state.live(storage_key, Instant::now()).is_some();
+        state.locks.remove(storage_key);
+        was_live
+    }
+
+    /// Simulates an outage: while offline every call fails with
+    /// [`Error::Backend`](crate::Error::Backend), and stored locks keep expiring.
+    ///
+    /// ```
+    /// let store = dlock::MemoryStore::new();
+    /// store.set_offline(true);
+    /// assert!(store.is_offline());
+    /// ```
+    pub fn set_offline(&self, offline: bool) {
+        self.inner.offline.store(offline, Ordering::SeqCst);
+    }
+
+    /// Whether [`MemoryStore::set_offline`] is in effect.
+    ///
+    /// ```
+    /// assert!(!dlock::MemoryStore::new().is_offline());
+    /// ```
+    pub fn is_offline(&self) -> bool {
+        self.inner.offline.load(Ordering::SeqCst)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn online(&self, key: &str) -> Result<()> {
+        if self.is_offline() {
+            return Err(Error::backend("memory", key, "store is offline"));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").field("offline", &self.is_offline()).finish()
+    }
+}
+
+/// The backend half: a store plus the locker's prefix.
+#[derive(Clone)]
+pub(crate) struct MemoryBackend {
+    store: MemoryStore,
+    prefix: Arc<str>,
+}
+
+impl MemoryBackend {
+    pub fn new(store: MemoryStore, prefix: &str) -> Self {
+        MemoryBackend {
+            store,
+            prefix: prefix.into(),
+        }
+    }
+
+    pub async fn acquire(&self, request: &Request<'_>) -> Result<Option<Lease>> {
+        let storage_key = format!("{}{}", self.prefix, request.key);
+        poll_until_acquired(&storage_key, request.wait, || async {
+            self.store.online(request.key)?;
+            let now = Instant::now();
+            let mut state = self.store.state();
+            if state.live(&storage_key, now).is_some() {
+                return Ok(None);
+            }
+            state.locks.insert(
+                storage_key.clone(),
+                Entry {
+                    token: request.token.to_owned(),
+                    expires_at: now + request.ttl,
+                },
+            );
+            let fence = state.fences.entry(storage_key.clone()).or_insert(0);
+            *fence += 1;
+            Ok(Some(Lease {
+                key: request.key.to_owned(),
+                storage_key: storage_key.clone(),
+                token: request.token.to_owned(),
+                fencing_token: *fence,
+                ttl: request.ttl,
+                confirmed_at: now,
+                lease_id: 0,
+            }))
+        })
+        .await
+    }
+
+    pub async fn keep(&self, lease: &Lease) -> Loss {
+        watchdog("memory", lease, || async {
+            self.store.online(&lease.key)?;
+            let now = Instant::now();
+            let mut state = self.store.state();
+            match state.live(&lease.storage_key, now) {
+                Some(entry) if entry.token == lease.token => {
+                    entry.expires_at = now + lease.ttl;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+        .await
+    }
+
+    pub async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.store.online(&lease.key)?;
+        let released = {
+            let mut state = self.store.state();
+            match state.live(&lease.storage_key, Instant::now()) {
+                Some(entry) if entry.token == lease.token => {
+                    state.locks.remove(&lease.storage_key);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if released {
+            wake::released(&lease.storage_key);
+        }
+        Ok(released)
+    }
+}

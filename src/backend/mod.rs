@@ -1,0 +1,235 @@
+//! What a backend does: acquire, keep (renew until ownership can no longer be proven),
+//! release. Backends know nothing of guards, registries or metrics.
+//!
+//! Redis and the in-process store share two helpers: [`poll_until_acquired`] (retry with
+//! jitter, woken early by releases seen in this process) and [`watchdog`] (renew every TTL/3,
+//! declare loss before the server-side expiry). etcd queues waiters natively and keeps a
+//! lease alive instead.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{sleep, sleep_until, timeout_at, Instant};
+
+use crate::error::Result;
+
+pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+pub(crate) mod wake;
+#[cfg(feature = "etcd")]
+pub(crate) mod etcd;
+
+/// One lock request as the backend sees it.
+pub(crate) struct Request<'a> {
+    /// The user's key (without prefix).
+    pub key: &'a str,
+    /// A fresh ULID for this acquisition (Redis and in-process; etcd uses its own lease key).
+    pub token: &'a str,
+    pub ttl: Duration,
+    /// `Some(retry interval)` to wait until acquired, `None` for a single attempt.
+    pub wait: Option<Duration>,
+}
+
+/// A held lock, as the backend needs it to renew and release.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    /// The user's key (without prefix), for logs and errors.
+    pub key: String,
+    /// The key as stored on the server.
+    pub storage_key: String,
+    /// What proves ownership: the ULID (Redis, in-process) or the lease id (etcd).
+    pub token: String,
+    pub fencing_token: u64,
+    pub ttl: Duration,
+    /// When the command that last proved ownership was *sent*: the server's expiry is at
+    /// least `ttl` after it, so deadlines measured from here are safe.
+    pub confirmed_at: Instant,
+    /// The etcd lease the key is attached to (0 on other backends).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub lease_id: i64,
+}
+
+/// Why a held lock is no longer ours.
+#[derive(Debug)]
+pub(crate) enum Loss {
+    /// The key is gone or holds another token: someone deleted or took it.
+    Taken,
+    /// Renewal could not be confirmed before the safety deadline.
+    Unconfirmed { last_error: Option<String> },
+    /// The etcd lease was revoked or expired.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    LeaseEnded,
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Loss::Taken => f.write_str("the key was deleted or taken by another holder"),
+            Loss::Unconfirmed { last_error: None } => {
+                f.write_str("renewal could not be confirmed before the TTL ran out")
+            }
+            Loss::Unconfirmed { last_error: Some(e) } => {
+                write!(f, "renewal could not be confirmed before the TTL ran out (last error: {e})")
+            }
+            Loss::LeaseEnded => f.write_str("the lease was revoked or expired"),
+        }
+    }
+}
+
+/// The configured backend. An enum rather than a trait object: three variants, no boxing on
+/// the hot path, and each arm is one line.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Memory(memory::MemoryBackend),
+    #[cfg(feature = "redis")]
+    Redis(redis::RedisBackend),
+    #[cfg(feature = "etcd")]
+    Etcd(etcd::EtcdBackend),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory(_) => "memory",
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => "redis",
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(_) => "etcd",
+        }
+    }
+
+    /// A backend-specific TTL rule on top of the general one (etcd: whole seconds).
+    pub fn check_ttl(&self, ttl: Duration) -> std::result::Result<(), String> {
+        match self {
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(_) => etcd::check_ttl(ttl),
+            _ => {
+                let _ = ttl;
+                Ok(())
+            }
+        }
+    }
+
+    /// Acquires the lock, waiting if `request.wait` says so. Cancel-safe: dropping the future
+    /// at any point leaves no key that nobody owns.
+    pub async fn acquire(&self, request: &Request<'_>) -> Result<Option<Lease>> {
+        match self {
+            Backend::Memory(b) => b.acquire(request).await,
+            #[cfg(feature = "redis")]
+            Backend::Redis(b) => b.acquire(request).await,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(b) => b.acquire(request).await,
+        }
+    }
+
+    /// Keeps the lock alive; returns only when ownership is lost. Dropping the future stops
+    /// all renewal.
+    pub async fn keep(&self, lease: &Lease) -> Loss {
+        match self {
+            Backend::Memory(b) => b.keep(lease).await,
+            #[cfg(feature = "redis")]
+            Backend::Redis(b) => b.keep(lease).await,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(b) => b.keep(lease).await,
+        }
+    }
+
+    /// Deletes the key if it is still this lease's. `Ok(false)`: it was not ours any more.
+    pub async fn release(&self, lease: &Lease) -> Result<bool> {
+        match self {
+            Backend::Memory(b) => b.release(lease).await,
+            #[cfg(feature = "redis")]
+            Backend::Redis(b) => b.release(lease).await,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(b) => b.release(lease).await,
+        }
+    }
+}
+
+/// Retries `attempt` until it acquires (or once, when `wait` is `None`). Between attempts
+/// it sleeps `retry_interval` ±20 %, or less when a release of `storage_key` is seen in
+/// this process. The wake-up is registered before each attempt, so a release that lands
+/// between a failed attempt and the sleep is not missed.
+pub(crate) async fn poll_until_acquired<F, Fut>(
+    storage_key: &str,
+    wait: Option<Duration>,
+    mut attempt: F,
+) -> Result<Option<Lease>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<Lease>>>,
+{
+    let Some(retry_interval) = wait else {
+        return attempt().await;
+    };
+    let waiter = wake::Waiter::new(storage_key);
+    loop {
+        let released = waiter.released();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        if let Some(lease) = attempt().await? {
+            return Ok(Some(lease));
+        }
+        tokio::select! {
+            _ = released => {}
+            _ = sleep(jittered(retry_interval)) => {}
+        }
+    }
+}
+
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+/// How long before the server-side expiry a holder is told it lost the lock: a tenth of the
+/// TTL covers clock-rate drift between client and server and gives the holder time to stop.
+pub(crate) fn safety_margin(ttl: Duration) -> Duration {
+    ttl / 10
+}
+
+/// Renews every TTL/3 with `renew` (`Ok(true)`: still ours; `Ok(false)`: not ours;
+/// `Err`: unknown). Transient errors are retried every TTL/10 until the safety deadline,
+/// measured from the send time of the last confirmed command; then the lock is declared lost.
+pub(crate) async fn watchdog<F, Fut>(backend: &'static str, lease: &Lease, mut renew: F) -> Loss
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let period = lease.ttl / 3;
+    let retry = (lease.ttl / 10).max(Duration::from_millis(5));
+    let lifetime = lease.ttl - safety_margin(lease.ttl);
+    let mut confirmed = lease.confirmed_at;
+    let mut next = confirmed + period;
+    let mut last_error = None;
+    loop {
+        let deadline = confirmed + lifetime;
+        sleep_until(next.min(deadline)).await;
+        let sent = Instant::now();
+        if sent >= deadline {
+            return Loss::Unconfirmed { last_error };
+        }
+        match timeout_at(deadline, renew()).await {
+            Ok(Ok(true)) => {
+                confirmed = sent;
+                next = sent + period;
+                last_error = None;
+            }
+            Ok(Ok(false)) => return Loss::Taken,
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    component = "dlock",
+                    backend,
+                    key = %lease.key,
+                    fencing_token = lease.fencing_token,
+                    error = %e,
+                    "renewal failed; retrying until the lock can no longer be proven held"
+                );
+                last_error = Some(e.to_string());
+                next = sent + retry;
+            }
+            Err(_) => return Loss::Unconfirmed { last_error },
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The Go-style API: `lock(key)`, `try_lock(key) -> bool`, `unlock(key)`, over a registry of
+//! the guards this locker holds, so Go code ports line by line.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::error::{display_key, Error, Result};
+use crate::guard::LockGuard;
+use crate::locker::Locker;
+use crate::options::LockOptions;
+
+/// The Go component's `Locker` interface, returned by [`Locker::compat`].
+///
+/// Semantics as in Go: locking a key this locker already holds (or is acquiring) returns
+/// [`Error::LockAlreadyHeld`] instead of deadlocking; unlocking a key it does not hold
+/// returns [`Error::LockNotHeld`]; unlocking a lock that was lost returns
+/// [`Error::OwnershipLost`]. Held locks are renewed like guards, and released by `unlock`
+/// or [`Locker::close`].
+///
+/// | Go | Rust |
+/// |---|---|
+/// | `locker.Lock(ctx, k)` | `go.lock(k).await?` |
+/// | `locker.Lock(ctx, k, dlock.WithTTL(d))` | `go.lock_with(k, LockOptions::new().ttl(d)).await?` |
+/// | `ok, err := locker.TryLock(ctx, k)` | `let ok = go.try_lock(k).await?;` |
+/// | `locker.Unlock(ctx, k)` | `go.unlock(k).await?` |
+///
+/// ```
+/// use dlock::{Config, Error, Locker};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+/// let go = Locker::builder(Config::default()).build()?.compat();
+/// go.lock("resource-key").await?;
+/// assert!(matches!(go.lock("resource-key").await, Err(Error::LockAlreadyHeld { .. })));
+/// go.unlock("resource-key").await?;
+/// assert!(matches!(go.unlock("resource-key").await, Err(Error::LockNotHeld { .. })));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Compat {
+    locker: Locker,
+}
+
+/// The key → guard registry, held by the locker.
+#[derive(Default)]
+pub(crate) struct Registry {
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+enum Slot {
+    /// A `lock` call is under way; a second one must not wait behind it.
+    Acquiring,
+    Held(LockGuard),
+}
+
+impl Registry {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops every held guard (each drop asks its lifecycle task to release).
+    pub fn clear(&self) {
+        let slots = std::mem::take(&mut *self.slots());
+        drop(slots);
+    }
+}
+
+/// A reserved registry slot; removed again unless a guard was stored in it.
+struct Reservation<'a> {
+    registry: &'a Registry,
+    key: &'a str,
+    filled: bool,
+}
+
+impl Reservation<'_> {
+    fn fill(mut self, guard: LockGuard) {
+        self.registry
+            .slots()
+            .insert(self.key.to_owned(), Slot::Held(guard));
+        self.filled = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.filled {
+            let mut slots = self.registry.slots();
+            if matches!(slots.get(self.key), Some(Slot::Acquiring)) {
+                slots.remove(self.key);
+            }
+        }
+    }
+}
+
+impl Compat {
+    pub(crate) fn new(locker: Locker) -> Self {
+        Compat { locker }
+    }
+
+    /// Go `Lock`: waits until acquired and records the lock under `key`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// # let go = dlock::Locker::builder(dlock::Config::default()).build()?.compat();
+    /// go.lock("database:migration:lock").await?;
+    /// // run the migration
+    /// go.unlock("database:migration:lock").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock(&self, key: &str) -> Result<()> {
+        self.lock_with(key, LockOptions::new()).await
+    }
+
+    /// Go `Lock` with options (`WithTTL`, and a wait timeout).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// # let go = dlock::Locker::builder(dlock::Config::default()).build()?.compat();
+    /// let ttl = dlock::LockOptions::new().ttl(std::time::Duration::from_secs(30));
+    /// go.lock_with("inventory:1001", ttl).await?;
+    /// go.unlock("inventory:1001").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock_with(&self, key: &str, options: LockOptions) -> Result<()> {
+        let reservation = self.reserve(key)?;
+        let guard = self.locker.lock_with(key, options).await?;
+        reservation.fill(guard);
+        Ok(())
+    }
+
+    /// Go `TryLock`: `Ok(true)` if acquired, `Ok(false)` if someone else holds it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// # let go = dlock::Locker::builder(dlock::Config::default()).build()?.compat();
+    /// if go.try_lock("scheduled-task:cleanup").await? {
+    ///     // run the task
+    ///     go.unlock("scheduled-task:cleanup").await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_lock(&self, key: &str) -> Result<bool> {
+        self.try_lock_with(key, LockOptions::new()).await
+    }
+
+    /// Go `TryLock` with options.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// # let go = dlock::Locker::builder(dlock::Config::default()).build()?.compat();
+    /// let ttl = dlock::LockOptions::new().ttl(std::time::Duration::from_secs(5));
+    /// assert!(go.try_lock_with("k", ttl).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_lock_with(&self, key: &str, options: LockOptions) -> Result<bool> {
+        let reservation = self.reserve(key)?;
+        match self.locker.try_lock_with(key, options).await? {
+            Some(guard) => {
+                reservation.fill(guard);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Go `Unlock`: releases the lock held under `key`.
+    ///
+    /// Errors: [`Error::LockNotHeld`] if this locker does not hold `key`,
+    /// [`Error::OwnershipLost`] if the lock was lost while held (it is forgotten either way).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// # let go = dlock::Locker::builder(dlock::Config::default()).build()?.compat();
+    /// let err = go.unlock("never-locked").await.unwrap_err();
+    /// assert!(matches!(err, dlock::Error::LockNotHeld { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub async fn unlock(&self, key: &str) -> Result<()> {
+        let guard = {
+            let mut slots = self.locker.registry().slots();
+            match slots.remove(key) {
+                Some(Slot::Held(guard)) => guard,
+                Some(Slot::Acquiring) => {
+                    slots.insert(key.to_owned(), Slot::Acquiring);
+                    return Err(not_held(key));
+                }
+                None => return Err(not_held(key)),
+            }
+        };
+        guard.release().await
+    }
+
+    /// Whether this locker's registry holds `key` (it may have been lost since; `unlock`
+    /// tells).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// # let go = dlock::Locker::builder(dlock::Config::default()).build()?.compat();
+    /// go.lock("k2").await?;
+    /// assert!(go.is_held("k2"));
+    /// # Ok(()) }
+    /// ```
+    pub fn is_held(&self, key: &str) -> bool {
+        matches!(self.locker.registry().slots().get(key), Some(Slot::Held(_)))
+    }
+
+    fn reserve<'a>(&'a self, key: &'a str) -> Result<Reservation<'a>> {
+        if self.locker.is_closed() {
+            return Err(Error::Closed);
+        }
+        let registry = self.locker.registry();
+        let mut slots = registry.slots();
+        if slots.contains_key(key) {
+            return Err(Error::LockAlreadyHeld {
+                key: display_key(key),
+            });
+        }
+        slots.insert(key.to_owned(), Slot::Acquiring);
+        Ok(Reservation {
+            registry,
+            key,
+            filled: false,
+        })
+    }
+}
+
+fn not_held(key: &str) -> Error {
+    Error::LockNotHeld {
+        key: display_key(key),
+    }
+}

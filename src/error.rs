@@ -1,0 +1,201 @@
+//! The one error type of dlock.
+
+use std::time::Duration;
+
+use crate::config::Driver;
+
+/// A boxed error from a backend client (redis, etcd-client), kept opaque so that
+/// the public enum does not change with the enabled backends.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in dlock.
+///
+/// Every variant that concerns one lock names its key. The Go component's errors map as
+/// follows: `ErrConfigNil` → [`Error::InvalidConfig`], `ErrConnectorNil` →
+/// [`Error::ConnectorMissing`], `ErrLockNotHeld` → [`Error::LockNotHeld`],
+/// `ErrLockAlreadyHeld` → [`Error::LockAlreadyHeld`], `ErrOwnershipLost` →
+/// [`Error::OwnershipLost`], `ErrClosed` → [`Error::Closed`].
+///
+/// ```
+/// use dlock::{Config, Error, Locker};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let locker = Locker::builder(Config::default()).build().unwrap();
+/// match locker.lock("").await {
+///     Err(Error::InvalidKey { reason, .. }) => assert!(reason.contains("empty")),
+///     other => panic!("expected InvalidKey, got {other:?}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration field is out of range or unparsable (Go: `ErrConfigNil`).
+    #[error("dlock: invalid config: `{field}` {reason}")]
+    InvalidConfig {
+        /// The field at fault, as written in YAML/JSON (`default_ttl`, `prefix`, ...), or
+        /// `<yaml>`/`<json>`/`<file>` when the document as a whole is unreadable.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The builder has no connector for the configured driver, or one for another driver
+    /// (Go: `ErrConnectorNil`).
+    #[error("dlock: connector missing: driver `{driver}` {reason}")]
+    ConnectorMissing {
+        /// The configured driver.
+        driver: Driver,
+        /// What the builder expected.
+        reason: String,
+    },
+
+    /// The key cannot be locked (empty, too long).
+    #[error("dlock: invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key, shortened to 64 bytes for display.
+        key: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// A TTL the backend cannot honour (zero, too small, too large, or not whole seconds on etcd).
+    #[error("dlock: invalid ttl {ttl:?}{}: {reason}", key_suffix(key))]
+    InvalidTtl {
+        /// The key, when the TTL was given for one lock.
+        key: Option<String>,
+        /// The refused TTL.
+        ttl: Duration,
+        /// The rule it breaks.
+        reason: String,
+    },
+
+    /// `compat().unlock(key)` of a key this locker does not hold (Go: `ErrLockNotHeld`).
+    #[error("dlock: lock not held: {key:?}")]
+    LockNotHeld {
+        /// The key.
+        key: String,
+    },
+
+    /// `compat().lock(key)` of a key this locker already holds (Go: `ErrLockAlreadyHeld`).
+    #[error("dlock: lock already held locally: {key:?}")]
+    LockAlreadyHeld {
+        /// The key.
+        key: String,
+    },
+
+    /// The lock was lost while held: renewal failed past the TTL, the key was deleted or
+    /// taken by another holder, or the lease expired (Go: `ErrOwnershipLost`).
+    #[error("dlock: ownership lost: {key:?}")]
+    OwnershipLost {
+        /// The key.
+        key: String,
+    },
+
+    /// `wait_timeout` passed before the lock could be acquired.
+    #[error("dlock: timed out after {waited:?} waiting for {key:?}")]
+    Timeout {
+        /// The key.
+        key: String,
+        /// How long the call waited.
+        waited: Duration,
+    },
+
+    /// The locker was closed; no new lock can be taken through it (Go: `ErrClosed`).
+    #[error("dlock: locker closed")]
+    Closed,
+
+    /// The backend failed (connection refused, timeout, protocol error).
+    #[error("dlock: {backend} backend error{}: {source}", key_suffix(key))]
+    Backend {
+        /// `"redis"`, `"etcd"` or `"memory"`.
+        backend: &'static str,
+        /// The key, when the failing call concerned one lock.
+        key: Option<String>,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+fn key_suffix(key: &Option<String>) -> String {
+    key.as_deref().map(|k| format!(" for {k:?}")).unwrap_or_default()
+}
+
+/// A key as shown in errors: long keys are cut at 64 bytes (on a char boundary).
+pub(crate) fn display_key(key: &str) -> String {
+    const MAX: usize = 64;
+    if key.len() <= MAX {
+        return key.to_owned();
+    }
+    let mut end = MAX;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &key[..end])
+}
+
+impl Error {
+    pub(crate) fn backend(backend: &'static str, key: &str, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            backend,
+            key: Some(display_key(key)),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn lost(key: &str) -> Self {
+        Error::OwnershipLost {
+            key: display_key(key),
+        }
+    }
+
+    /// The key this error concerns, if any.
+    ///
+    /// ```
+    /// let err = dlock::Error::LockNotHeld { key: "job".into() };
+    /// assert_eq!(err.key(), Some("job"));
+    /// assert_eq!(dlock::Error::Closed.key(), None);
+    /// ```
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Error::InvalidKey { key, .. }
+            | Error::LockNotHeld { key }
+            | Error::LockAlreadyHeld { key }
+            | Error::OwnershipLost { key }
+            | Error::Timeout { key, .. } => Some(key),
+            Error::InvalidTtl { key, .. } | Error::Backend { key, .. } => key.as_deref(),
+            Error::InvalidConfig { .. } | Error::ConnectorMissing { .. } | Error::Closed => None,
+        }
+    }
+}
+
+/// `Result<T, dlock::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_keys_are_shortened_on_a_char_boundary() {
+        let key = "é".repeat(100);
+        let shown = display_key(&key);
+        assert!(shown.len() <= 64 + "…".len(), "shown key too long: {}", shown.len());
+        assert!(shown.ends_with('…'));
+    }
+
+    #[test]
+    fn messages_name_the_key() {
+        let err = Error::Timeout {
+            key: "job".into(),
+            waited: Duration::from_millis(5),
+        };
+        assert_eq!(err.to_string(), "dlock: timed out after 5ms waiting for \"job\"");
+        let err = Error::backend("redis", "job", "connection refused");
+        assert_eq!(
+            err.to_string(),
+            "dlock: redis backend error for \"job\": connection refused"
+        );
+    }
+}

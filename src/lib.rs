@@ -1,0 +1,70 @@
+//! Distributed locks for async Rust, over Redis, etcd, or an in-process store.
+//!
+//! A [`Locker`] hands out [`LockGuard`]s. A guard is renewed in the background while it
+//! lives, tells you through a [`CancellationToken`](tokio_util::sync::CancellationToken) if
+//! ownership is lost, carries a fencing token, and releases the lock when dropped.
+//!
+//! ```
+//! use std::time::Duration;
+//! use dlock::{Config, Driver, LockOptions, Locker};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+//! // Driver::Redis / Driver::Etcd take an injected connection: .redis(conn) / .etcd(client).
+//! let config = Config { driver: Driver::Memory, prefix: "myapp:lock:".into(), ..Default::default() };
+//! let locker = Locker::builder(config).build()?;            // validated once, here
+//!
+//! let guard = locker.lock("job").await?;                     // waits until acquired
+//! let token = guard.fencing_token();                          // strictly increasing per key
+//! let lost = guard.lost();                                    // fires if ownership is lost
+//! let out = guard.run(async { "work" }).await?;               // Err(OwnershipLost) if lost first
+//! guard.release().await?;                                     // or just drop it
+//!
+//! let options = LockOptions::new().ttl(Duration::from_secs(30)).wait_timeout(Duration::from_secs(1));
+//! let guard = locker.lock_with("inventory:42", options).await?;
+//! let busy = locker.try_lock("inventory:42").await?;         // never waits
+//! assert!(busy.is_none());
+//! drop(guard);
+//!
+//! let go = locker.compat();                                   // the Go-style API
+//! go.lock("k").await?;
+//! let acquired: bool = go.try_lock("other").await?;
+//! go.unlock("k").await?;
+//!
+//! locker.close().await?;                                      // release all, stop renewals
+//! # let _ = (token, lost, out, acquired); Ok(()) }
+//! ```
+//!
+//! # Backends
+//!
+//! - **Redis** ([`Driver::Redis`], feature `redis`): `SET NX PX` with a ULID token in a Lua
+//!   script that also draws the fencing token; a watchdog renews every TTL/3; releases are
+//!   published so waiters retry at once. Single node or Cluster.
+//! - **etcd** ([`Driver::Etcd`], feature `etcd`): a key attached to a lease kept alive;
+//!   waiters queue by revision (FIFO); the fencing token is the key's create revision.
+//! - **Memory** ([`Driver::Memory`]): the same semantics inside one process, for tests.
+//!
+//! # Guarantees, briefly
+//!
+//! Only the holder can release (token-checked). A holder is told of a loss before the
+//! server-side expiry when renewals cannot be confirmed, and at once when the key is found
+//! deleted or taken. A pause longer than the TTL (GC-like stop, suspended VM) can still let
+//! two processes believe they hold the lock: use [`LockGuard::fencing_token`] at the
+//! protected resource. The README's "Guarantees and limits" section has the details.
+#![warn(missing_docs)]
+
+mod backend;
+mod compat;
+mod config;
+mod error;
+mod guard;
+mod locker;
+pub mod metrics;
+mod options;
+
+pub use backend::memory::MemoryStore;
+pub use compat::Compat;
+pub use config::{Config, Driver, MAX_KEY_LEN, MAX_TTL, MIN_TTL};
+pub use error::{BoxError, Error, Result};
+pub use guard::{LockGuard, Run};
+pub use locker::{LockerBuilder, Locker};
+pub use options::LockOptions;
