@@ -42,6 +42,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let left = stock.load(Ordering::SeqCst);
     println!("sold {sold}, left {left}");
-    assert_eq!((sold, left), (50, 0), "the lock must prevent lost updates and overselling");
+    assert_eq!(
+        (sold, left),
+        (50, 0),
+        "the lock must prevent lost updates and overselling"
+    );
     Ok(())
 }

@@ -33,8 +33,13 @@ impl FencedStore {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = MemoryStore::new();
-    let config = Config { default_ttl: Duration::from_secs(1), ..Config::default() };
-    let locker = Locker::builder(config.clone()).memory(store.clone()).build()?;
+    let config = Config {
+        default_ttl: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let locker = Locker::builder(config.clone())
+        .memory(store.clone())
+        .build()?;
     let resource = Arc::new(FencedStore::default());
 
     let guard = locker.lock("report").await?;
@@ -72,7 +77,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         panic!("a stale token was accepted");
     }
 
-    assert!(matches!(guard.release().await, Err(Error::OwnershipLost { .. })));
+    assert!(matches!(
+        guard.release().await,
+        Err(Error::OwnershipLost { .. })
+    ));
     b.release().await?;
     Ok(())
 }

@@ -12,18 +12,26 @@ use dlock::{Config, Driver, LockOptions, Locker};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter("dlock=debug").init();
+    tracing_subscriber::fmt()
+        .with_env_filter("dlock=debug")
+        .init();
 
     let locker = match std::env::var("REDIS_URL") {
         Ok(url) => {
             let conn = redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?;
-            Locker::builder(Config::new(Driver::Redis)).redis(conn).build()?
+            Locker::builder(Config::new(Driver::Redis))
+                .redis(conn)
+                .build()?
         }
         Err(_) => Locker::builder(Config::new(Driver::Memory)).build()?,
     };
 
     let guard = locker.lock("resource-key").await?;
-    println!("holding {:?} with fencing token {}", guard.key(), guard.fencing_token());
+    println!(
+        "holding {:?} with fencing token {}",
+        guard.key(),
+        guard.fencing_token()
+    );
 
     // A second attempt while it is held: try_lock answers at once, lock_with waits and times out.
     assert!(locker.try_lock("resource-key").await?.is_none());

@@ -14,7 +14,10 @@ async fn instance(name: &'static str, locker: Locker) -> Result<bool, dlock::Err
         println!("{name}: another instance runs the cleanup; skipping");
         return Ok(false);
     };
-    println!("{name}: elected, running cleanup (fencing token {})", guard.fencing_token());
+    println!(
+        "{name}: elected, running cleanup (fencing token {})",
+        guard.fencing_token()
+    );
     guard
         .run(tokio::time::sleep(Duration::from_millis(200)))
         .await?;

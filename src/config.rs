@@ -187,7 +187,8 @@ impl Config {
             ));
         }
         check_ttl(self.default_ttl).map_err(|reason| invalid("default_ttl", reason))?;
-        if self.retry_interval < Duration::from_millis(1) || self.retry_interval > MAX_RETRY_INTERVAL
+        if self.retry_interval < Duration::from_millis(1)
+            || self.retry_interval > MAX_RETRY_INTERVAL
         {
             return Err(invalid(
                 "retry_interval",
@@ -308,11 +309,41 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let cases = [
-            (Config { default_ttl: Duration::ZERO, ..Default::default() }, "default_ttl"),
-            (Config { default_ttl: Duration::from_nanos(1), ..Default::default() }, "default_ttl"),
-            (Config { default_ttl: Duration::MAX, ..Default::default() }, "default_ttl"),
-            (Config { retry_interval: Duration::ZERO, ..Default::default() }, "retry_interval"),
-            (Config { prefix: "x".repeat(MAX_KEY_LEN + 1), ..Default::default() }, "prefix"),
+            (
+                Config {
+                    default_ttl: Duration::ZERO,
+                    ..Default::default()
+                },
+                "default_ttl",
+            ),
+            (
+                Config {
+                    default_ttl: Duration::from_nanos(1),
+                    ..Default::default()
+                },
+                "default_ttl",
+            ),
+            (
+                Config {
+                    default_ttl: Duration::MAX,
+                    ..Default::default()
+                },
+                "default_ttl",
+            ),
+            (
+                Config {
+                    retry_interval: Duration::ZERO,
+                    ..Default::default()
+                },
+                "retry_interval",
+            ),
+            (
+                Config {
+                    prefix: "x".repeat(MAX_KEY_LEN + 1),
+                    ..Default::default()
+                },
+                "prefix",
+            ),
         ];
         for (config, expected) in cases {
             match config.validate() {

@@ -119,7 +119,9 @@ pub enum Error {
 }
 
 fn key_suffix(key: &Option<String>) -> String {
-    key.as_deref().map(|k| format!(" for {k:?}")).unwrap_or_default()
+    key.as_deref()
+        .map(|k| format!(" for {k:?}"))
+        .unwrap_or_default()
 }
 
 /// A key as shown in errors: long keys are cut at 64 bytes (on a char boundary).
@@ -181,7 +183,11 @@ mod tests {
     fn long_keys_are_shortened_on_a_char_boundary() {
         let key = "é".repeat(100);
         let shown = display_key(&key);
-        assert!(shown.len() <= 64 + "…".len(), "shown key too long: {}", shown.len());
+        assert!(
+            shown.len() <= 64 + "…".len(),
+            "shown key too long: {}",
+            shown.len()
+        );
         assert!(shown.ends_with('…'));
     }
 
@@ -191,7 +197,10 @@ mod tests {
             key: "job".into(),
             waited: Duration::from_millis(5),
         };
-        assert_eq!(err.to_string(), "dlock: timed out after 5ms waiting for \"job\"");
+        assert_eq!(
+            err.to_string(),
+            "dlock: timed out after 5ms waiting for \"job\""
+        );
         let err = Error::backend("redis", "job", "connection refused");
         assert_eq!(
             err.to_string(),

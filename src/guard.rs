@@ -74,7 +74,13 @@ impl LockGuard {
     ) -> LockGuard {
         let lost = CancellationToken::new();
         let (key, fencing_token, name) = (lease.key.clone(), lease.fencing_token, backend.name());
-        let task = tasks.spawn(lifecycle(backend, lease, lost.clone(), release.clone(), metrics));
+        let task = tasks.spawn(lifecycle(
+            backend,
+            lease,
+            lost.clone(),
+            release.clone(),
+            metrics,
+        ));
         LockGuard {
             key,
             fencing_token,

@@ -105,10 +105,16 @@ mod otel {
             };
             Instruments {
                 acquired: counter(super::LOCK_ACQUIRED_TOTAL, "Locks acquired"),
-                failed: counter(super::LOCK_FAILED_TOTAL, "Lock calls that failed or timed out"),
+                failed: counter(
+                    super::LOCK_FAILED_TOTAL,
+                    "Lock calls that failed or timed out",
+                ),
                 released: counter(super::LOCK_RELEASED_TOTAL, "Locks released while held"),
                 lost: counter(super::OWNERSHIP_LOST_TOTAL, "Locks lost while held"),
-                hold: seconds(super::LOCK_HOLD_DURATION_SECONDS, "Time from acquire to release"),
+                hold: seconds(
+                    super::LOCK_HOLD_DURATION_SECONDS,
+                    "Time from acquire to release",
+                ),
                 wait: seconds(super::LOCK_WAIT_DURATION_SECONDS, "Time a lock call waited"),
                 key_attribute,
             }

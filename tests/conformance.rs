@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,18 +17,18 @@ use tokio::time::{sleep, timeout, Instant};
 /// What the suite needs from one backend.
 pub trait Fixture: Send + Sync + Sized + 'static {
     const DRIVER: Driver;
-    async fn start() -> Self;
+    fn start() -> impl Future<Output = Self> + Send;
     /// A locker with a connection of its own.
-    async fn locker(&self, config: Config) -> Locker;
+    fn locker(&self, config: Config) -> impl Future<Output = Locker> + Send;
     /// Whether any server-side key of the lock `prefix + key` exists (holder or waiter).
-    async fn exists(&self, prefix: &str, key: &str) -> bool;
+    fn exists(&self, prefix: &str, key: &str) -> impl Future<Output = bool> + Send;
     /// Deletes the lock's keys behind the holder's back, as an operator would.
-    async fn delete(&self, prefix: &str, key: &str);
+    fn delete(&self, prefix: &str, key: &str) -> impl Future<Output = ()> + Send;
     /// Takes the server down (killed, or offline).
-    async fn stop_server(&mut self);
+    fn stop_server(&mut self) -> impl Future<Output = ()> + Send;
     /// A plain read and a plain write of a counter on the server: together, not atomic.
-    async fn read_counter(&self, name: &str) -> u64;
-    async fn write_counter(&self, name: &str, value: u64);
+    fn read_counter(&self, name: &str) -> impl Future<Output = u64> + Send;
+    fn write_counter(&self, name: &str, value: u64) -> impl Future<Output = ()> + Send;
 }
 
 fn config(prefix: &str, ttl: Duration) -> Config {
@@ -84,7 +85,10 @@ async fn renewal_keeps_a_short_ttl_lock<F: Fixture>(fx: &F) {
     let lost = guard.lost();
     for _ in 0..10 {
         sleep(Duration::from_millis(500)).await;
-        assert!(!lost.is_cancelled(), "lost() fired while renewal should keep the lock");
+        assert!(
+            !lost.is_cancelled(),
+            "lost() fired while renewal should keep the lock"
+        );
         assert!(
             rival.try_lock("k").await.expect("try_lock").is_none(),
             "a rival got a lock that renewal should have kept"
@@ -109,7 +113,9 @@ async fn deleted_key_is_reported_as_lost<F: Fixture>(fx: &F) {
     let waited = deleted_at.elapsed();
     match guard.release().await {
         Err(Error::OwnershipLost { key }) => assert_eq!(key, "k"),
-        other => panic!("release after deletion: expected OwnershipLost, got {other:?} ({waited:?})"),
+        other => {
+            panic!("release after deletion: expected OwnershipLost, got {other:?} ({waited:?})")
+        }
     }
 }
 
@@ -126,19 +132,31 @@ async fn server_down_is_reported_before_the_ttl<F: Fixture>(mut fx: F) {
         .await
         .expect("lost() did not fire within the TTL after the server went down");
     let fired_after = stopped_at.elapsed();
-    assert!(fired_after < ttl, "lost() fired {fired_after:?} after the outage; TTL is {ttl:?}");
-    assert!(guard.release().await.is_err(), "release with the server down must report an error");
+    assert!(
+        fired_after < ttl,
+        "lost() fired {fired_after:?} after the outage; TTL is {ttl:?}"
+    );
+    assert!(
+        guard.release().await.is_err(),
+        "release with the server down must report an error"
+    );
 }
 
 /// Dropping a guard frees the key long before its TTL.
 async fn drop_releases_promptly<F: Fixture>(fx: &F) {
     let holder = locker(fx, "drop:", Duration::from_secs(30)).await;
     let guard = holder.lock("k").await.expect("lock");
-    assert!(fx.exists("drop:", "k").await, "the key must exist while held");
+    assert!(
+        fx.exists("drop:", "k").await,
+        "the key must exist while held"
+    );
     drop(guard);
     let deadline = Instant::now() + Duration::from_millis(200);
     while fx.exists("drop:", "k").await {
-        assert!(Instant::now() < deadline, "the key was still there 200 ms after drop");
+        assert!(
+            Instant::now() < deadline,
+            "the key was still there 200 ms after drop"
+        );
         sleep(Duration::from_millis(10)).await;
     }
 }
@@ -151,13 +169,22 @@ async fn stale_release_never_deletes_another_holders_key<F: Fixture>(fx: &F) {
     let stale = first.lock("k").await.expect("first lock");
     fx.delete("stale:", "k").await;
     let current = second.lock("k").await.expect("second lock after deletion");
-    assert!(stale.release().await.is_err(), "a stale release must not succeed");
-    assert!(fx.exists("stale:", "k").await, "the stale release deleted the new holder's key");
+    assert!(
+        stale.release().await.is_err(),
+        "a stale release must not succeed"
+    );
+    assert!(
+        fx.exists("stale:", "k").await,
+        "the stale release deleted the new holder's key"
+    );
     assert!(
         first.try_lock("k").await.expect("try_lock").is_none(),
         "the new holder's lock was freed by a stale release"
     );
-    current.release().await.expect("the new holder releases normally");
+    current
+        .release()
+        .await
+        .expect("the new holder releases normally");
 }
 
 /// Fencing tokens strictly increase across holders and lockers.
@@ -184,9 +211,15 @@ async fn try_lock_on_a_held_key_returns_none<F: Fixture>(fx: &F) {
     let attempt = timeout(Duration::from_secs(2), b.try_lock("k"))
         .await
         .expect("try_lock waited instead of answering at once");
-    assert!(attempt.expect("try_lock").is_none(), "try_lock got a held lock");
+    assert!(
+        attempt.expect("try_lock").is_none(),
+        "try_lock got a held lock"
+    );
     let same_locker = a.try_lock("k").await.expect("try_lock");
-    assert!(same_locker.is_none(), "try_lock through the holder's own locker got it too");
+    assert!(
+        same_locker.is_none(),
+        "try_lock through the holder's own locker got it too"
+    );
 }
 
 /// `wait_timeout` ends a wait with `Timeout`, and a release lets the next waiter in.
@@ -198,17 +231,29 @@ async fn wait_timeout_returns_timeout<F: Fixture>(fx: &F) {
     match b.lock_with("k", options).await {
         Err(Error::Timeout { key, waited }) => {
             assert_eq!(key, "k");
-            assert!(waited >= Duration::from_millis(300), "timed out early: {waited:?}");
+            assert!(
+                waited >= Duration::from_millis(300),
+                "timed out early: {waited:?}"
+            );
         }
         other => panic!("expected Timeout, got {other:?}"),
     }
     let waiter = tokio::spawn({
         let b = b.clone();
-        async move { b.lock_with("k", LockOptions::new().wait_timeout(Duration::from_secs(10))).await }
+        async move {
+            b.lock_with(
+                "k",
+                LockOptions::new().wait_timeout(Duration::from_secs(10)),
+            )
+            .await
+        }
     });
     sleep(Duration::from_millis(100)).await;
     held.release().await.expect("release");
-    let guard = waiter.await.unwrap().expect("the waiter gets the lock after the release");
+    let guard = waiter
+        .await
+        .unwrap()
+        .expect("the waiter gets the lock after the release");
     guard.release().await.expect("release");
 }
 
@@ -237,7 +282,10 @@ async fn cancelled_acquires_leave_no_key<F: Fixture>(fx: &F) {
     }
     sleep(Duration::from_millis(500)).await;
     for key in &keys {
-        assert!(!fx.exists("cancel:", key).await, "key {key} left behind by a cancelled acquire");
+        assert!(
+            !fx.exists("cancel:", key).await,
+            "key {key} left behind by a cancelled acquire"
+        );
     }
 }
 
@@ -246,19 +294,37 @@ async fn compat_errors_match_go<F: Fixture>(fx: &F) {
     let locker = locker(fx, "go:", Duration::from_secs(1)).await;
     let go = locker.compat();
     go.lock("k").await.expect("lock");
-    assert!(matches!(go.lock("k").await, Err(Error::LockAlreadyHeld { .. })));
-    assert!(matches!(go.try_lock("k").await, Err(Error::LockAlreadyHeld { .. })));
+    assert!(matches!(
+        go.lock("k").await,
+        Err(Error::LockAlreadyHeld { .. })
+    ));
+    assert!(matches!(
+        go.try_lock("k").await,
+        Err(Error::LockAlreadyHeld { .. })
+    ));
     go.unlock("k").await.expect("unlock");
-    assert!(matches!(go.unlock("k").await, Err(Error::LockNotHeld { .. })));
-    assert!(matches!(go.unlock("never").await, Err(Error::LockNotHeld { .. })));
+    assert!(matches!(
+        go.unlock("k").await,
+        Err(Error::LockNotHeld { .. })
+    ));
+    assert!(matches!(
+        go.unlock("never").await,
+        Err(Error::LockNotHeld { .. })
+    ));
 
     let other = locker_with_same_backend(fx, "go:").await.compat();
     assert!(go.try_lock("k").await.expect("try_lock"));
-    assert!(!other.try_lock("k").await.expect("try_lock"), "two lockers both got the lock");
+    assert!(
+        !other.try_lock("k").await.expect("try_lock"),
+        "two lockers both got the lock"
+    );
 
     fx.delete("go:", "k").await;
     sleep(Duration::from_millis(600)).await;
-    assert!(matches!(go.unlock("k").await, Err(Error::OwnershipLost { .. })));
+    assert!(matches!(
+        go.unlock("k").await,
+        Err(Error::OwnershipLost { .. })
+    ));
 }
 
 async fn locker_with_same_backend<F: Fixture>(fx: &F, prefix: &str) -> Locker {
@@ -275,8 +341,14 @@ async fn close_releases_everything<F: Fixture>(fx: &F) {
     assert!(!fx.exists("close:", "b").await, "close() left compat key b");
     assert!(matches!(locker.lock("c").await, Err(Error::Closed)));
     assert!(matches!(locker.try_lock("c").await, Err(Error::Closed)));
-    assert!(matches!(locker.compat().lock("c").await, Err(Error::Closed)));
-    assert!(guard.release().await.is_ok(), "a guard released by close() reports success");
+    assert!(matches!(
+        locker.compat().lock("c").await,
+        Err(Error::Closed)
+    ));
+    assert!(
+        guard.release().await.is_ok(),
+        "a guard released by close() reports success"
+    );
     locker.close().await.expect("close is idempotent");
 }
 
@@ -339,12 +411,12 @@ macro_rules! conformance {
     };
 }
 
-conformance!(memory, fixtures::Memory);
-conformance!(redis, fixtures::Redis);
+conformance!(memory_backend, fixtures::Memory);
+conformance!(redis_backend, fixtures::Redis);
 
 mod fixtures {
     use super::*;
-    use redis::AsyncCommands;
+    use ::redis::AsyncCommands;
 
     /// The in-process store; "stopping the server" takes it offline.
     pub struct Memory {
@@ -361,7 +433,10 @@ mod fixtures {
             }
         }
         async fn locker(&self, config: Config) -> Locker {
-            Locker::builder(config).memory(self.store.clone()).build().expect("build")
+            Locker::builder(config)
+                .memory(self.store.clone())
+                .build()
+                .expect("build")
         }
         async fn exists(&self, prefix: &str, key: &str) -> bool {
             self.store.contains(&format!("{prefix}{key}"))
@@ -383,7 +458,7 @@ mod fixtures {
     /// A `redis-server` of its own; lock keys are `<prefix>{<key>}`.
     pub struct Redis {
         server: support::RedisServer,
-        admin: redis::aio::ConnectionManager,
+        admin: ::redis::aio::ConnectionManager,
     }
 
     impl Fixture for Redis {
@@ -399,7 +474,10 @@ mod fixtures {
         }
         async fn exists(&self, prefix: &str, key: &str) -> bool {
             let mut admin = self.admin.clone();
-            admin.exists(format!("{prefix}{{{key}}}")).await.expect("EXISTS")
+            admin
+                .exists(format!("{prefix}{{{key}}}"))
+                .await
+                .expect("EXISTS")
         }
         async fn delete(&self, prefix: &str, key: &str) {
             let mut admin = self.admin.clone();

@@ -24,7 +24,11 @@ impl EtcdBackend {
     }
 
     pub async fn acquire(&self, request: &Request<'_>) -> Result<Option<Lease>> {
-        Err(Error::backend("etcd", request.key, "the etcd backend is not implemented yet"))
+        Err(Error::backend(
+            "etcd",
+            request.key,
+            "the etcd backend is not implemented yet",
+        ))
     }
 
     pub async fn keep(&self, _lease: &Lease) -> Loss {
@@ -32,6 +36,10 @@ impl EtcdBackend {
     }
 
     pub async fn release(&self, lease: &Lease) -> Result<bool> {
-        Err(Error::backend("etcd", &lease.key, "the etcd backend is not implemented yet"))
+        Err(Error::backend(
+            "etcd",
+            &lease.key,
+            "the etcd backend is not implemented yet",
+        ))
     }
 }

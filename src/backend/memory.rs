@@ -154,7 +154,9 @@ impl MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore").field("offline", &self.is_offline()).finish()
+        f.debug_struct("MemoryStore")
+            .field("offline", &self.is_offline())
+            .finish()
     }
 }
 

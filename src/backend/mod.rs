@@ -8,18 +8,19 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{sleep, sleep_until, timeout_at, Instant};
 
 use crate::error::Result;
 
+#[cfg(feature = "etcd")]
+pub(crate) mod etcd;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod wake;
-#[cfg(feature = "etcd")]
-pub(crate) mod etcd;
 
 /// One lock request as the backend sees it.
 pub(crate) struct Request<'a> {
@@ -47,7 +48,7 @@ pub(crate) struct Lease {
     /// least `ttl` after it, so deadlines measured from here are safe.
     pub confirmed_at: Instant,
     /// The etcd lease the key is attached to (0 on other backends).
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    #[allow(dead_code)]
     pub lease_id: i64,
 }
 
@@ -70,23 +71,28 @@ impl fmt::Display for Loss {
             Loss::Unconfirmed { last_error: None } => {
                 f.write_str("renewal could not be confirmed before the TTL ran out")
             }
-            Loss::Unconfirmed { last_error: Some(e) } => {
-                write!(f, "renewal could not be confirmed before the TTL ran out (last error: {e})")
+            Loss::Unconfirmed {
+                last_error: Some(e),
+            } => {
+                write!(
+                    f,
+                    "renewal could not be confirmed before the TTL ran out (last error: {e})"
+                )
             }
             Loss::LeaseEnded => f.write_str("the lease was revoked or expired"),
         }
     }
 }
 
-/// The configured backend. An enum rather than a trait object: three variants, no boxing on
-/// the hot path, and each arm is one line.
+/// The configured backend. An enum rather than a trait object: three variants, no boxing
+/// per call, and each arm is one line. Cloned into every guard's task, hence the `Arc`s.
 #[derive(Clone)]
 pub(crate) enum Backend {
-    Memory(memory::MemoryBackend),
+    Memory(Arc<memory::MemoryBackend>),
     #[cfg(feature = "redis")]
-    Redis(redis::RedisBackend),
+    Redis(Arc<redis::RedisBackend>),
     #[cfg(feature = "etcd")]
-    Etcd(etcd::EtcdBackend),
+    Etcd(Arc<etcd::EtcdBackend>),
 }
 
 impl Backend {

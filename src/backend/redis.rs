@@ -8,22 +8,23 @@
 //! Every command is bounded by the lock's TTL, so a blackholed server yields a typed error,
 //! never a hang. Scripts live beside this file, one per operation.
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager, PubSubSink, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
 use tokio::time::{timeout, Instant};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{poll_until_acquired, wake, watchdog, Lease, Loss, Request};
 use crate::error::{Error, Result};
 
 static OBTAIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/obtain.lua")));
-static REFRESH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("redis/refresh.lua")));
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("redis/release.lua")));
+static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/refresh.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/release.lua")));
 
 /// The injected connection: a multiplexed single-node connection or a cluster connection.
 #[derive(Clone)]
@@ -64,6 +65,7 @@ impl ConnectionLike for RedisConn {
 pub(crate) struct RedisBackend {
     conn: RedisConn,
     prefix: Arc<str>,
+    notifications: Option<Arc<Notifications>>,
 }
 
 /// The server-side names of one lock.
@@ -72,16 +74,21 @@ struct Keys {
     fence: String,
 }
 
+const RELEASED: &str = ":released";
+
 /// Where a release of `lock_key` is announced.
 fn release_channel(lock_key: &str) -> String {
-    format!("{lock_key}:released")
+    format!("{lock_key}{RELEASED}")
 }
 
 impl RedisBackend {
-    pub fn new(conn: RedisConn, prefix: &str) -> Self {
+    /// `pubsub`: a client for the release-notification connection; without one, waiters
+    /// of other processes learn of releases by polling.
+    pub fn new(conn: RedisConn, prefix: &str, pubsub: Option<redis::Client>) -> Self {
         RedisBackend {
             conn,
             prefix: prefix.into(),
+            notifications: pubsub.map(|client| Arc::new(Notifications::new(client))),
         }
     }
 
@@ -95,6 +102,15 @@ impl RedisBackend {
 
     pub async fn acquire(&self, request: &Request<'_>) -> Result<Option<Lease>> {
         let keys = self.keys(request.key);
+        // Uncontended fast path: no subscription for a lock that is free.
+        let first = self.try_once(request, &keys).await?;
+        if first.is_some() || request.wait.is_none() {
+            return Ok(first);
+        }
+        let _subscribed = match &self.notifications {
+            Some(n) => Some(n.subscribe(&keys.lock).await),
+            None => None,
+        };
         poll_until_acquired(&keys.lock, request.wait, || self.try_once(request, &keys)).await
     }
 
@@ -221,5 +237,157 @@ impl Drop for PendingAcquire<'_> {
                     "cleanup of an interrupted acquire failed; the TTL will remove it");
             }
         });
+    }
+}
+
+/// Release notifications: one subscription connection per locker, subscribed to a lock's
+/// release channel while at least one task of this locker waits for it. A message wakes one
+/// waiter of this process (see `wake`). Everything here is best effort: when the connection
+/// is down, waiters keep polling at `retry_interval`, and the next subscription reconnects.
+pub(crate) struct Notifications {
+    client: redis::Client,
+    sink: Arc<tokio::sync::Mutex<Option<PubSubSink>>>,
+    /// Release channel → number of waiting tasks.
+    waiting: std::sync::Mutex<HashMap<String, usize>>,
+    /// Stops the reader task when the locker's backend is dropped.
+    _stop: DropGuard,
+    stop: CancellationToken,
+}
+
+/// A waiting task's subscription; unsubscribes when the last waiter of the lock leaves.
+pub(crate) struct Subscribed {
+    notifications: Arc<Notifications>,
+    channel: String,
+}
+
+impl Notifications {
+    fn new(client: redis::Client) -> Self {
+        let stop = CancellationToken::new();
+        Notifications {
+            client,
+            sink: Default::default(),
+            waiting: Default::default(),
+            _stop: stop.clone().drop_guard(),
+            stop,
+        }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn subscribe(self: &Arc<Self>, lock_key: &str) -> Subscribed {
+        let channel = release_channel(lock_key);
+        let first = {
+            let mut waiting = self.waiting();
+            let count = waiting.entry(channel.clone()).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            if let Some(mut sink) = self.connected_sink().await {
+                if let Err(e) = timeout(SUBSCRIBE_TIMEOUT, sink.subscribe(&channel)).await {
+                    tracing::debug!(component = "dlock", backend = "redis", channel = %channel,
+                        error = %e, "subscribe timed out; polling instead");
+                }
+            }
+        }
+        Subscribed {
+            notifications: self.clone(),
+            channel,
+        }
+    }
+
+    /// The live subscription connection, (re)connecting if needed; on (re)connect every
+    /// channel with a waiter is subscribed again.
+    async fn connected_sink(&self) -> Option<PubSubSink> {
+        let mut slot = self.sink.lock().await;
+        if slot.is_none() {
+            let pubsub = match timeout(SUBSCRIBE_TIMEOUT, self.client.get_async_pubsub()).await {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(e)) => {
+                    tracing::warn!(component = "dlock", backend = "redis", error = %e,
+                        "release notifications unavailable; waiters poll");
+                    return None;
+                }
+                Err(_) => return None,
+            };
+            let (mut sink, stream) = pubsub.split();
+            let channels: Vec<String> = self.waiting().keys().cloned().collect();
+            if !channels.is_empty() {
+                let _ = timeout(SUBSCRIBE_TIMEOUT, sink.subscribe(channels)).await;
+            }
+            tokio::spawn(read_notifications(
+                stream,
+                self.sink.clone(),
+                self.stop.clone(),
+            ));
+            *slot = Some(sink);
+        }
+        slot.clone()
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        let last = {
+            let mut waiting = self.notifications.waiting();
+            match waiting.get_mut(&self.channel) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                _ => {
+                    waiting.remove(&self.channel);
+                    true
+                }
+            }
+        };
+        if !last {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (sink, channel) = (self.notifications.sink.clone(), self.channel.clone());
+        runtime.spawn(async move {
+            let sink = sink.lock().await.clone();
+            if let Some(mut sink) = sink {
+                let _ = timeout(SUBSCRIBE_TIMEOUT, sink.unsubscribe(channel)).await;
+            }
+        });
+    }
+}
+
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Wakes a waiter for each release message; when the connection ends, clears the slot so
+/// that the next subscription reconnects.
+async fn read_notifications(
+    mut stream: PubSubStream,
+    slot: Arc<tokio::sync::Mutex<Option<PubSubSink>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            message = stream.next() => message,
+        };
+        match message {
+            Some(message) => {
+                if let Some(lock_key) = message.get_channel_name().strip_suffix(RELEASED) {
+                    wake::released(lock_key);
+                }
+            }
+            None => {
+                tracing::debug!(
+                    component = "dlock",
+                    backend = "redis",
+                    "release-notification connection closed; reconnecting on next wait"
+                );
+                slot.lock().await.take();
+                return;
+            }
+        }
     }
 }

@@ -1,0 +1,67 @@
+//! Real servers for the tests: each test starts its own `redis-server` / `etcd` on free
+//! loopback ports and kills it when done. A missing binary fails loudly with the command
+//! that installs it; nothing is ever skipped.
+#![allow(dead_code, unused_imports)]
+
+mod redis_server;
+
+pub use redis_server::{connection_manager_at, RedisServer};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A port nobody listens on right now (bind to port 0, read it, let it go).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Panics with the install command when `binary` is not on PATH.
+pub fn require_binary(binary: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{binary} not found on PATH: install it with `apt-get install -y {package}` \
+         (or run scripts/test.sh, which installs it)"
+    );
+}
+
+/// A directory removed on drop; under /dev/shm when available so etcd's fsyncs are cheap.
+pub struct TempDir(Option<PathBuf>);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let base = Path::new("/dev/shm");
+        let base = if base.is_dir() {
+            base.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let path = base.join(format!(
+            "dlock-test-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(Some(path))
+    }
+
+    pub fn empty() -> TempDir {
+        TempDir(None)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().expect("temp dir already taken")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}

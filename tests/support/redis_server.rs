@@ -1,0 +1,138 @@
+//! A `redis-server` of the test's own, on a free loopback port, with no persistence.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, require_binary, TempDir};
+
+/// A running `redis-server`; killed when dropped.
+pub struct RedisServer {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it answers PING.
+    pub async fn start() -> RedisServer {
+        require_binary("redis-server", "redis-server");
+        let mut dir = TempDir::new("redis");
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(),
+                dir,
+                child: None,
+            };
+            if server.spawn().await {
+                return server;
+            }
+            dir = server.take_dir();
+        }
+        panic!(
+            "redis-server did not start on any of 5 free ports; see the log in {}",
+            dir.path().display()
+        );
+    }
+
+    fn take_dir(mut self) -> TempDir {
+        self.kill();
+        std::mem::replace(&mut self.dir, TempDir::empty())
+    }
+
+    async fn spawn(&mut self) -> bool {
+        let log = self.dir.path().join("redis.log");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if self.ping().await {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false; // exited: the port was taken meanwhile
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(Ok(mut conn)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        else {
+            return false;
+        };
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        pong.is_ok()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A client for `url` (the server's own, or a proxy's).
+    pub async fn connection_manager(&self) -> redis::aio::ConnectionManager {
+        connection_manager_at(&self.url()).await
+    }
+
+    /// SIGKILL: the server disappears without a goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port with empty data (no persistence).
+    pub async fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn().await,
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A reconnecting connection to `url`, with short timeouts so that fault tests stay fast.
+pub async fn connection_manager_at(url: &str) -> redis::aio::ConnectionManager {
+    let client = redis::Client::open(url).expect("redis url");
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1);
+    redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
