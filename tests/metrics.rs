@@ -10,6 +10,8 @@ use opentelemetry::metrics::MeterProvider;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
+type Attributes = Vec<(String, String)>;
+
 struct Recorder {
     provider: SdkMeterProvider,
     exporter: InMemoryMetricExporter,
@@ -37,7 +39,7 @@ impl Recorder {
     }
 
     /// metric name → (total count or sum, attribute sets seen).
-    fn read(&self) -> HashMap<String, (u64, Vec<Vec<(String, String)>>)> {
+    fn read(&self) -> HashMap<String, (u64, Vec<Attributes>)> {
         self.provider.force_flush().expect("flush");
         let exports = self.exporter.get_finished_metrics().expect("metrics");
         let last: &ResourceMetrics = exports.last().expect("one export");
@@ -46,7 +48,7 @@ impl Recorder {
             for metric in scope.metrics() {
                 let mut total = 0;
                 let mut attrs = Vec::new();
-                let mut seen = |a: Vec<(String, String)>| attrs.push(a);
+                let mut seen = |a: Attributes| attrs.push(a);
                 match metric.data() {
                     AggregatedMetrics::U64(MetricData::Sum(sum)) => {
                         for p in sum.data_points() {
@@ -69,7 +71,7 @@ impl Recorder {
     }
 }
 
-fn pairs<'a>(attrs: impl Iterator<Item = &'a opentelemetry::KeyValue>) -> Vec<(String, String)> {
+fn pairs<'a>(attrs: impl Iterator<Item = &'a opentelemetry::KeyValue>) -> Attributes {
     let mut v: Vec<_> = attrs
         .map(|kv| (kv.key.to_string(), kv.value.to_string()))
         .collect();
