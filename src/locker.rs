@@ -508,7 +508,7 @@ impl Locker {
                 tracing::debug!(
                     component = "dlock",
                     backend = name,
-                    key,
+                    key = %key,
                     fencing_token,
                     waited_ms = started.elapsed().as_millis() as u64,
                     "lock acquired"
@@ -526,7 +526,7 @@ impl Locker {
             Err(e) => {
                 inner.metrics.failed(name, key);
                 if matches!(e, Error::Backend { .. }) {
-                    tracing::error!(component = "dlock", backend = name, key, error = %e,
+                    tracing::error!(component = "dlock", backend = name, key = %key, error = %e,
                         "lock attempt failed");
                 }
                 Err(e)
