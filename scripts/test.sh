@@ -22,7 +22,16 @@ cargo test --all-features -- --test-threads "${DLOCK_TEST_THREADS:-4}"
 
 for example in examples/*.rs; do
   name=$(basename "$example" .rs)
+  [ "$name" = torture ] && continue # run below, with its arguments
   echo "test.sh: running example $name"
-  timeout 120 cargo run --quiet --example "$name" >/dev/null
+  timeout 120 cargo run --quiet --all-features --example "$name" >/dev/null
 done
+
+# The multi-process torture checker, bounded: exits non-zero on any violation.
+if [ -f examples/torture.rs ]; then
+  for backend in redis etcd; do
+    timeout 120 cargo run --quiet --all-features --example torture -- \
+      --backend "$backend" --procs 3 --tasks 4 --keys 3 --secs "${DLOCK_TORTURE_SECS:-20}"
+  done
+fi
 echo "test.sh: all tests and examples passed"

@@ -467,8 +467,11 @@ impl Locker {
             wait: (!single_attempt).then_some(inner.config.retry_interval),
         };
         let started = Instant::now();
+        // A zero wait_timeout means "one attempt": bounding that attempt by a zero deadline
+        // would cut it before any server could answer.
         let deadline = options
             .get_wait_timeout()
+            .filter(|w| !w.is_zero())
             .map(|w| deadline_after(started, w));
         let attempt = async {
             match deadline {

@@ -280,6 +280,28 @@ async fn a_waiter_is_woken_by_close_with_closed() {
     );
 }
 
+#[tokio::test]
+async fn wait_timeout_zero_makes_one_attempt_on_redis() {
+    let server = support::RedisServer::start().await;
+    let locker = Locker::builder(Config::new(Driver::Redis))
+        .redis(server.connection_manager().await)
+        .build()
+        .expect("build");
+    let zero = LockOptions::new().wait_timeout(Duration::ZERO);
+    let guard = timeout(ANSWER, locker.lock_with("k", zero))
+        .await
+        .expect("hang");
+    let guard = guard.expect("a free lock is acquired with wait_timeout(0) over the network");
+    match timeout(ANSWER, locker.lock_with("k", zero))
+        .await
+        .expect("hang")
+    {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("a held lock with wait_timeout(0): expected Timeout, got {other:?}"),
+    }
+    guard.release().await.expect("release");
+}
+
 /// A lock overwritten by another client: the original holder's release reports the loss
 /// and leaves the other client's value alone.
 #[tokio::test]
