@@ -3,8 +3,12 @@
 //! that installs it; nothing is ever skipped.
 #![allow(dead_code, unused_imports)]
 
+mod etcd_server;
+mod proxy;
 mod redis_server;
 
+pub use etcd_server::{client_at, EtcdCluster, EtcdServer};
+pub use proxy::Proxy;
 pub use redis_server::{connection_manager_at, RedisServer};
 
 use std::path::{Path, PathBuf};
