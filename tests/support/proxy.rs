@@ -135,8 +135,8 @@ impl Connection {
             // SO_LINGER 0: closing sends RST instead of FIN, like a dropped NAT entry.
             let inbound = in_read.reunite(in_write).expect("same socket");
             let outbound = out_read.reunite(out_write).expect("same socket");
-            let _ = inbound.set_linger(Some(Duration::ZERO));
-            let _ = outbound.set_linger(Some(Duration::ZERO));
+            let _ = inbound.set_zero_linger();
+            let _ = outbound.set_zero_linger();
         }
         self.live.fetch_sub(1, Ordering::SeqCst);
     }
