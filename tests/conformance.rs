@@ -413,6 +413,7 @@ macro_rules! conformance {
 
 conformance!(memory_backend, fixtures::Memory);
 conformance!(redis_backend, fixtures::Redis);
+conformance!(etcd_backend, fixtures::Etcd);
 
 mod fixtures {
     use super::*;
@@ -494,6 +495,69 @@ mod fixtures {
         async fn write_counter(&self, name: &str, value: u64) {
             let mut admin = self.admin.clone();
             let _: () = admin.set(name, value).await.expect("SET");
+        }
+    }
+
+    /// An `etcd` of its own; a lock's keys are `<prefix><key>/<ulid>`, one per acquisition.
+    pub struct Etcd {
+        server: support::EtcdServer,
+        admin: etcd_client::Client,
+    }
+
+    impl Etcd {
+        fn queue(prefix: &str, key: &str) -> String {
+            format!("{prefix}{key}/")
+        }
+    }
+
+    impl Fixture for Etcd {
+        const DRIVER: Driver = Driver::Etcd;
+        async fn start() -> Self {
+            let server = support::EtcdServer::start().await;
+            let admin = server.client().await;
+            Etcd { server, admin }
+        }
+        async fn locker(&self, config: Config) -> Locker {
+            let client = self.server.client().await;
+            Locker::builder(config).etcd(client).build().expect("build")
+        }
+        async fn exists(&self, prefix: &str, key: &str) -> bool {
+            let options = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            let mut kv = self.admin.kv_client();
+            let reply = kv
+                .get(Self::queue(prefix, key), Some(options))
+                .await
+                .expect("get");
+            reply.count() > 0
+        }
+        async fn delete(&self, prefix: &str, key: &str) {
+            let options = etcd_client::DeleteOptions::new().with_prefix();
+            let mut kv = self.admin.kv_client();
+            kv.delete(Self::queue(prefix, key), Some(options))
+                .await
+                .expect("delete");
+        }
+        async fn stop_server(&mut self) {
+            self.server.kill();
+        }
+        async fn read_counter(&self, name: &str) -> u64 {
+            let mut kv = self.admin.kv_client();
+            let reply = kv.get(name, None).await.expect("get");
+            reply
+                .kvs()
+                .first()
+                .map(|kv| {
+                    String::from_utf8_lossy(kv.value())
+                        .parse()
+                        .expect("a number")
+                })
+                .unwrap_or(0)
+        }
+        async fn write_counter(&self, name: &str, value: u64) {
+            let mut kv = self.admin.kv_client();
+            kv.put(name, value.to_string(), None).await.expect("put");
         }
     }
 }

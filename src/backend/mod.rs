@@ -48,7 +48,7 @@ pub(crate) struct Lease {
     /// least `ttl` after it, so deadlines measured from here are safe.
     pub confirmed_at: Instant,
     /// The etcd lease the key is attached to (0 on other backends).
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub lease_id: i64,
 }
 
