@@ -1,0 +1,239 @@
+//! etcd-specific behaviour on real etcd: FIFO order, failover on a 3-member cluster, TTL
+//! rules, unreachable endpoints, waiters whose own lease disappears.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dlock::{Config, Driver, Error, LockOptions, Locker};
+use tokio::time::{sleep, timeout, Instant};
+
+fn config(ttl: Duration) -> Config {
+    Config {
+        driver: Driver::Etcd,
+        prefix: "etcd-test:".into(),
+        default_ttl: ttl,
+        retry_interval: Duration::from_millis(20),
+    }
+}
+
+async fn locker(client: etcd_client::Client, ttl: Duration) -> Locker {
+    Locker::builder(config(ttl))
+        .etcd(client)
+        .build()
+        .expect("build")
+}
+
+async fn queue_len(client: &etcd_client::Client, key: &str) -> i64 {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let mut kv = client.kv_client();
+    kv.get(format!("etcd-test:{key}/"), Some(options))
+        .await
+        .expect("count")
+        .count()
+}
+
+/// Ten waiters queued in a known order acquire in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_acquire_in_request_order() {
+    let server = support::EtcdServer::start().await;
+    let admin = server.client().await;
+    let holder = locker(server.client().await, Duration::from_secs(5)).await;
+    let held = holder.lock("fifo").await.expect("lock");
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..10 {
+        let locker = locker(server.client().await, Duration::from_secs(5)).await;
+        let order = order.clone();
+        waiters.push(tokio::spawn(async move {
+            let guard = locker.lock("fifo").await.expect("waiter lock");
+            order.lock().unwrap().push(i);
+            guard.release().await.expect("waiter release");
+        }));
+        // The next waiter starts only once this one's key is in the queue.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while queue_len(&admin, "fifo").await < i + 2 {
+            assert!(Instant::now() < deadline, "waiter {i} never queued");
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
+    held.release().await.expect("release");
+    for w in waiters {
+        timeout(Duration::from_secs(10), w)
+            .await
+            .expect("a waiter starved")
+            .unwrap();
+    }
+    assert_eq!(
+        *order.lock().unwrap(),
+        (0..10).collect::<Vec<_>>(),
+        "not granted in request order"
+    );
+    assert_eq!(queue_len(&admin, "fifo").await, 0, "keys left in the queue");
+}
+
+/// etcd TTLs are whole seconds: 0, 500 ms and 1.5 s are refused, at build (default TTL)
+/// and per lock.
+#[tokio::test]
+async fn sub_second_ttls_are_refused() {
+    let server = support::EtcdServer::start().await;
+    for ttl in [
+        Duration::ZERO,
+        Duration::from_millis(500),
+        Duration::from_millis(1500),
+    ] {
+        let built = Locker::builder(config(ttl))
+            .etcd(server.client().await)
+            .build();
+        match built {
+            Err(Error::InvalidTtl { .. }) | Err(Error::InvalidConfig { .. }) => {}
+            other => panic!("default_ttl {ttl:?}: expected InvalidTtl, got {other:?}"),
+        }
+        let locker = locker(server.client().await, Duration::from_secs(2)).await;
+        match locker.try_lock_with("k", LockOptions::new().ttl(ttl)).await {
+            Err(Error::InvalidTtl { reason, .. }) => {
+                assert!(
+                    reason.contains("whole seconds") || ttl.is_zero(),
+                    "{ttl:?}: {reason}"
+                )
+            }
+            other => panic!("per-lock ttl {ttl:?}: expected InvalidTtl, got {other:?}"),
+        }
+    }
+    let built = Locker::builder(config(Duration::from_millis(1500)))
+        .etcd(server.client().await)
+        .build();
+    let err = built.expect_err("1.5 s");
+    assert!(
+        err.to_string().contains("whole seconds"),
+        "the message says why: {err}"
+    );
+}
+
+/// `try_lock` on a held key answers `None` and leaves no key of its own.
+#[tokio::test]
+async fn try_lock_leaves_no_waiter_key() {
+    let server = support::EtcdServer::start().await;
+    let admin = server.client().await;
+    let a = locker(server.client().await, Duration::from_secs(5)).await;
+    let b = locker(server.client().await, Duration::from_secs(5)).await;
+    let _held = a.lock("k").await.expect("lock");
+    for _ in 0..5 {
+        assert!(b.try_lock("k").await.expect("try_lock").is_none());
+    }
+    assert_eq!(queue_len(&admin, "k").await, 1, "try_lock left keys behind");
+}
+
+/// An endpoint that is down gives a typed error within the wait timeout, never a hang.
+#[tokio::test]
+async fn unreachable_endpoint_gives_a_typed_error() {
+    let mut server = support::EtcdServer::start().await;
+    let locker = locker(server.client().await, Duration::from_secs(2)).await;
+    server.kill();
+    let options = LockOptions::new().wait_timeout(Duration::from_secs(1));
+    let outcome = timeout(Duration::from_secs(5), locker.lock_with("k", options))
+        .await
+        .expect("lock_with hung against a dead endpoint");
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::Backend { .. }) | Err(Error::Timeout { .. })
+        ),
+        "got {outcome:?}"
+    );
+    let outcome = timeout(Duration::from_secs(10), locker.lock("k"))
+        .await
+        .expect("lock() with no timeout hung against a dead endpoint");
+    assert!(
+        matches!(outcome, Err(Error::Backend { .. })),
+        "got {outcome:?}"
+    );
+}
+
+/// A waiter whose own key disappears (deleted, or its lease revoked) fails at once instead
+/// of waiting for its predecessor (etcd issue 19597).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_key_vanishes_fails_at_once() {
+    let server = support::EtcdServer::start().await;
+    let admin = server.client().await;
+    let holder = locker(server.client().await, Duration::from_secs(3)).await;
+    let waiter = locker(server.client().await, Duration::from_secs(3)).await;
+    let _held = holder.lock("k").await.expect("lock");
+    let waiting = tokio::spawn(async move { waiter.lock("k").await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue_len(&admin, "k").await < 2 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        sleep(Duration::from_millis(5)).await;
+    }
+    // Delete the waiter's key (the newest in the queue) behind its back.
+    let mut kv = admin.kv_client();
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_sort(
+            etcd_client::SortTarget::Create,
+            etcd_client::SortOrder::Descend,
+        )
+        .with_limit(1);
+    let newest = kv.get("etcd-test:k/", Some(options)).await.expect("get");
+    kv.delete(newest.kvs()[0].key().to_vec(), None)
+        .await
+        .expect("delete");
+    let outcome = timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the waiter kept waiting without its key")
+        .unwrap();
+    assert!(
+        outcome.is_err(),
+        "a waiter without its key must fail, got {outcome:?}"
+    );
+}
+
+/// On a 3-member cluster: killing the leader keeps the lock (keep-alive moves to a surviving
+/// member) and a rival still gets `None`; losing quorum fires `lost()` within TTL + 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_keeps_the_lock_and_quorum_loss_fires_lost() {
+    let ttl = Duration::from_secs(3);
+    let mut cluster = support::EtcdCluster::start(3).await;
+    let holder = locker(cluster.client().await, ttl).await;
+    let rival = locker(cluster.client().await, ttl).await;
+    let guard = holder.lock("failover").await.expect("lock");
+    let lost = guard.lost();
+
+    let leader = cluster.leader_index().await;
+    cluster.kill_member(leader);
+    let new_leader = cluster.leader_index().await;
+    assert_ne!(leader, new_leader);
+    // Two full TTLs after the leader died: only keep-alives through survivors hold it.
+    let until = Instant::now() + ttl * 2;
+    while Instant::now() < until {
+        assert!(
+            !lost.is_cancelled(),
+            "lost() fired although a quorum survived"
+        );
+        match rival.try_lock("failover").await {
+            Ok(None) => {}
+            Ok(Some(_)) => panic!("a rival got the lock after the leader failed over"),
+            // The rival's client may first try the dead member.
+            Err(Error::Backend { .. }) => {}
+            Err(e) => panic!("rival: {e}"),
+        }
+        sleep(Duration::from_millis(300)).await;
+    }
+
+    let other = (0..3)
+        .find(|&i| i != leader && cluster.is_running(i))
+        .expect("a survivor");
+    cluster.kill_member(other);
+    let quorum_lost = Instant::now();
+    timeout(ttl + Duration::from_secs(1), lost.cancelled())
+        .await
+        .expect("lost() did not fire within TTL + 1 s of losing quorum");
+    let after = quorum_lost.elapsed();
+    assert!(
+        after <= ttl + Duration::from_secs(1),
+        "lost() after {after:?}"
+    );
+}
