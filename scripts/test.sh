@@ -28,7 +28,7 @@ for example in examples/*.rs; do
 done
 
 # The multi-process torture checker, bounded: exits non-zero on any violation.
-for backend in ${DLOCK_TORTURE_BACKENDS:-redis}; do
+for backend in ${DLOCK_TORTURE_BACKENDS:-redis etcd}; do
   timeout 120 cargo run --quiet --all-features --example torture -- \
     --backend "$backend" --procs 3 --tasks 4 --keys 3 --secs "${DLOCK_TORTURE_SECS:-20}"
 done
