@@ -9,6 +9,7 @@
 //! ```sh
 //! cargo bench --bench dlock              # full run (~4 min)
 //! cargo bench --bench dlock -- --quick   # shorter windows, for a smoke test
+//! cargo bench --bench dlock -- hold       # one section: throughput, handoff, contention, hold
 //! ```
 
 #[path = "../tests/support/mod.rs"]
@@ -62,6 +63,15 @@ fn main() {
     runtime.block_on(run(settings));
 }
 
+/// Sections named on the command line (`throughput`, `handoff`, `contention`, `hold`), or all.
+fn wanted(section: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    named.is_empty() || named.iter().any(|n| n == section)
+}
+
 async fn run(s: Settings) {
     let redis = support::RedisServer::start().await;
     let etcd = support::EtcdServer::start().await;
@@ -70,31 +80,39 @@ async fn run(s: Settings) {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
-    println!("## 1. Uncontended lock + release pairs/s (distinct keys)\n");
-    println!("| backend | tasks | baseline | baseline pairs/s | dlock pairs/s | ratio |");
-    println!("|---|---|---|---|---|---|");
-    for tasks in [1, 64] {
-        uncontended_redis(&redis, tasks, &s).await;
-        uncontended_etcd(&etcd, tasks, &s).await;
-        uncontended_memory(tasks, &s).await;
+    if wanted("throughput") {
+        println!("## 1. Uncontended lock + release pairs/s (distinct keys)\n");
+        println!("| backend | tasks | baseline | baseline pairs/s | dlock pairs/s | ratio |");
+        println!("|---|---|---|---|---|---|");
+        for tasks in [1, 64] {
+            uncontended_redis(&redis, tasks, &s).await;
+            uncontended_etcd(&etcd, tasks, &s).await;
+            uncontended_memory(tasks, &s).await;
+        }
     }
 
-    println!("\n## 2. Handoff latency: waiter blocked in lock(), holder releases\n");
-    println!(
+    if wanted("handoff") {
+        println!("\n## 2. Handoff latency: waiter blocked in lock(), holder releases\n");
+        println!(
         "| backend | waiter waited | dlock p50 | dlock p99 | polling 100 ms p50 | polling p99 |"
     );
-    println!("|---|---|---|---|---|---|");
-    handoff_all(&redis, &etcd, &s).await;
+        println!("|---|---|---|---|---|---|");
+        handoff_all(&redis, &etcd, &s).await;
+    }
 
-    println!("\n## 3. One key, many tasks over 2 lockers\n");
-    println!("| backend | tasks | acquisitions/s | attempts per acquisition | baseline (poll 100 ms) acq/s |");
-    println!("|---|---|---|---|---|");
-    contention_redis(&redis, 32, &s).await;
-    contention_redis(&redis, 100, &s).await;
-    contention_etcd(&etcd, 32, &s).await;
+    if wanted("contention") {
+        println!("\n## 3. One key, many tasks over 2 lockers\n");
+        println!("| backend | tasks | acquisitions/s | attempts per acquisition | baseline (poll 100 ms) acq/s |");
+        println!("|---|---|---|---|---|");
+        contention_redis(&redis, 32, &s).await;
+        contention_redis(&redis, 100, &s).await;
+        contention_etcd(&etcd, 32, &s).await;
+    }
 
-    println!("\n## 4. Holding many locks (Redis, TTL 10 s: renewal every 3.3 s)\n");
-    hold_many(&redis, &s).await;
+    if wanted("hold") {
+        println!("\n## 4. Holding many locks (Redis, TTL 10 s: renewal every 3.3 s)\n");
+        hold_many(&redis, &s).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------

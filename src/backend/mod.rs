@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,26 +132,30 @@ impl Backend {
     }
 
     /// Keeps the lock alive; returns only when ownership is lost. Dropping the future stops
-    /// all renewal.
+    /// all renewal. Boxed: it lives as long as the guard, and the backends' futures differ
+    /// in size by kilobytes (etcd's gRPC state), which every guard would otherwise pay for.
     pub async fn keep(&self, lease: &Lease) -> Loss {
-        match self {
-            Backend::Memory(b) => b.keep(lease).await,
+        let keep: Pin<Box<dyn Future<Output = Loss> + Send + '_>> = match self {
+            Backend::Memory(b) => Box::pin(b.keep(lease)),
             #[cfg(feature = "redis")]
-            Backend::Redis(b) => b.keep(lease).await,
+            Backend::Redis(b) => Box::pin(b.keep(lease)),
             #[cfg(feature = "etcd")]
-            Backend::Etcd(b) => b.keep(lease).await,
-        }
+            Backend::Etcd(b) => Box::pin(b.keep(lease)),
+        };
+        keep.await
     }
 
     /// Deletes the key if it is still this lease's. `Ok(false)`: it was not ours any more.
+    /// Boxed for the same reason as `keep`.
     pub async fn release(&self, lease: &Lease) -> Result<bool> {
-        match self {
-            Backend::Memory(b) => b.release(lease).await,
+        let release: Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>> = match self {
+            Backend::Memory(b) => Box::pin(b.release(lease)),
             #[cfg(feature = "redis")]
-            Backend::Redis(b) => b.release(lease).await,
+            Backend::Redis(b) => Box::pin(b.release(lease)),
             #[cfg(feature = "etcd")]
-            Backend::Etcd(b) => b.release(lease).await,
-        }
+            Backend::Etcd(b) => Box::pin(b.release(lease)),
+        };
+        release.await
     }
 }
 
@@ -216,7 +221,8 @@ where
         if sent >= deadline {
             return Loss::Unconfirmed { last_error };
         }
-        match timeout_at(deadline, renew()).await {
+        // Boxed: a guard sleeps far more than it renews, so keep its resident state small.
+        match timeout_at(deadline, Box::pin(renew())).await {
             Ok(Ok(true)) => {
                 confirmed = sent;
                 next = sent + period;
