@@ -18,8 +18,8 @@
 //! - **Ownership checks.** Before a waiter is granted the lock it confirms, in the same read,
 //!   that its own key still exists; while held, every renewal confirms both the lease (TTL > 0)
 //!   and the key (same create revision). The fencing token is the key's create revision.
-//! - **Release** compares the key's create revision, then revokes the lease: a stale guard can
-//!   never delete a newer holder's key.
+//! - **Release** deletes the key only if its create revision is ours (one transaction), then
+//!   revokes the lease in the background: a stale guard can never delete a newer holder's key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -301,22 +301,21 @@ impl EtcdBackend {
     }
 
     pub async fn release(&self, lease: &Lease) -> Result<bool> {
-        let ours = Txn::new().when([Compare::create_revision(
-            lease.storage_key.clone(),
-            CompareOp::Equal,
-            lease.fencing_token as i64,
-        )]);
+        let delete_if_ours = Txn::new()
+            .when([Compare::create_revision(
+                lease.storage_key.clone(),
+                CompareOp::Equal,
+                lease.fencing_token as i64,
+            )])
+            .and_then([TxnOp::delete(lease.storage_key.clone(), None)]);
         let mut kv = self.client.kv_client();
-        let held = bounded(&lease.key, lease.ttl, kv.txn(ours))
-            .await?
-            .succeeded();
-        // Revoking deletes our key with the lease; "lease not found" means it already expired.
-        let mut lease_client = self.client.lease_client();
-        match bounded(&lease.key, lease.ttl, lease_client.revoke(lease.lease_id)).await {
-            Ok(_) => {}
-            Err(e) if e.to_string().contains("lease not found") => {}
-            Err(e) => return Err(e),
-        }
+        let held = bounded(&lease.key, lease.ttl, kv.txn(delete_if_ours)).await?.succeeded();
+        // The lease holds no key any more: revoking it only frees server memory, so the
+        // release does not wait for it. If it fails, the lease expires after its TTL.
+        let (mut lease_client, id, ttl) = (self.client.lease_client(), lease.lease_id, lease.ttl);
+        tokio::spawn(async move {
+            let _ = timeout(ttl, lease_client.revoke(id)).await;
+        });
         Ok(held)
     }
 }
