@@ -256,3 +256,147 @@ async fn redis_blackholed_lock_call_is_bounded() {
     assert!(started.elapsed() < TTL * 2, "took {:?}", started.elapsed());
     proxy.pass();
 }
+
+// ---------------------------------------------------------------------------------------
+// etcd, through the proxy
+
+async fn etcd_locker_via(proxy: &support::Proxy) -> Locker {
+    let client = support::client_at(&[format!("http://{}", proxy.addr())]).await;
+    let config = Config {
+        driver: Driver::Etcd,
+        ..config()
+    };
+    Locker::builder(config).etcd(client).build().expect("build")
+}
+
+async fn etcd_direct_locker(server: &support::EtcdServer) -> Locker {
+    let config = Config {
+        driver: Driver::Etcd,
+        ..config()
+    };
+    Locker::builder(config)
+        .etcd(server.client().await)
+        .build()
+        .expect("build")
+}
+
+async fn etcd_lock_keys(admin: &etcd_client::Client) -> i64 {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let mut kv = admin.kv_client();
+    kv.get("fault:k/", Some(options))
+        .await
+        .expect("count")
+        .count()
+}
+
+/// 1. etcd: a blackhole shorter than TTL/2 while held is survived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_short_blackhole_is_survived() {
+    let server = support::EtcdServer::start().await;
+    let proxy = support::Proxy::start(server.client_addr()).await;
+    let locker = etcd_locker_via(&proxy).await;
+    let rival = etcd_direct_locker(&server).await;
+    let guard = locker.lock("k").await.expect("lock");
+    proxy.blackhole();
+    sleep(TTL / 2 - Duration::from_millis(100)).await;
+    proxy.pass();
+    for _ in 0..8 {
+        sleep(TTL / 4).await;
+        assert!(
+            !guard.is_lost(),
+            "lost() fired after a blip shorter than TTL/2"
+        );
+        let stolen = rival.try_lock("k").await.expect("rival try_lock");
+        assert!(
+            stolen.is_none(),
+            "the lease expired: keep-alive did not resume after the blip"
+        );
+    }
+    guard.release().await.expect("release after the blip");
+}
+
+/// 2. etcd: a blackhole longer than the TTL fires `lost()` before the lease expires on the
+/// server (watched directly: the key disappears with the lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_long_blackhole_fires_lost_before_the_lease_expires() {
+    let server = support::EtcdServer::start().await;
+    let proxy = support::Proxy::start(server.client_addr()).await;
+    let locker = etcd_locker_via(&proxy).await;
+    let admin = server.client().await;
+    let guard = locker.lock("k").await.expect("lock");
+    let lost = guard.lost();
+    proxy.blackhole();
+    let lost_at = tokio::spawn(async move {
+        lost.cancelled().await;
+        Instant::now()
+    });
+    let deadline = Instant::now() + TTL * 3;
+    let gone_at = loop {
+        if etcd_lock_keys(&admin).await == 0 {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease outlived three TTLs without keep-alive"
+        );
+        sleep(Duration::from_millis(5)).await;
+    };
+    let lost_at = timeout(Duration::from_secs(1), lost_at)
+        .await
+        .expect("lost() never fired during a partition longer than the TTL")
+        .unwrap();
+    assert!(
+        lost_at < gone_at,
+        "lost() fired {:?} after the lease expired",
+        lost_at - gone_at
+    );
+    proxy.pass();
+    assert!(guard.release().await.is_err());
+}
+
+/// 3. etcd: connections reset while held (keep-alive reconnects) and while a `lock()` waits
+/// (it still acquires once the holder releases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_resets_while_held_and_waiting() {
+    let server = support::EtcdServer::start().await;
+    let proxy = support::Proxy::start(server.client_addr()).await;
+    let locker = etcd_locker_via(&proxy).await;
+    let rival = etcd_direct_locker(&server).await;
+    let guard = locker.lock("k").await.expect("lock");
+    for _ in 0..3 {
+        proxy.reset_all();
+        sleep(TTL / 2).await;
+    }
+    assert!(
+        !guard.is_lost(),
+        "resets shorter than the TTL must not lose the lease"
+    );
+    assert!(
+        rival.try_lock("k").await.expect("try_lock").is_none(),
+        "the lease expired"
+    );
+
+    let waiter = etcd_locker_via(&proxy).await;
+    let waiting = tokio::spawn(async move {
+        for attempt in 1..=5 {
+            let options = LockOptions::new().wait_timeout(Duration::from_secs(10));
+            match waiter.lock_with("k", options).await {
+                Ok(guard) => return guard,
+                Err(Error::Backend { .. }) if attempt < 5 => sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("waiter failed: {e}"),
+            }
+        }
+        unreachable!()
+    });
+    sleep(Duration::from_millis(300)).await;
+    proxy.reset_all();
+    sleep(Duration::from_millis(300)).await;
+    guard.release().await.expect("release");
+    let next = timeout(Duration::from_secs(8), waiting)
+        .await
+        .expect("the waiter never acquired after the reset")
+        .unwrap();
+    next.release().await.expect("release");
+}
