@@ -402,3 +402,29 @@ proptest! {
         })?;
     }
 }
+
+/// On Redis Cluster, a key whose lock and fencing counter would land in different hash slots
+/// is refused up front with `InvalidKey`; other odd keys work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_keys_on_redis_cluster() {
+    let cluster = support::RedisCluster::start(3).await;
+    let locker = Locker::builder(Config::new(Driver::Redis))
+        .redis_cluster(cluster.cluster_connection().await)
+        .build()
+        .expect("build");
+    match locker.try_lock("}x").await {
+        Err(Error::InvalidKey { reason, .. }) => assert!(reason.contains("hash slots"), "{reason}"),
+        other => panic!("expected InvalidKey for a key starting with `}}`, got {other:?}"),
+    }
+    for key in ["a\0b", "{a}", "*", "x}y{z"] {
+        let guard = locker
+            .try_lock(key)
+            .await
+            .expect("try_lock")
+            .expect("free key");
+        guard
+            .release()
+            .await
+            .unwrap_or_else(|e| panic!("{key:?}: release: {e}"));
+    }
+}

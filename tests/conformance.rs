@@ -414,6 +414,35 @@ macro_rules! conformance {
 conformance!(memory_backend, fixtures::Memory);
 conformance!(redis_backend, fixtures::Redis);
 conformance!(etcd_backend, fixtures::Etcd);
+conformance!(redis_cluster_backend, fixtures::RedisCluster);
+
+/// On a 3-master cluster, locks spread over every master (the `{key}` hash tag puts each
+/// lock's keys in the slot of its name, not in one slot for all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_spreads_locks_over_all_masters() {
+    let cluster = support::RedisCluster::start(3).await;
+    let mut config = config("spread:", Duration::from_secs(10));
+    config.driver = Driver::Redis;
+    let locker = Locker::builder(config)
+        .redis_cluster(cluster.cluster_connection().await)
+        .build()
+        .expect("build");
+    let mut guards = Vec::new();
+    for i in 0..30 {
+        guards.push(locker.lock(&format!("job-{i}")).await.expect("lock"));
+    }
+    for (n, node) in cluster.nodes().iter().enumerate() {
+        let mut conn = node.connection_manager().await;
+        let keys: i64 = ::redis::cmd("DBSIZE")
+            .query_async(&mut conn)
+            .await
+            .expect("DBSIZE");
+        assert!(keys > 0, "master {n} holds no lock: locks are not spread");
+    }
+    for guard in guards {
+        guard.release().await.expect("release");
+    }
+}
 
 mod fixtures {
     use super::*;
@@ -558,6 +587,51 @@ mod fixtures {
         async fn write_counter(&self, name: &str, value: u64) {
             let mut kv = self.admin.kv_client();
             kv.put(name, value.to_string(), None).await.expect("put");
+        }
+    }
+
+    /// A 3-master Redis Cluster of its own.
+    pub struct RedisCluster {
+        cluster: support::RedisCluster,
+        admin: ::redis::cluster_async::ClusterConnection,
+    }
+
+    impl Fixture for RedisCluster {
+        const DRIVER: Driver = Driver::Redis;
+        async fn start() -> Self {
+            let cluster = support::RedisCluster::start(3).await;
+            let admin = cluster.cluster_connection().await;
+            RedisCluster { cluster, admin }
+        }
+        async fn locker(&self, config: Config) -> Locker {
+            let conn = self.cluster.cluster_connection().await;
+            Locker::builder(config)
+                .redis_cluster(conn)
+                .build()
+                .expect("build")
+        }
+        async fn exists(&self, prefix: &str, key: &str) -> bool {
+            let mut admin = self.admin.clone();
+            admin
+                .exists(format!("{prefix}{{{key}}}"))
+                .await
+                .expect("EXISTS")
+        }
+        async fn delete(&self, prefix: &str, key: &str) {
+            let mut admin = self.admin.clone();
+            let _: i64 = admin.del(format!("{prefix}{{{key}}}")).await.expect("DEL");
+        }
+        async fn stop_server(&mut self) {
+            self.cluster.kill();
+        }
+        async fn read_counter(&self, name: &str) -> u64 {
+            let mut admin = self.admin.clone();
+            let value: Option<u64> = admin.get(name).await.expect("GET");
+            value.unwrap_or(0)
+        }
+        async fn write_counter(&self, name: &str, value: u64) {
+            let mut admin = self.admin.clone();
+            let _: () = admin.set(name, value).await.expect("SET");
         }
     }
 }

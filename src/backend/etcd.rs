@@ -309,7 +309,9 @@ impl EtcdBackend {
             )])
             .and_then([TxnOp::delete(lease.storage_key.clone(), None)]);
         let mut kv = self.client.kv_client();
-        let held = bounded(&lease.key, lease.ttl, kv.txn(delete_if_ours)).await?.succeeded();
+        let held = bounded(&lease.key, lease.ttl, kv.txn(delete_if_ours))
+            .await?
+            .succeeded();
         // The lease holds no key any more: revoking it only frees server memory, so the
         // release does not wait for it. If it fails, the lease expires after its TTL.
         let (mut lease_client, id, ttl) = (self.client.lease_client(), lease.lease_id, lease.ttl);

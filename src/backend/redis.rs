@@ -76,6 +76,18 @@ struct Keys {
 
 const RELEASED: &str = ":released";
 
+/// The part of a key Redis Cluster hashes: the first non-empty `{...}`, else the whole key.
+fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
 /// Where a release of `lock_key` is announced.
 fn release_channel(lock_key: &str) -> String {
     format!("{lock_key}{RELEASED}")
@@ -102,6 +114,18 @@ impl RedisBackend {
 
     pub async fn acquire(&self, request: &Request<'_>) -> Result<Option<Lease>> {
         let keys = self.keys(request.key);
+        if matches!(self.conn, RedisConn::Cluster(_))
+            && hash_tag(&keys.lock) != hash_tag(&keys.fence)
+        {
+            return Err(Error::InvalidKey {
+                key: crate::error::display_key(request.key),
+                reason:
+                    "on Redis Cluster, this key with this prefix puts the lock and its fencing \
+                         counter in different hash slots (a key starting with `}` or a prefix \
+                         with braces)"
+                        .into(),
+            });
+        }
         // Uncontended fast path: no subscription for a lock that is free.
         let first = self.try_once(request, &keys).await?;
         if first.is_some() || request.wait.is_none() {
@@ -389,5 +413,23 @@ async fn read_notifications(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hash_tag;
+
+    #[test]
+    fn hash_tags_follow_the_cluster_rule() {
+        assert_eq!(hash_tag("p:{job}"), "job");
+        assert_eq!(hash_tag("p:{job}:fence"), "job");
+        assert_eq!(
+            hash_tag("p:{}x}"),
+            "p:{}x}",
+            "an empty tag hashes the whole key"
+        );
+        assert_eq!(hash_tag("a{b}{c}"), "b", "only the first tag counts");
+        assert_eq!(hash_tag("plain"), "plain");
     }
 }

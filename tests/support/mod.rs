@@ -9,7 +9,7 @@ mod redis_server;
 
 pub use etcd_server::{client_at, EtcdCluster, EtcdServer};
 pub use proxy::Proxy;
-pub use redis_server::{connection_manager_at, RedisServer};
+pub use redis_server::{connection_manager_at, RedisCluster, RedisServer};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

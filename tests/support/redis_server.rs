@@ -11,11 +11,17 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub async fn start() -> RedisServer {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra arguments (`--cluster-enabled yes`, ...).
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
         require_binary("redis-server", "redis-server");
         let mut dir = TempDir::new("redis");
         for _ in 0..5 {
@@ -23,6 +29,7 @@ impl RedisServer {
                 port: free_port(),
                 dir,
                 child: None,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
             };
             if server.spawn().await {
                 return server;
@@ -49,6 +56,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -135,4 +143,84 @@ pub async fn connection_manager_at(url: &str) -> redis::aio::ConnectionManager {
     redis::aio::ConnectionManager::new_with_config(client, config)
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// A Redis Cluster of `masters` nodes on loopback, no replicas; killed when dropped.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start(masters: usize) -> RedisCluster {
+        require_binary("redis-cli", "redis-tools");
+        let mut nodes = Vec::new();
+        for _ in 0..masters {
+            nodes.push(RedisServer::start_with(&["--cluster-enabled", "yes"]).await);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !cluster.is_ok().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cluster_state never became ok"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster
+    }
+
+    async fn is_ok(&self) -> bool {
+        for node in &self.nodes {
+            let mut conn = node.connection_manager().await;
+            let info: String = match redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(info) => info,
+                Err(_) => return false,
+            };
+            if !info.contains("cluster_state:ok") {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    pub async fn cluster_connection(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.urls())
+            .expect("cluster client")
+            .get_async_connection()
+            .await
+            .expect("cluster connection")
+    }
+
+    pub fn kill(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
 }
