@@ -9,11 +9,30 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// Shortest TTL accepted: renewal runs every TTL/3 and needs a few round trips of slack.
+///
+/// ```
+/// let config = dlock::Config { default_ttl: dlock::MIN_TTL, ..Default::default() };
+/// assert!(config.validate().is_ok());
+/// ```
 pub const MIN_TTL: Duration = Duration::from_millis(100);
 /// Longest TTL accepted. A TTL is a failure-detection window, not a hold time: locks are
 /// renewed while held, so a longer TTL only delays recovery after a crash.
+///
+/// ```
+/// let too_long = dlock::MAX_TTL + std::time::Duration::from_secs(1);
+/// let config = dlock::Config { default_ttl: too_long, ..Default::default() };
+/// assert!(config.validate().is_err());
+/// ```
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Longest key (and longest prefix) accepted, in bytes.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let locker = dlock::Locker::builder(dlock::Config::default()).build().unwrap();
+/// let key = "k".repeat(dlock::MAX_KEY_LEN + 1);
+/// assert!(matches!(locker.try_lock(&key).await, Err(dlock::Error::InvalidKey { .. })));
+/// # }
+/// ```
 pub const MAX_KEY_LEN: usize = 1024;
 const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(3600);
 

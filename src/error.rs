@@ -6,6 +6,13 @@ use crate::config::Driver;
 
 /// A boxed error from a backend client (redis, etcd-client), kept opaque so that
 /// the public enum does not change with the enabled backends.
+///
+/// ```
+/// use std::error::Error as _;
+/// let source: dlock::BoxError = "connection refused".into();
+/// let err = dlock::Error::Backend { backend: "redis", key: None, source };
+/// assert_eq!(err.source().unwrap().to_string(), "connection refused");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong in dlock.
@@ -173,6 +180,13 @@ impl Error {
 }
 
 /// `Result<T, dlock::Error>`.
+///
+/// ```
+/// fn check() -> dlock::Result<()> {
+///     dlock::Config::default().validate()
+/// }
+/// assert!(check().is_ok());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]

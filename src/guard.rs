@@ -221,7 +221,17 @@ impl fmt::Debug for LockGuard {
     }
 }
 
-/// The future returned by [`LockGuard::run`].
+/// The future returned by [`LockGuard::run`]: the work, cut short with
+/// [`Error::OwnershipLost`] as soon as the lock is lost.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+/// # let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
+/// let guard = locker.lock("report").await?;
+/// let run: dlock::Run<_> = guard.run(async { 1 + 1 });
+/// assert_eq!(run.await?, 2);
+/// # Ok(()) }
+/// ```
 #[pin_project]
 #[must_use = "futures do nothing unless awaited"]
 pub struct Run<F> {

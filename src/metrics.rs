@@ -12,16 +12,40 @@
 use std::time::Duration;
 
 /// Counter: locks acquired.
+///
+/// ```
+/// assert_eq!(dlock::metrics::LOCK_ACQUIRED_TOTAL, "dlock_lock_acquired_total");
+/// ```
 pub const LOCK_ACQUIRED_TOTAL: &str = "dlock_lock_acquired_total";
 /// Counter: lock calls that ended without a lock (error or timeout; not `try_lock` finding it held).
+///
+/// ```
+/// assert_eq!(dlock::metrics::LOCK_FAILED_TOTAL, "dlock_lock_failed_total");
+/// ```
 pub const LOCK_FAILED_TOTAL: &str = "dlock_lock_failed_total";
 /// Counter: locks released while still held.
+///
+/// ```
+/// assert_eq!(dlock::metrics::LOCK_RELEASED_TOTAL, "dlock_lock_released_total");
+/// ```
 pub const LOCK_RELEASED_TOTAL: &str = "dlock_lock_released_total";
 /// Histogram, seconds: from acquisition to release.
+///
+/// ```
+/// assert_eq!(dlock::metrics::LOCK_HOLD_DURATION_SECONDS, "dlock_lock_hold_duration_seconds");
+/// ```
 pub const LOCK_HOLD_DURATION_SECONDS: &str = "dlock_lock_hold_duration_seconds";
 /// Histogram, seconds: how long a successful `lock` call waited.
+///
+/// ```
+/// assert_eq!(dlock::metrics::LOCK_WAIT_DURATION_SECONDS, "dlock_lock_wait_duration_seconds");
+/// ```
 pub const LOCK_WAIT_DURATION_SECONDS: &str = "dlock_lock_wait_duration_seconds";
 /// Counter: locks whose ownership was lost while held.
+///
+/// ```
+/// assert_eq!(dlock::metrics::OWNERSHIP_LOST_TOTAL, "dlock_ownership_lost_total");
+/// ```
 pub const OWNERSHIP_LOST_TOTAL: &str = "dlock_ownership_lost_total";
 
 /// The locker's instruments; free when no meter is injected.
