@@ -428,3 +428,58 @@ async fn odd_keys_on_redis_cluster() {
             .unwrap_or_else(|e| panic!("{key:?}: release: {e}"));
     }
 }
+
+/// A guard dropped after its runtime is gone, or while the runtime shuts down, must not
+/// panic; with no runtime left to send the release, the key expires after its TTL.
+#[test]
+fn dropping_guards_without_a_runtime_does_not_panic() {
+    let store = MemoryStore::new();
+    let config = Config {
+        default_ttl: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let locker = Locker::builder(config)
+        .memory(store.clone())
+        .build()
+        .unwrap();
+    let guard = runtime.block_on(locker.lock("outside")).expect("lock");
+    // A second guard lives inside a task that the shutdown drops.
+    let held_in_task = runtime.block_on(locker.lock("in-task")).expect("lock");
+    runtime.spawn(async move {
+        let _held = held_in_task;
+        std::future::pending::<()>().await;
+    });
+    drop(runtime);
+    drop(guard);
+    assert!(
+        store.contains("dlock:outside"),
+        "nothing could release it: it waits for its TTL"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        !store.contains("dlock:outside"),
+        "the TTL cleans up after a lost runtime"
+    );
+    assert!(!store.contains("dlock:in-task"));
+}
+
+/// The shipped example config loads, and says what the README says.
+#[test]
+fn the_example_config_file_loads() {
+    let config = Config::from_file("examples/config.yaml").expect("examples/config.yaml");
+    assert_eq!(config.driver, Driver::Redis);
+    assert_eq!(config.prefix, "myapp:lock:");
+    assert_eq!(config.default_ttl, Duration::from_secs(10));
+    assert_eq!(config.retry_interval, Duration::from_millis(100));
+    let json = Config::from_file("examples/config.json").expect("examples/config.json");
+    assert_eq!(
+        (json.driver, json.default_ttl),
+        (Driver::Etcd, Duration::from_secs(30))
+    );
+    let missing = Config::from_file("examples/no-such-file.yaml").unwrap_err();
+    assert!(
+        matches!(missing, Error::InvalidConfig { .. }),
+        "{missing:?}"
+    );
+}
