@@ -531,6 +531,9 @@ impl Locker {
                 if matches!(e, Error::Backend { .. }) {
                     tracing::error!(component = "dlock", backend = name, key = %key, error = %e,
                         "lock attempt failed");
+                } else {
+                    tracing::debug!(component = "dlock", backend = name, key = %key, error = %e,
+                        "lock call ended without a lock");
                 }
                 Err(e)
             }
