@@ -47,8 +47,8 @@ async fn locker<F: Fixture>(fx: &F, prefix: &str, ttl: Duration) -> Locker {
 }
 
 /// 16 tasks over 2 lockers with separate connections, 200 non-atomic increments each.
-async fn mutual_exclusion<F: Fixture>() {
-    let fx = Arc::new(F::start().await);
+async fn mutual_exclusion<F: Fixture>(fx: F) {
+    let fx = Arc::new(fx);
     let lockers = [
         locker(&*fx, "mx:", Duration::from_secs(5)).await,
         locker(&*fx, "mx:", Duration::from_secs(5)).await,
@@ -78,7 +78,8 @@ async fn mutual_exclusion<F: Fixture>() {
 }
 
 /// A 1 s TTL lock stays held for 5 s through renewal.
-async fn renewal_keeps_a_short_ttl_lock<F: Fixture>(fx: &F) {
+async fn renewal_keeps_a_short_ttl_lock<F: Fixture>(fx: F) {
+    let fx = &fx;
     let holder = locker(fx, "renew:", Duration::from_secs(1)).await;
     let rival = locker(fx, "renew:", Duration::from_secs(1)).await;
     let guard = holder.lock("k").await.expect("lock");
@@ -99,7 +100,8 @@ async fn renewal_keeps_a_short_ttl_lock<F: Fixture>(fx: &F) {
 
 /// The key deleted behind the holder's back: `lost()` within TTL/3 + 200 ms, and
 /// `release()` reports `OwnershipLost`.
-async fn deleted_key_is_reported_as_lost<F: Fixture>(fx: &F) {
+async fn deleted_key_is_reported_as_lost<F: Fixture>(fx: F) {
+    let fx = &fx;
     let ttl = Duration::from_secs(1);
     let holder = locker(fx, "del:", ttl).await;
     let guard = holder.lock("k").await.expect("lock");
@@ -143,7 +145,8 @@ async fn server_down_is_reported_before_the_ttl<F: Fixture>(mut fx: F) {
 }
 
 /// Dropping a guard frees the key long before its TTL.
-async fn drop_releases_promptly<F: Fixture>(fx: &F) {
+async fn drop_releases_promptly<F: Fixture>(fx: F) {
+    let fx = &fx;
     let holder = locker(fx, "drop:", Duration::from_secs(30)).await;
     let guard = holder.lock("k").await.expect("lock");
     assert!(
@@ -162,7 +165,8 @@ async fn drop_releases_promptly<F: Fixture>(fx: &F) {
 }
 
 /// A stale holder's release never deletes the next holder's key.
-async fn stale_release_never_deletes_another_holders_key<F: Fixture>(fx: &F) {
+async fn stale_release_never_deletes_another_holders_key<F: Fixture>(fx: F) {
+    let fx = &fx;
     let ttl = Duration::from_secs(10);
     let first = locker(fx, "stale:", ttl).await;
     let second = locker(fx, "stale:", ttl).await;
@@ -188,7 +192,8 @@ async fn stale_release_never_deletes_another_holders_key<F: Fixture>(fx: &F) {
 }
 
 /// Fencing tokens strictly increase across holders and lockers.
-async fn fencing_tokens_strictly_increase<F: Fixture>(fx: &F) {
+async fn fencing_tokens_strictly_increase<F: Fixture>(fx: F) {
+    let fx = &fx;
     let lockers = [
         locker(fx, "fence:", Duration::from_secs(5)).await,
         locker(fx, "fence:", Duration::from_secs(5)).await,
@@ -204,7 +209,8 @@ async fn fencing_tokens_strictly_increase<F: Fixture>(fx: &F) {
 }
 
 /// `try_lock` on a held key answers `None` without waiting.
-async fn try_lock_on_a_held_key_returns_none<F: Fixture>(fx: &F) {
+async fn try_lock_on_a_held_key_returns_none<F: Fixture>(fx: F) {
+    let fx = &fx;
     let a = locker(fx, "try:", Duration::from_secs(5)).await;
     let b = locker(fx, "try:", Duration::from_secs(5)).await;
     let _held = a.lock("k").await.expect("lock");
@@ -223,7 +229,8 @@ async fn try_lock_on_a_held_key_returns_none<F: Fixture>(fx: &F) {
 }
 
 /// `wait_timeout` ends a wait with `Timeout`, and a release lets the next waiter in.
-async fn wait_timeout_returns_timeout<F: Fixture>(fx: &F) {
+async fn wait_timeout_returns_timeout<F: Fixture>(fx: F) {
+    let fx = &fx;
     let a = locker(fx, "wait:", Duration::from_secs(5)).await;
     let b = locker(fx, "wait:", Duration::from_secs(5)).await;
     let held = a.lock("k").await.expect("lock");
@@ -258,7 +265,8 @@ async fn wait_timeout_returns_timeout<F: Fixture>(fx: &F) {
 }
 
 /// 1,000 acquire futures dropped at random points leave no key behind.
-async fn cancelled_acquires_leave_no_key<F: Fixture>(fx: &F) {
+async fn cancelled_acquires_leave_no_key<F: Fixture>(fx: F) {
+    let fx = &fx;
     let lockers = [
         locker(fx, "cancel:", Duration::from_secs(30)).await,
         locker(fx, "cancel:", Duration::from_secs(30)).await,
@@ -290,7 +298,8 @@ async fn cancelled_acquires_leave_no_key<F: Fixture>(fx: &F) {
 }
 
 /// The Go-style layer: `LockAlreadyHeld`, `LockNotHeld`, `OwnershipLost`.
-async fn compat_errors_match_go<F: Fixture>(fx: &F) {
+async fn compat_errors_match_go<F: Fixture>(fx: F) {
+    let fx = &fx;
     let locker = locker(fx, "go:", Duration::from_secs(1)).await;
     let go = locker.compat();
     go.lock("k").await.expect("lock");
@@ -332,7 +341,8 @@ async fn locker_with_same_backend<F: Fixture>(fx: &F, prefix: &str) -> Locker {
 }
 
 /// `close()` releases everything and refuses later calls.
-async fn close_releases_everything<F: Fixture>(fx: &F) {
+async fn close_releases_everything<F: Fixture>(fx: F) {
+    let fx = &fx;
     let locker = locker(fx, "close:", Duration::from_secs(30)).await;
     let guard = locker.lock("a").await.expect("lock a");
     locker.compat().lock("b").await.expect("lock b");
@@ -352,61 +362,33 @@ async fn close_releases_everything<F: Fixture>(fx: &F) {
     locker.close().await.expect("close is idempotent");
 }
 
-/// Runs every test of the suite for one backend, each on a fresh fixture where it needs one.
+/// Runs every test of the suite for one backend, each on a fresh fixture.
 macro_rules! conformance {
     ($module:ident, $fixture:ty) => {
+        conformance!(@tests $module, $fixture,
+            mutual_exclusion,
+            renewal_keeps_a_short_ttl_lock,
+            deleted_key_is_reported_as_lost,
+            server_down_is_reported_before_the_ttl,
+            drop_releases_promptly,
+            stale_release_never_deletes_another_holders_key,
+            fencing_tokens_strictly_increase,
+            try_lock_on_a_held_key_returns_none,
+            wait_timeout_returns_timeout,
+            cancelled_acquires_leave_no_key,
+            compat_errors_match_go,
+            close_releases_everything
+        );
+    };
+    (@tests $module:ident, $fixture:ty, $($test:ident),+) => {
         mod $module {
             use super::*;
-            type Fx = $fixture;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mutual_exclusion() {
-                super::mutual_exclusion::<Fx>().await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn renewal_keeps_a_short_ttl_lock() {
-                super::renewal_keeps_a_short_ttl_lock(&Fx::start().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn deleted_key_is_reported_as_lost() {
-                super::deleted_key_is_reported_as_lost(&Fx::start().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn server_down_is_reported_before_the_ttl() {
-                super::server_down_is_reported_before_the_ttl(Fx::start().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn drop_releases_promptly() {
-                super::drop_releases_promptly(&Fx::start().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn stale_release_never_deletes_another_holders_key() {
-                super::stale_release_never_deletes_another_holders_key(&Fx::start().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn fencing_tokens_strictly_increase() {
-                super::fencing_tokens_strictly_increase(&Fx::start().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn try_lock_on_a_held_key_returns_none() {
-                super::try_lock_on_a_held_key_returns_none(&Fx::start().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn wait_timeout_returns_timeout() {
-                super::wait_timeout_returns_timeout(&Fx::start().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cancelled_acquires_leave_no_key() {
-                super::cancelled_acquires_leave_no_key(&Fx::start().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn compat_errors_match_go() {
-                super::compat_errors_match_go(&Fx::start().await).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn close_releases_everything() {
-                super::close_releases_everything(&Fx::start().await).await
-            }
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(<$fixture>::start().await).await
+                }
+            )+
         }
     };
 }
@@ -485,7 +467,48 @@ mod fixtures {
         }
     }
 
-    /// A `redis-server` of its own; lock keys are `<prefix>{<key>}`.
+    /// The server-side view shared by the single-node and the cluster fixtures: a lock's key
+    /// is `<prefix>{<key>}`.
+    async fn redis_exists<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+        admin: &C,
+        prefix: &str,
+        key: &str,
+    ) -> bool {
+        let mut admin = admin.clone();
+        admin
+            .exists(format!("{prefix}{{{key}}}"))
+            .await
+            .expect("EXISTS")
+    }
+
+    async fn redis_delete<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+        admin: &C,
+        prefix: &str,
+        key: &str,
+    ) {
+        let mut admin = admin.clone();
+        let _: i64 = admin.del(format!("{prefix}{{{key}}}")).await.expect("DEL");
+    }
+
+    async fn redis_read<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+        admin: &C,
+        name: &str,
+    ) -> u64 {
+        let mut admin = admin.clone();
+        let value: Option<u64> = admin.get(name).await.expect("GET");
+        value.unwrap_or(0)
+    }
+
+    async fn redis_write<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+        admin: &C,
+        name: &str,
+        value: u64,
+    ) {
+        let mut admin = admin.clone();
+        let _: () = admin.set(name, value).await.expect("SET");
+    }
+
+    /// A `redis-server` of its own.
     pub struct Redis {
         server: support::RedisServer,
         admin: ::redis::aio::ConnectionManager,
@@ -503,27 +526,19 @@ mod fixtures {
             Locker::builder(config).redis(conn).build().expect("build")
         }
         async fn exists(&self, prefix: &str, key: &str) -> bool {
-            let mut admin = self.admin.clone();
-            admin
-                .exists(format!("{prefix}{{{key}}}"))
-                .await
-                .expect("EXISTS")
+            redis_exists(&self.admin, prefix, key).await
         }
         async fn delete(&self, prefix: &str, key: &str) {
-            let mut admin = self.admin.clone();
-            let _: i64 = admin.del(format!("{prefix}{{{key}}}")).await.expect("DEL");
+            redis_delete(&self.admin, prefix, key).await
         }
         async fn stop_server(&mut self) {
             self.server.kill();
         }
         async fn read_counter(&self, name: &str) -> u64 {
-            let mut admin = self.admin.clone();
-            let value: Option<u64> = admin.get(name).await.expect("GET");
-            value.unwrap_or(0)
+            redis_read(&self.admin, name).await
         }
         async fn write_counter(&self, name: &str, value: u64) {
-            let mut admin = self.admin.clone();
-            let _: () = admin.set(name, value).await.expect("SET");
+            redis_write(&self.admin, name, value).await
         }
     }
 
@@ -611,27 +626,19 @@ mod fixtures {
                 .expect("build")
         }
         async fn exists(&self, prefix: &str, key: &str) -> bool {
-            let mut admin = self.admin.clone();
-            admin
-                .exists(format!("{prefix}{{{key}}}"))
-                .await
-                .expect("EXISTS")
+            redis_exists(&self.admin, prefix, key).await
         }
         async fn delete(&self, prefix: &str, key: &str) {
-            let mut admin = self.admin.clone();
-            let _: i64 = admin.del(format!("{prefix}{{{key}}}")).await.expect("DEL");
+            redis_delete(&self.admin, prefix, key).await
         }
         async fn stop_server(&mut self) {
             self.cluster.kill();
         }
         async fn read_counter(&self, name: &str) -> u64 {
-            let mut admin = self.admin.clone();
-            let value: Option<u64> = admin.get(name).await.expect("GET");
-            value.unwrap_or(0)
+            redis_read(&self.admin, name).await
         }
         async fn write_counter(&self, name: &str, value: u64) {
-            let mut admin = self.admin.clone();
-            let _: () = admin.set(name, value).await.expect("SET");
+            redis_write(&self.admin, name, value).await
         }
     }
 }
