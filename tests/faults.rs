@@ -115,7 +115,7 @@ impl Target for Etcd {
     }
 }
 
-/// 1. A blackhole shorter than TTL/2 while held: no false loss, renewal resumes.
+/// Scenario 1: A blackhole shorter than TTL/2 while held: no false loss, renewal resumes.
 async fn short_blackhole_is_survived<T: Target>() {
     let target = T::start().await;
     let proxy = support::Proxy::start(target.addr()).await;
@@ -141,7 +141,7 @@ async fn short_blackhole_is_survived<T: Target>() {
     guard.release().await.expect("release after the blip");
 }
 
-/// 2. A blackhole longer than the TTL while held: `lost()` fires before the server expires
+/// Scenario 2: A blackhole longer than the TTL while held: `lost()` fires before the server expires
 /// the lock (watched directly), so the holder stops before anyone else can take it.
 async fn long_blackhole_fires_lost_before_the_server_expiry<T: Target>() {
     let target = T::start().await;
@@ -181,7 +181,7 @@ async fn long_blackhole_fires_lost_before_the_server_expiry<T: Target>() {
     ));
 }
 
-/// 3a. Every connection reset while held: the client reconnects and renewal goes on.
+/// Scenario 3a: Every connection reset while held: the client reconnects and renewal goes on.
 async fn reset_while_held_keeps_the_lock<T: Target>() {
     let target = T::start().await;
     let proxy = support::Proxy::start(target.addr()).await;
@@ -204,7 +204,7 @@ async fn reset_while_held_keeps_the_lock<T: Target>() {
     guard.release().await.expect("release after resets");
 }
 
-/// 3b. Connections reset while a `lock()` waits: the waiter still acquires after the release.
+/// Scenario 3b: Connections reset while a `lock()` waits: the waiter still acquires after the release.
 async fn reset_while_waiting_still_acquires<T: Target>() {
     let target = T::start().await;
     let proxy = support::Proxy::start(target.addr()).await;
@@ -262,7 +262,7 @@ scenarios! {
 // Redis only: data-losing restart, server down, blackholed server at lock time. (etcd keeps
 // its data across restarts; its dead-endpoint case is in tests/etcd.rs.)
 
-/// 4. Redis restarted without persistence while held: `lost()` at the next renewal, and the
+/// Scenario 4: Redis restarted without persistence while held: `lost()` at the next renewal, and the
 /// next holder's fencing token is still greater (the counter restarts from the server clock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_fires_lost_and_fencing_still_increases() {
@@ -290,7 +290,7 @@ async fn redis_restart_fires_lost_and_fencing_still_increases() {
     new_guard.release().await.expect("release");
 }
 
-/// 5. Server down when `lock()` is called: a typed error within the wait timeout, and no
+/// Scenario 5: Server down when `lock()` is called: a typed error within the wait timeout, and no
 /// hang without one either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_gives_a_typed_error_not_a_hang() {
@@ -322,7 +322,7 @@ async fn redis_down_gives_a_typed_error_not_a_hang() {
     );
 }
 
-/// 5b. Blackholed server (accepts, never answers) when `lock()` is called: bounded by the TTL.
+/// Scenario 5b: Blackholed server (accepts, never answers) when `lock()` is called: bounded by the TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_blackholed_lock_call_is_bounded() {
     let target = Redis::start().await;
