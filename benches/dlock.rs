@@ -17,16 +17,43 @@ mod support;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use dlock::{Config, Driver, LockOptions, Locker, MemoryStore};
 use redis::Script;
 use tokio::time::Instant;
 
-const OBTAIN: &str = include_str!("../src/backend/redis/obtain.lua");
-const RELEASE: &str = include_str!("../src/backend/redis/release.lua");
-const REFRESH: &str = include_str!("../src/backend/redis/refresh.lua");
+// The lock's own scripts, loaded once as the library loads them.
+static OBTAIN: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../src/backend/redis/obtain.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../src/backend/redis/release.lua")));
+static REFRESH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../src/backend/redis/refresh.lua")));
+
+/// The acquire script, sent directly: the fencing token, or 0 when the lock is held.
+async fn raw_obtain(conn: &mut redis::aio::ConnectionManager, lock: &str, token: &str) -> u64 {
+    OBTAIN
+        .key(lock)
+        .key(format!("{lock}:fence"))
+        .arg(token)
+        .arg(10_000)
+        .invoke_async(conn)
+        .await
+        .unwrap()
+}
+
+/// The release script, sent directly: 1 when released.
+async fn raw_release(conn: &mut redis::aio::ConnectionManager, lock: &str, token: &str) -> i64 {
+    RELEASE
+        .key(lock)
+        .arg(token)
+        .arg(format!("{lock}:released"))
+        .invoke_async(conn)
+        .await
+        .unwrap()
+}
 
 struct Settings {
     window: Duration,
@@ -221,33 +248,14 @@ fn memory_locker(store: &MemoryStore, retry: Duration) -> Locker {
 
 async fn uncontended_redis(server: &support::RedisServer, tasks: usize, s: &Settings) {
     let conn = server.connection_manager().await;
-    let (obtain, release) = (
-        Arc::new(Script::new(OBTAIN)),
-        Arc::new(Script::new(RELEASE)),
-    );
     // The same two scripts the lock sends, with the same keys and arguments.
     let baseline = move |task: usize, i: u64| {
-        let (mut conn, obtain, release) = (conn.clone(), obtain.clone(), release.clone());
+        let mut conn = conn.clone();
         async move {
             let key = format!("raw:{{k{task}}}");
             let token = format!("t{task}-{i}");
-            let fence: u64 = obtain
-                .key(&key)
-                .key(format!("{key}:fence"))
-                .arg(&token)
-                .arg(10_000)
-                .invoke_async(&mut conn)
-                .await
-                .unwrap();
-            assert!(fence > 0);
-            let released: i64 = release
-                .key(&key)
-                .arg(&token)
-                .arg(format!("{key}:released"))
-                .invoke_async(&mut conn)
-                .await
-                .unwrap();
-            assert_eq!(released, 1);
+            assert!(raw_obtain(&mut conn, &key, &token).await > 0);
+            assert_eq!(raw_release(&mut conn, &key, &token).await, 1);
         }
     };
     let locker = redis_locker(server, Duration::from_millis(100), true).await;
@@ -328,28 +336,13 @@ struct RawRedisHolder {
 
 impl Holder for RawRedisHolder {
     async fn hold(&self, key: &str) {
-        let mut conn = self.conn.clone();
         let lock = format!("bench:{{{key}}}");
-        let fence: u64 = Script::new(OBTAIN)
-            .key(&lock)
-            .key(format!("{lock}:fence"))
-            .arg("other-process")
-            .arg(10_000)
-            .invoke_async(&mut conn)
-            .await
-            .unwrap();
+        let fence = raw_obtain(&mut self.conn.clone(), &lock, "other-process").await;
         assert!(fence > 0, "holder could not take {key}");
     }
     async fn free(&self, key: &str) {
-        let mut conn = self.conn.clone();
         let lock = format!("bench:{{{key}}}");
-        let released: i64 = Script::new(RELEASE)
-            .key(&lock)
-            .arg("other-process")
-            .arg(format!("{lock}:released"))
-            .invoke_async(&mut conn)
-            .await
-            .unwrap();
+        let released = raw_release(&mut self.conn.clone(), &lock, "other-process").await;
         assert_eq!(released, 1);
     }
 }
@@ -509,27 +502,10 @@ async fn contention_redis(server: &support::RedisServer, tasks: usize, s: &Setti
         async move {
             let lock = format!("bench:{{{key}}}");
             let token = format!("{task}-{i}");
-            loop {
-                let fence: u64 = Script::new(OBTAIN)
-                    .key(&lock)
-                    .key(format!("{lock}:fence"))
-                    .arg(&token)
-                    .arg(10_000)
-                    .invoke_async(&mut conn)
-                    .await
-                    .unwrap();
-                if fence > 0 {
-                    break;
-                }
+            while raw_obtain(&mut conn, &lock, &token).await == 0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let _: i64 = Script::new(RELEASE)
-                .key(&lock)
-                .arg(&token)
-                .arg(format!("{lock}:released"))
-                .invoke_async(&mut conn)
-                .await
-                .unwrap();
+            raw_release(&mut conn, &lock, &token).await;
         }
     })
     .await;
@@ -605,22 +581,14 @@ async fn hold_many(server: &support::RedisServer, s: &Settings) {
     let mut c = conn.clone();
     for (i, token) in tokens.iter().enumerate() {
         let lock = format!("bench:{{raw-many-{i}}}");
-        let _: u64 = Script::new(OBTAIN)
-            .key(&lock)
-            .key(format!("{lock}:fence"))
-            .arg(token)
-            .arg(10_000)
-            .invoke_async(&mut c)
-            .await
-            .unwrap();
+        raw_obtain(&mut c, &lock, token).await;
     }
-    let refresh = Arc::new(Script::new(REFRESH));
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let period = Duration::from_millis(3333);
     let mut handles = Vec::new();
     for i in 0..n {
-        let (mut conn, refresh) = (conn.clone(), refresh.clone());
+        let mut conn = conn.clone();
         let hold_for = s.hold_for;
         handles.push(tokio::spawn(async move {
             let lock = format!("bench:{{raw-many-{i}}}");
@@ -629,7 +597,7 @@ async fn hold_many(server: &support::RedisServer, s: &Settings) {
             let mut next = start + period;
             while next < start + hold_for {
                 tokio::time::sleep_until(next).await;
-                let _: i64 = refresh
+                let _: i64 = REFRESH
                     .key(&lock)
                     .arg(&token)
                     .arg(10_000)
