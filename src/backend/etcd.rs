@@ -215,6 +215,9 @@ impl EtcdBackend {
                     let created = bounded(entry.key, entry.ttl, stream.message()).await?;
                     if created.is_some_and(|r| r.created() && !r.canceled()) {
                         watching = Some((predecessor, stream));
+                    } else {
+                        // Refused or closed at once (a member going away): do not spin.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
             }
