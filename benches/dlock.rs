@@ -44,12 +44,13 @@ async fn raw_obtain(conn: &mut redis::aio::ConnectionManager, lock: &str, token:
         .unwrap()
 }
 
-/// The release script, sent directly: 1 when released.
+/// The release script, sent directly (as another process would): 1 when released.
 async fn raw_release(conn: &mut redis::aio::ConnectionManager, lock: &str, token: &str) -> i64 {
     RELEASE
         .key(lock)
         .arg(token)
         .arg(format!("{lock}:released"))
+        .arg("another-process")
         .invoke_async(conn)
         .await
         .unwrap()

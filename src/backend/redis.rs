@@ -205,7 +205,8 @@ impl RedisBackend {
         release
             .key(lock_key)
             .arg(token)
-            .arg(release_channel(lock_key));
+            .arg(release_channel(lock_key))
+            .arg(wake::process_id());
         let released: i64 = self.call(key, ttl, &release).await?;
         Ok(released == 1)
     }
@@ -399,8 +400,12 @@ async fn read_notifications(
         };
         match message {
             Some(message) => {
+                // A release made by this process has already woken one of its waiters.
+                let from_here = message.get_payload_bytes() == wake::process_id().as_bytes();
                 if let Some(lock_key) = message.get_channel_name().strip_suffix(RELEASED) {
-                    wake::released(lock_key);
+                    if !from_here {
+                        wake::released(lock_key);
+                    }
                 }
             }
             None => {

@@ -60,3 +60,10 @@ pub(crate) fn is_waited_on(storage_key: &str) -> bool {
     let waiting = registry().lock().unwrap_or_else(|e| e.into_inner());
     waiting.contains_key(storage_key)
 }
+
+/// A random id of this process, sent with release notifications so that the process that
+/// released (and already woke one of its waiters) does not wake another.
+pub(crate) fn process_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| ulid::Ulid::generate().to_string())
+}
