@@ -189,6 +189,19 @@ where
     (b, d)
 }
 
+/// The measured operation: one task's lock + release on a key of its own.
+fn lock_release(locker: Locker) -> impl Fn(usize, u64) -> BoxedUnit + Clone + Send + Sync {
+    move |task, _| {
+        let locker = locker.clone();
+        Box::pin(async move {
+            let guard = locker.lock(&format!("k{task}")).await.unwrap();
+            guard.release().await.unwrap();
+        })
+    }
+}
+
+type BoxedUnit = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 fn row_rate(backend: &str, tasks: usize, baseline: &str, (b, d): (f64, f64)) {
     println!(
         "| {backend} | {tasks} | {baseline} | {b:.0} | {d:.0} | {:.2}x |",
@@ -260,14 +273,7 @@ async fn uncontended_redis(server: &support::RedisServer, tasks: usize, s: &Sett
         }
     };
     let locker = redis_locker(server, Duration::from_millis(100), true).await;
-    let subject = move |task: usize, _| {
-        let locker = locker.clone();
-        async move {
-            let guard = locker.lock(&format!("k{task}")).await.unwrap();
-            guard.release().await.unwrap();
-        }
-    };
-    let result = compare(tasks, s.window, baseline, subject).await;
+    let result = compare(tasks, s.window, baseline, lock_release(locker)).await;
     row_rate("redis", tasks, "raw obtain + release scripts", result);
 }
 
@@ -289,14 +295,7 @@ async fn uncontended_etcd(server: &support::EtcdServer, tasks: usize, s: &Settin
         }
     };
     let locker = etcd_locker(server, Duration::from_millis(100)).await;
-    let subject = move |task: usize, _| {
-        let locker = locker.clone();
-        async move {
-            let guard = locker.lock(&format!("k{task}")).await.unwrap();
-            guard.release().await.unwrap();
-        }
-    };
-    let result = compare(tasks, s.window, baseline, subject).await;
+    let result = compare(tasks, s.window, baseline, lock_release(locker)).await;
     row_rate("etcd", tasks, "raw grant + txn put + revoke", result);
 }
 
@@ -310,14 +309,7 @@ async fn uncontended_memory(tasks: usize, s: &Settings) {
         }
     };
     let locker = memory_locker(&MemoryStore::new(), Duration::from_millis(100));
-    let subject = move |task: usize, _| {
-        let locker = locker.clone();
-        async move {
-            let guard = locker.lock(&format!("k{task}")).await.unwrap();
-            guard.release().await.unwrap();
-        }
-    };
-    let result = compare(tasks, s.window, baseline, subject).await;
+    let result = compare(tasks, s.window, baseline, lock_release(locker)).await;
     row_rate("memory", tasks, "tokio::sync::Mutex", result);
 }
 
