@@ -173,6 +173,15 @@ async fn wait_timeout_zero_makes_one_attempt() {
         other => panic!("a held lock with wait_timeout(0): expected Timeout, got {other:?}"),
     }
     guard.release().await.expect("release");
+    let forever = LockOptions::new().wait_timeout(Duration::MAX);
+    let guard = timeout(ANSWER, locker.lock_with("k", forever))
+        .await
+        .expect("hang");
+    guard
+        .expect("wait_timeout(Duration::MAX) must not overflow")
+        .release()
+        .await
+        .expect("release");
 }
 
 #[tokio::test]
