@@ -17,6 +17,9 @@ use crate::options::LockOptions;
 /// [`Error::OwnershipLost`]. Held locks are renewed like guards, and released by `unlock`
 /// or [`Locker::close`].
 ///
+/// Every method is cancel-safe: a dropped `lock` leaves no lock and no registry entry; a
+/// dropped `unlock` still releases the lock in the background.
+///
 /// | Go | Rust |
 /// |---|---|
 /// | `locker.Lock(ctx, k)` | `go.lock(k).await?` |

@@ -331,7 +331,7 @@ impl Locker {
     }
 
     /// [`Locker::lock`] with per-call options: a TTL, and a `wait_timeout` after which it
-    /// returns [`Error::Timeout`].
+    /// returns [`Error::Timeout`]. Cancel-safe like [`Locker::lock`].
     ///
     /// ```
     /// use std::time::Duration;
@@ -370,7 +370,7 @@ impl Locker {
     }
 
     /// [`Locker::try_lock`] with per-call options (the TTL; `wait_timeout` bounds the one
-    /// attempt).
+    /// attempt). Cancel-safe like [`Locker::lock`].
     ///
     /// ```
     /// use std::time::Duration;
@@ -407,6 +407,9 @@ impl Locker {
     /// Stops all renewal and releases every lock held through this locker (guards and the
     /// compat registry), waiting for the releases. Afterwards every call fails with
     /// [`Error::Closed`]; guards still alive report their lock as released. Idempotent.
+    ///
+    /// Cancel safety: once polled, the close has happened; dropping the future only stops
+    /// waiting for the releases, which go on in the background.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
