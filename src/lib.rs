@@ -51,6 +51,8 @@
 //! two processes believe they hold the lock: use [`LockGuard::fencing_token`] at the
 //! protected resource. The README's "Guarantees and limits" section has the details.
 #![warn(missing_docs)]
+// docs.rs (nightly) marks each feature-gated item with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod compat;

@@ -1,5 +1,5 @@
 //! Metric names, and their recording through an OpenTelemetry `Meter` (cargo feature
-//! `metrics`, injected with [`LockerBuilder::meter`](crate::LockerBuilder::meter)).
+//! `metrics`, injected with `LockerBuilder::meter`, which exists only with that feature).
 //!
 //! Every instrument carries the attributes `backend` (`redis`, `etcd`, `memory`) and, unless
 //! switched off with [`LockerBuilder::key_attribute`](crate::LockerBuilder::key_attribute),
