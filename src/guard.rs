@@ -7,15 +7,13 @@
 //! place that releases, no renewal can follow a release, and drop needs no runtime of its
 //! own: it only signals the task.
 
+use pin_project::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
-
-use pin_project::pin_project;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
@@ -257,6 +255,10 @@ impl<F: Future> Future for Run<F> {
 }
 
 /// Keeps `lease` until release is requested or ownership is lost, then releases it.
+///
+/// `lost` fires no later than the safety deadline measured from the last confirmed renewal,
+/// whatever the release is doing: a release that hangs must not let the holder believe it
+/// still holds a lock that a rival may already have taken.
 async fn lifecycle(
     backend: Backend,
     lease: Lease,
@@ -265,24 +267,34 @@ async fn lifecycle(
     metrics: Metrics,
 ) -> Result<()> {
     let held_since = lease.confirmed_at;
+    let mut confirmed = lease.confirmed_at;
     let loss = tokio::select! {
         biased;
         _ = release.cancelled() => None,
-        loss = backend.keep(&lease) => Some(loss),
+        loss = backend.keep(&lease, &mut confirmed) => Some(loss),
     };
     let name = backend.name();
+    // Past this instant the server has forgotten the key: no release call is worth more.
+    let expiry = confirmed + lease.ttl;
     if let Some(loss) = loss {
         lost.cancel();
         metrics.lost(name, &lease.key);
         tracing::warn!(component = "dlock", backend = name, key = %lease.key,
             fencing_token = lease.fencing_token, reason = %loss, "ownership lost");
         // If renewal merely went unconfirmed, the key may still be ours: free it for the next
-        // holder now rather than at expiry. A compare-token delete cannot harm another holder.
-        let cleanup = Duration::max(lease.ttl / 3, Duration::from_millis(100));
-        let _ = tokio::time::timeout(cleanup, backend.release(&lease)).await;
+        // holder now rather than at expiry. A token-checked release cannot harm another holder.
+        let _ = backend.release(&lease, expiry).await;
         return Err(Error::lost(&lease.key));
     }
-    let outcome = backend.release(&lease).await;
+    let releasing = backend.release(&lease, expiry);
+    tokio::pin!(releasing);
+    let outcome = tokio::select! {
+        outcome = &mut releasing => outcome,
+        _ = sleep_until(lease.deadline(confirmed)) => {
+            lost.cancel();
+            releasing.await
+        }
+    };
     lost.cancel();
     match outcome {
         Ok(true) => {

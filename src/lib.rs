@@ -68,5 +68,5 @@ pub use compat::Compat;
 pub use config::{Config, Driver, MAX_KEY_LEN, MAX_TTL, MIN_TTL};
 pub use error::{BoxError, Error, Result};
 pub use guard::{LockGuard, Run};
-pub use locker::{Locker, LockerBuilder};
+pub use locker::{Locker, LockerBuilder, DEFAULT_CALL_TIMEOUT};
 pub use options::LockOptions;

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::memory::{MemoryBackend, MemoryStore};
-use crate::backend::{Backend, Request};
+use crate::backend::{Backend, Context, Request};
 use crate::compat::{Compat, Registry};
 use crate::config::{check_ttl, Config, Driver, MAX_KEY_LEN};
 use crate::error::{display_key, Error, Result};
@@ -67,9 +67,17 @@ pub struct LockerBuilder {
     #[cfg(feature = "metrics")]
     meter: Option<opentelemetry::metrics::Meter>,
     key_attribute: bool,
+    call_timeout: Duration,
     #[cfg(feature = "redis")]
     redis_pubsub: Option<redis::Client>,
 }
+
+/// The default of [`LockerBuilder::call_timeout`].
+///
+/// ```
+/// assert_eq!(dlock::DEFAULT_CALL_TIMEOUT, std::time::Duration::from_secs(5));
+/// ```
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Connector {
     Memory(MemoryStore),
@@ -209,6 +217,25 @@ impl LockerBuilder {
         self
     }
 
+    /// The longest any single server call may take (default [`DEFAULT_CALL_TIMEOUT`], 5 s).
+    /// Each call is also bounded by what it is useful for: an acquire attempt by the lock's
+    /// safety deadline (90 % of the TTL), a renewal by the safety deadline of the last
+    /// confirmed one, a release by the key's expiry. So with a 1 h TTL, a server that does
+    /// not answer still ends `release()`, `close()` and every `lock()` attempt within this
+    /// bound. Must be at least 1 ms; checked by `build()`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let locker = dlock::Locker::builder(dlock::Config::default())
+    ///     .call_timeout(Duration::from_secs(2))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn call_timeout(mut self, bound: Duration) -> Self {
+        self.call_timeout = bound;
+        self
+    }
+
     /// Validates the config and the connector, once; the locker never re-checks them.
     ///
     /// Errors: [`Error::InvalidConfig`] naming the field, [`Error::InvalidTtl`] for a default
@@ -222,6 +249,14 @@ impl LockerBuilder {
     pub fn build(self) -> Result<Locker> {
         let config = self.config;
         config.validate()?;
+        if self.call_timeout < Duration::from_millis(1) {
+            return Err(Error::InvalidConfig {
+                field: "call_timeout".into(),
+                reason: format!("is {:?}; at least 1ms", self.call_timeout),
+            });
+        }
+        let (closing, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let context = Context::new(tasks.clone(), closing.clone(), self.call_timeout);
         let connector = match (config.driver, self.connector) {
             (Driver::Memory, None) => Connector::Memory(MemoryStore::global()),
             (driver, None) => {
@@ -243,12 +278,17 @@ impl LockerBuilder {
                 Backend::Memory(Arc::new(MemoryBackend::new(store, &config.prefix)))
             }
             #[cfg(feature = "redis")]
-            Connector::Redis(conn) => Backend::Redis(Arc::new(
-                crate::backend::redis::RedisBackend::new(*conn, &config.prefix, self.redis_pubsub),
-            )),
+            Connector::Redis(conn) => {
+                Backend::Redis(Arc::new(crate::backend::redis::RedisBackend::new(
+                    *conn,
+                    &config.prefix,
+                    self.redis_pubsub,
+                    context,
+                )))
+            }
             #[cfg(feature = "etcd")]
             Connector::Etcd(client) => Backend::Etcd(Arc::new(
-                crate::backend::etcd::EtcdBackend::new(*client, &config),
+                crate::backend::etcd::EtcdBackend::new(*client, &config, context),
             )),
         };
         backend
@@ -269,8 +309,8 @@ impl LockerBuilder {
             inner: Arc::new(Inner {
                 config,
                 backend,
-                closing: CancellationToken::new(),
-                tasks: TaskTracker::new(),
+                closing,
+                tasks,
                 registry: Registry::default(),
                 metrics,
             }),
@@ -292,6 +332,7 @@ impl Locker {
             #[cfg(feature = "metrics")]
             meter: None,
             key_attribute: true,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
             #[cfg(feature = "redis")]
             redis_pubsub: None,
         }
@@ -449,6 +490,9 @@ impl Locker {
         wait: bool,
     ) -> Result<Option<LockGuard>> {
         let inner = &*self.inner;
+        // Held until this call returns, after everything it started was spawned on the
+        // tracker (declared first, dropped last): `close()` waits for in-flight calls too.
+        let _in_flight = inner.tasks.token();
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -498,6 +542,23 @@ impl Locker {
         };
         let name = inner.backend.name();
         match outcome {
+            Ok(Some(lease)) if Instant::now() >= lease.deadline(lease.confirmed_at) => {
+                // The reply came too late to prove ownership: undo it rather than hand out a
+                // guard that would be lost on arrival.
+                let (backend, expiry) = (inner.backend.clone(), lease.confirmed_at + lease.ttl);
+                inner.tasks.spawn(async move {
+                    let _ = backend.release(&lease, expiry).await;
+                });
+                inner.metrics.failed(name, key);
+                let e = Error::backend(
+                    name,
+                    key,
+                    "the server confirmed the lock after its safety deadline; released it again",
+                );
+                tracing::error!(component = "dlock", backend = name, key = %key, error = %e,
+                    "lock attempt failed");
+                Err(e)
+            }
             Ok(Some(lease)) => {
                 let fencing_token = lease.fencing_token;
                 let guard = LockGuard::start(

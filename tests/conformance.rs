@@ -468,17 +468,15 @@ mod fixtures {
     }
 
     /// The server-side view shared by the single-node and the cluster fixtures: a lock's key
-    /// is `<prefix>{<key>}`.
+    /// is `<prefix>{<key>}`, held while its value is not a release tombstone (`~<token>`).
     async fn redis_exists<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
         admin: &C,
         prefix: &str,
         key: &str,
     ) -> bool {
         let mut admin = admin.clone();
-        admin
-            .exists(format!("{prefix}{{{key}}}"))
-            .await
-            .expect("EXISTS")
+        let value: Option<String> = admin.get(format!("{prefix}{{{key}}}")).await.expect("GET");
+        value.is_some_and(|v| !v.starts_with('~'))
     }
 
     async fn redis_delete<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(

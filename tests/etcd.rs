@@ -195,6 +195,10 @@ async fn a_waiter_whose_key_vanishes_fails_at_once() {
 /// member) and a rival still gets `None`; losing quorum fires `lost()` within TTL + 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_keeps_the_lock_and_quorum_loss_fires_lost() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("dlock=debug")
+        .with_test_writer()
+        .try_init();
     let ttl = Duration::from_secs(3);
     let mut cluster = support::EtcdCluster::start(3).await;
     let holder = locker(cluster.client().await, ttl).await;

@@ -70,7 +70,9 @@ impl Target for Redis {
     }
     async fn lock_exists(&self) -> bool {
         let mut admin = self.admin.clone();
-        admin.exists("fault:{k}").await.expect("EXISTS")
+        // Held while the value is not a release tombstone (`~<token>`).
+        let value: Option<String> = admin.get("fault:{k}").await.expect("GET");
+        value.is_some_and(|v| !v.starts_with('~'))
     }
 }
 

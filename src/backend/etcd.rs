@@ -31,13 +31,14 @@ use etcd_client::{
 use tokio::sync::Mutex;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::{safety_margin, watchdog, Lease, Loss, Request};
+use super::{safety_margin, watchdog, Context, Lease, Loss, Request};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
 pub(crate) struct EtcdBackend {
     client: Client,
     prefix: Arc<str>,
+    context: Context,
 }
 
 /// etcd leases take whole seconds; the general 100 ms ..= 24 h rule is checked elsewhere.
@@ -59,7 +60,7 @@ fn etcd_error(key: &str, e: impl Into<crate::error::BoxError>) -> Error {
     Error::backend("etcd", key, e)
 }
 
-/// Runs one etcd call bounded by `limit`.
+/// Runs one etcd call bounded by `limit` (already bounded by the locker's call timeout).
 async fn bounded<T>(
     key: &str,
     limit: Duration,
@@ -83,11 +84,17 @@ struct Entry<'a> {
 }
 
 impl EtcdBackend {
-    pub fn new(client: Client, config: &Config) -> Self {
+    pub fn new(client: Client, config: &Config, context: Context) -> Self {
         EtcdBackend {
             client,
             prefix: config.prefix.as_str().into(),
+            context,
         }
+    }
+
+    /// The bound of one call that is useless after `limit`.
+    fn bound(&self, limit: Duration) -> Duration {
+        self.context.bound(limit)
     }
 
     pub async fn acquire(&self, request: &Request<'_>) -> Result<Option<Lease>> {
@@ -97,12 +104,14 @@ impl EtcdBackend {
         let own_key = format!("{queue}{}", request.token);
         let mut pending = PendingAcquire {
             client: self.client.clone(),
+            context: self.context.clone(),
             lease_id: None,
         };
+        let limit = self.bound(ttl - safety_margin(ttl));
 
         let sent = Instant::now();
         let mut lease_client = self.client.lease_client();
-        let grant = bounded(key, ttl, lease_client.grant(ttl.as_secs() as i64, None)).await?;
+        let grant = bounded(key, limit, lease_client.grant(ttl.as_secs() as i64, None)).await?;
         let lease_id = grant.id();
         pending.lease_id = Some(lease_id);
 
@@ -130,7 +139,7 @@ impl EtcdBackend {
                 ),
             ]);
         let mut kv = self.client.kv_client();
-        let reply = bounded(key, ttl, kv.txn(put)).await?;
+        let reply = bounded(key, limit, kv.txn(put)).await?;
         let revision = reply.header().map(|h| h.revision()).unwrap_or_default();
         let head_is_ours = reply.op_responses().iter().any(|op| match op {
             TxnOpResponse::Get(get) => get
@@ -151,7 +160,7 @@ impl EtcdBackend {
         if !head_is_ours {
             if request.wait.is_none() {
                 // try_lock: leave nothing behind (revoking the lease deletes our key).
-                bounded(key, ttl, lease_client.revoke(lease_id)).await?;
+                bounded(key, limit, lease_client.revoke(lease_id)).await?;
                 pending.lease_id = None;
                 return Ok(None);
             }
@@ -182,7 +191,7 @@ impl EtcdBackend {
                     let deleted = tokio::select! {
                         event = stream.message() => event,
                         _ = sleep_until(next_renewal) => {
-                            keepalive.renew_while_waiting(entry).await?;
+                            keepalive.renew_while_waiting(entry, self.bound(entry.ttl / 3)).await?;
                             next_renewal = Instant::now() + entry.ttl / 3;
                             continue;
                         }
@@ -208,11 +217,12 @@ impl EtcdBackend {
                     let mut watch_client = self.client.watch_client();
                     let mut stream = bounded(
                         entry.key,
-                        entry.ttl,
+                        self.bound(entry.ttl),
                         watch_client.watch(predecessor.clone(), None),
                     )
                     .await?;
-                    let created = bounded(entry.key, entry.ttl, stream.message()).await?;
+                    let created =
+                        bounded(entry.key, self.bound(entry.ttl), stream.message()).await?;
                     if created.is_some_and(|r| r.created() && !r.canceled()) {
                         watching = Some((predecessor, stream));
                     } else {
@@ -240,7 +250,7 @@ impl EtcdBackend {
             ),
         ]);
         let mut kv = self.client.kv_client();
-        let reply = bounded(entry.key, entry.ttl, kv.txn(read)).await?;
+        let reply = bounded(entry.key, self.bound(entry.ttl), kv.txn(read)).await?;
         let gets: Vec<_> = reply
             .op_responses()
             .into_iter()
@@ -265,15 +275,16 @@ impl EtcdBackend {
             .map(|kv| kv.key().to_vec()))
     }
 
-    pub async fn keep(&self, lease: &Lease) -> Loss {
+    pub async fn keep(&self, lease: &Lease, confirmed: &mut Instant) -> Loss {
         let keepalive = Mutex::new(KeepAlive::new(
             self.client.clone(),
             lease.lease_id,
             lease.confirmed_at,
         ));
         let lease_gone = std::sync::atomic::AtomicBool::new(false);
-        let loss = watchdog("etcd", lease, || async {
-            let alive = keepalive.lock().await.renew(&lease.key, lease.ttl).await?;
+        let limit = self.bound(lease.ttl);
+        let loss = watchdog("etcd", lease, confirmed, || async {
+            let alive = keepalive.lock().await.renew(&lease.key, limit).await?;
             if !alive {
                 lease_gone.store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(false);
@@ -294,7 +305,7 @@ impl EtcdBackend {
         let mut kv = self.client.kv_client();
         let reply = bounded(
             &lease.key,
-            lease.ttl,
+            self.bound(lease.ttl),
             kv.get(lease.storage_key.clone(), None),
         )
         .await?;
@@ -303,7 +314,8 @@ impl EtcdBackend {
         }))
     }
 
-    pub async fn release(&self, lease: &Lease) -> Result<bool> {
+    /// Releases `lease`, giving up after `limit` (when the lease expires anyway).
+    pub async fn release(&self, lease: &Lease, limit: Duration) -> Result<bool> {
         let delete_if_ours = Txn::new()
             .when([Compare::create_revision(
                 lease.storage_key.clone(),
@@ -312,14 +324,16 @@ impl EtcdBackend {
             )])
             .and_then([TxnOp::delete(lease.storage_key.clone(), None)]);
         let mut kv = self.client.kv_client();
-        let held = bounded(&lease.key, lease.ttl, kv.txn(delete_if_ours))
+        let held = bounded(&lease.key, self.bound(limit), kv.txn(delete_if_ours))
             .await?
             .succeeded();
         // The lease holds no key any more: revoking it only frees server memory, so the
-        // release does not wait for it. If it fails, the lease expires after its TTL.
-        let (mut lease_client, id, ttl) = (self.client.lease_client(), lease.lease_id, lease.ttl);
-        tokio::spawn(async move {
-            let _ = timeout(ttl, lease_client.revoke(id)).await;
+        // release does not wait for it (but `close()` does). If it fails, the lease expires
+        // after its TTL.
+        let (mut lease_client, id) = (self.client.lease_client(), lease.lease_id);
+        let revoke_limit = self.bound(lease.ttl);
+        self.context.spawn(async move {
+            let _ = timeout(revoke_limit, lease_client.revoke(id)).await;
         });
         Ok(held)
     }
@@ -385,9 +399,9 @@ impl KeepAlive {
 
     /// Renewal for a waiter: a transient error is tolerated until the lease could have
     /// expired; a lease that is gone ends the wait at once.
-    async fn renew_while_waiting(&mut self, entry: &Entry<'_>) -> Result<()> {
+    async fn renew_while_waiting(&mut self, entry: &Entry<'_>, limit: Duration) -> Result<()> {
         let deadline = self.confirmed + entry.ttl - safety_margin(entry.ttl);
-        match self.renew(entry.key, entry.ttl / 3).await {
+        match self.renew(entry.key, limit).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::lost(entry.key)),
             Err(e) if Instant::now() >= deadline => Err(e),
@@ -400,6 +414,7 @@ impl KeepAlive {
 /// fails before it hands its lease to a guard.
 struct PendingAcquire {
     client: Client,
+    context: Context,
     lease_id: Option<i64>,
 }
 
@@ -408,12 +423,11 @@ impl Drop for PendingAcquire {
         let Some(lease_id) = self.lease_id else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // No runtime: the lease expires after its TTL, and the key with it.
-        };
+        // Without a runtime nothing runs: the lease expires after its TTL, and the key with it.
         let mut lease_client = self.client.lease_client();
-        runtime.spawn(async move {
-            if let Err(e) = timeout(Duration::from_secs(5), lease_client.revoke(lease_id)).await {
+        let limit = self.context.bound(Duration::from_secs(5));
+        self.context.spawn(async move {
+            if let Err(e) = timeout(limit, lease_client.revoke(lease_id)).await {
                 tracing::debug!(component = "dlock", backend = "etcd", lease_id, error = %e,
                     "cleanup of an interrupted acquire timed out; the lease will expire");
             }

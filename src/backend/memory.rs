@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::time::Instant;
 
-use super::{poll_until_acquired, wake, watchdog, Lease, Loss, Request};
+use super::wake::Wakeups;
+use super::{poll_until_acquired, recover, watchdog, Lease, Loss, Request};
 use crate::error::{Error, Result};
 
 /// An in-process lock server for [`Driver::Memory`](crate::Driver::Memory): the same TTL,
@@ -35,18 +36,37 @@ pub struct MemoryStore {
     inner: Arc<StoreInner>,
 }
 
-#[derive(Default)]
 struct StoreInner {
     state: Mutex<State>,
     offline: AtomicBool,
+    /// Waiters of this store, woken by its releases.
+    wakeups: Arc<Wakeups>,
+}
+
+impl Default for StoreInner {
+    fn default() -> Self {
+        StoreInner {
+            state: Mutex::default(),
+            offline: AtomicBool::new(false),
+            wakeups: Wakeups::new(),
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     locks: HashMap<String, Entry>,
-    /// Last fencing token per key; never reset, like the Redis counter.
-    fences: HashMap<String, u64>,
+    /// The last fencing token issued by this store, for any key: one counter serves every
+    /// key (tokens still strictly increase per key), so nothing grows with the key count.
+    last_fence: u64,
+    /// Sweep expired entries when the map reaches this size (amortised O(1) per insert)...
+    sweep_at: usize,
+    /// ... or at the first insert after this instant, so stale entries do not stay for good.
+    sweep_after: Option<Instant>,
 }
+
+/// How often, at most, inserts sweep expired entries regardless of the map's size.
+const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Entry {
     token: String,
@@ -60,6 +80,17 @@ impl State {
             self.locks.remove(key);
         }
         self.locks.get_mut(key)
+    }
+
+    /// Stores a lock; now and then drops every expired entry, so that locks whose holders
+    /// vanished without releasing do not pile up under keys nobody uses again.
+    fn insert(&mut self, key: String, entry: Entry, now: Instant) {
+        if self.locks.len() >= self.sweep_at || self.sweep_after.is_none_or(|at| now >= at) {
+            self.locks.retain(|_, e| e.expires_at > now);
+            self.sweep_at = (2 * self.locks.len()).max(64);
+            self.sweep_after = Some(now + SWEEP_PERIOD);
+        }
+        self.locks.insert(key, entry);
     }
 }
 
@@ -119,6 +150,16 @@ impl MemoryStore {
         was_live
     }
 
+    /// How many entries the store keeps (locks, live or not yet swept, and bookkeeping):
+    /// it does not grow with the number of distinct keys ever used.
+    ///
+    /// ```
+    /// assert_eq!(dlock::MemoryStore::new().entry_count(), 0);
+    /// ```
+    pub fn entry_count(&self) -> usize {
+        self.state().locks.len()
+    }
+
     /// Simulates an outage: while offline every call fails with
     /// [`Error::Backend`](crate::Error::Backend), and stored locks keep expiring.
     ///
@@ -141,7 +182,7 @@ impl MemoryStore {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        recover(self.inner.state.lock())
     }
 
     fn online(&self, key: &str) -> Result<()> {
@@ -177,37 +218,39 @@ impl MemoryBackend {
 
     pub async fn acquire(&self, request: &Request<'_>) -> Result<Option<Lease>> {
         let storage_key = format!("{}{}", self.prefix, request.key);
-        poll_until_acquired(&storage_key, request.wait, || async {
-            self.store.online(request.key)?;
-            let now = Instant::now();
-            let mut state = self.store.state();
-            if state.live(&storage_key, now).is_some() {
-                return Ok(None);
-            }
-            state.locks.insert(
-                storage_key.clone(),
-                Entry {
+        poll_until_acquired(
+            &self.store.inner.wakeups,
+            &storage_key,
+            request.wait,
+            || async {
+                self.store.online(request.key)?;
+                let now = Instant::now();
+                let mut state = self.store.state();
+                if state.live(&storage_key, now).is_some() {
+                    return Ok(None);
+                }
+                let entry = Entry {
                     token: request.token.to_owned(),
                     expires_at: now + request.ttl,
-                },
-            );
-            let fence = state.fences.entry(storage_key.clone()).or_insert(0);
-            *fence += 1;
-            Ok(Some(Lease {
-                key: request.key.to_owned(),
-                storage_key: storage_key.clone(),
-                token: request.token.to_owned(),
-                fencing_token: *fence,
-                ttl: request.ttl,
-                confirmed_at: now,
-                lease_id: 0,
-            }))
-        })
+                };
+                state.insert(storage_key.clone(), entry, now);
+                state.last_fence += 1;
+                Ok(Some(Lease {
+                    key: request.key.to_owned(),
+                    storage_key: storage_key.clone(),
+                    token: request.token.to_owned(),
+                    fencing_token: state.last_fence,
+                    ttl: request.ttl,
+                    confirmed_at: now,
+                    lease_id: 0,
+                }))
+            },
+        )
         .await
     }
 
-    pub async fn keep(&self, lease: &Lease) -> Loss {
-        watchdog("memory", lease, || async {
+    pub async fn keep(&self, lease: &Lease, confirmed: &mut Instant) -> Loss {
+        watchdog("memory", lease, confirmed, || async {
             self.store.online(&lease.key)?;
             let now = Instant::now();
             let mut state = self.store.state();
@@ -235,7 +278,7 @@ impl MemoryBackend {
             }
         };
         if released {
-            wake::released(&lease.storage_key);
+            self.store.inner.wakeups.released(&lease.storage_key);
         }
         Ok(released)
     }

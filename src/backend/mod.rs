@@ -9,10 +9,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LockResult};
 use std::time::Duration;
 
 use tokio::time::{sleep, sleep_until, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::Result;
 
@@ -51,6 +53,52 @@ pub(crate) struct Lease {
     /// The etcd lease the key is attached to (0 on other backends).
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub lease_id: i64,
+}
+
+impl Lease {
+    /// When the holder must consider the lock lost unless a renewal sent after `confirmed`
+    /// is confirmed: a safety margin before the server-side expiry.
+    pub fn deadline(&self, confirmed: Instant) -> Instant {
+        confirmed + (self.ttl - safety_margin(self.ttl))
+    }
+}
+
+/// What the locker lends its backend: where background work runs (so that `close()` waits
+/// for it), when the locker shuts down, and how long one server call may take.
+#[derive(Clone)]
+pub(crate) struct Context {
+    tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    call_timeout: Duration,
+}
+
+impl Context {
+    pub fn new(tasks: TaskTracker, shutdown: CancellationToken, call_timeout: Duration) -> Self {
+        Context {
+            tasks,
+            shutdown,
+            call_timeout,
+        }
+    }
+
+    /// Runs `work` in the background, tracked by the locker. Without a runtime (a drop after
+    /// shutdown) nothing runs; callers use this only for clean-ups the TTL also covers.
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.tasks.spawn(work);
+        }
+    }
+
+    /// How long a call may take when it is useless after `limit`: the shorter of the two.
+    pub fn bound(&self, limit: Duration) -> Duration {
+        limit.min(self.call_timeout)
+    }
+}
+
+/// A poisoned mutex still holds consistent data here (every critical section is a few map
+/// operations that cannot panic halfway), so a panic elsewhere must not spread.
+pub(crate) fn recover<T>(locked: LockResult<T>) -> T {
+    locked.unwrap_or_else(|e| e.into_inner())
 }
 
 /// Why a held lock is no longer ours.
@@ -131,29 +179,33 @@ impl Backend {
         }
     }
 
-    /// Keeps the lock alive; returns only when ownership is lost. Dropping the future stops
-    /// all renewal. Boxed: it lives as long as the guard, and the backends' futures differ
-    /// in size by kilobytes (etcd's gRPC state), which every guard would otherwise pay for.
-    pub async fn keep(&self, lease: &Lease) -> Loss {
+    /// Keeps the lock alive; returns only when ownership is lost. `confirmed` is the send
+    /// time of the last command that proved ownership, kept current for the caller. Dropping
+    /// the future stops all renewal. Boxed: it lives as long as the guard, and the backends'
+    /// futures differ in size by kilobytes (etcd's gRPC state), which every guard would
+    /// otherwise pay for.
+    pub async fn keep(&self, lease: &Lease, confirmed: &mut Instant) -> Loss {
         let keep: Pin<Box<dyn Future<Output = Loss> + Send + '_>> = match self {
-            Backend::Memory(b) => Box::pin(b.keep(lease)),
+            Backend::Memory(b) => Box::pin(b.keep(lease, confirmed)),
             #[cfg(feature = "redis")]
-            Backend::Redis(b) => Box::pin(b.keep(lease)),
+            Backend::Redis(b) => Box::pin(b.keep(lease, confirmed)),
             #[cfg(feature = "etcd")]
-            Backend::Etcd(b) => Box::pin(b.keep(lease)),
+            Backend::Etcd(b) => Box::pin(b.keep(lease, confirmed)),
         };
         keep.await
     }
 
     /// Deletes the key if it is still this lease's. `Ok(false)`: it was not ours any more.
+    /// `expiry` is when the server forgets the key anyway: no call is worth waiting longer.
     /// Boxed for the same reason as `keep`.
-    pub async fn release(&self, lease: &Lease) -> Result<bool> {
+    pub async fn release(&self, lease: &Lease, expiry: Instant) -> Result<bool> {
+        let limit = expiry.saturating_duration_since(Instant::now());
         let release: Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>> = match self {
             Backend::Memory(b) => Box::pin(b.release(lease)),
             #[cfg(feature = "redis")]
-            Backend::Redis(b) => Box::pin(b.release(lease)),
+            Backend::Redis(b) => Box::pin(b.release(lease, limit)),
             #[cfg(feature = "etcd")]
-            Backend::Etcd(b) => Box::pin(b.release(lease)),
+            Backend::Etcd(b) => Box::pin(b.release(lease, limit)),
         };
         release.await
     }
@@ -164,6 +216,7 @@ impl Backend {
 /// this process. The wake-up is registered before each attempt, so a release that lands
 /// between a failed attempt and the sleep is not missed.
 pub(crate) async fn poll_until_acquired<F, Fut>(
+    wakeups: &Arc<wake::Wakeups>,
     storage_key: &str,
     wait: Option<Duration>,
     mut attempt: F,
@@ -175,7 +228,7 @@ where
     let Some(retry_interval) = wait else {
         return attempt().await;
     };
-    let waiter = wake::Waiter::new(storage_key);
+    let waiter = wakeups.wait_for(storage_key);
     loop {
         let released = waiter.released();
         tokio::pin!(released);
@@ -202,20 +255,24 @@ pub(crate) fn safety_margin(ttl: Duration) -> Duration {
 
 /// Renews every TTL/3 with `renew` (`Ok(true)`: still ours; `Ok(false)`: not ours;
 /// `Err`: unknown). Transient errors are retried every TTL/10 until the safety deadline,
-/// measured from the send time of the last confirmed command; then the lock is declared lost.
-pub(crate) async fn watchdog<F, Fut>(backend: &'static str, lease: &Lease, mut renew: F) -> Loss
+/// measured from the send time of the last confirmed command (`confirmed`, kept current);
+/// then the lock is declared lost.
+pub(crate) async fn watchdog<F, Fut>(
+    backend: &'static str,
+    lease: &Lease,
+    confirmed: &mut Instant,
+    mut renew: F,
+) -> Loss
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool>>,
 {
     let period = lease.ttl / 3;
     let retry = (lease.ttl / 10).max(Duration::from_millis(5));
-    let lifetime = lease.ttl - safety_margin(lease.ttl);
-    let mut confirmed = lease.confirmed_at;
-    let mut next = confirmed + period;
+    let mut next = *confirmed + period;
     let mut last_error = None;
     loop {
-        let deadline = confirmed + lifetime;
+        let deadline = lease.deadline(*confirmed);
         sleep_until(next.min(deadline)).await;
         let sent = Instant::now();
         if sent >= deadline {
@@ -224,7 +281,7 @@ where
         // Boxed: a guard sleeps far more than it renews, so keep its resident state small.
         match timeout_at(deadline, Box::pin(renew())).await {
             Ok(Ok(true)) => {
-                confirmed = sent;
+                *confirmed = sent;
                 next = sent + period;
                 last_error = None;
             }

@@ -1,34 +1,78 @@
-//! Process-wide wake-ups: a release seen in this process (made here, or announced by the
-//! server) wakes one task of this process waiting for the same storage key, so it retries
-//! at once instead of at its next poll.
+//! Wake-ups within one store: a release seen by a backend (made by it, or announced by the
+//! server) wakes one task waiting for the same storage key through the same store, so it
+//! retries at once instead of at its next poll.
+//!
+//! A [`Wakeups`] belongs to one store (one `MemoryStore`, one Redis backend instance), never
+//! to the process: two lockers with the same prefix on different servers must not steal each
+//! other's wake-ups.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-fn registry() -> &'static Mutex<HashMap<String, Arc<Notify>>> {
-    static WAITING: OnceLock<Mutex<HashMap<String, Arc<Notify>>>> = OnceLock::new();
-    WAITING.get_or_init(Default::default)
+/// Storage key → the tasks waiting for it.
+#[derive(Default)]
+pub(crate) struct Wakeups {
+    waiting: Mutex<HashMap<String, Arc<Notify>>>,
+    /// A random id of this store handle, sent with Redis release notifications so that the
+    /// backend that released (and already woke one of its waiters) does not wake another.
+    id: String,
 }
 
-/// One waiting task's registration; removes the key's entry when the last waiter leaves.
-pub(crate) struct Waiter {
-    key: String,
-    notify: Arc<Notify>,
-}
+impl Wakeups {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Wakeups {
+            waiting: Mutex::default(),
+            id: ulid::Ulid::generate().to_string(),
+        })
+    }
 
-impl Waiter {
-    pub fn new(storage_key: &str) -> Self {
-        let mut waiting = registry().lock().unwrap_or_else(|e| e.into_inner());
-        let notify = waiting.entry(storage_key.to_owned()).or_default().clone();
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        crate::backend::recover(self.waiting.lock())
+    }
+
+    /// Registers a waiting task for `storage_key` until the returned [`Waiter`] is dropped.
+    pub fn wait_for(self: &Arc<Self>, storage_key: &str) -> Waiter {
+        let notify = self
+            .waiting()
+            .entry(storage_key.to_owned())
+            .or_default()
+            .clone();
         Waiter {
+            wakeups: self.clone(),
             key: storage_key.to_owned(),
             notify,
         }
     }
 
+    /// Wakes one waiter of `storage_key`, if any: one retry per release, not a stampede.
+    pub fn released(&self, storage_key: &str) {
+        if let Some(notify) = self.waiting().get(storage_key) {
+            notify.notify_one();
+        }
+    }
+
+    /// How many keys have waiters (for tests of the no-growth rule).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.waiting().len()
+    }
+}
+
+/// One waiting task's registration; removes the key's entry when the last waiter leaves.
+pub(crate) struct Waiter {
+    wakeups: Arc<Wakeups>,
+    key: String,
+    notify: Arc<Notify>,
+}
+
+impl Waiter {
     /// Completes when a release of the key is announced; enable it before the attempt.
     pub fn released(&self) -> Notified<'_> {
         self.notify.notified()
@@ -37,7 +81,7 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        let mut waiting = registry().lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.wakeups.waiting();
         // Two references left: ours and the map's. Then nobody else waits on this key.
         if Arc::strong_count(&self.notify) == 2 {
             waiting.remove(&self.key);
@@ -45,25 +89,19 @@ impl Drop for Waiter {
     }
 }
 
-/// Wakes one waiter of `storage_key`, if any: one retry per release, not a stampede.
-pub(crate) fn released(storage_key: &str) {
-    let waiting = registry().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(notify) = waiting.get(storage_key) {
-        notify.notify_one();
+#[cfg(test)]
+mod tests {
+    use super::Wakeups;
+
+    #[test]
+    fn entries_go_away_with_the_last_waiter() {
+        let wakeups = Wakeups::new();
+        let a = wakeups.wait_for("k");
+        let b = wakeups.wait_for("k");
+        assert_eq!(wakeups.len(), 1);
+        drop(a);
+        assert_eq!(wakeups.len(), 1, "b still waits");
+        drop(b);
+        assert_eq!(wakeups.len(), 0, "the last waiter left its entry behind");
     }
-}
-
-/// Whether a task of this process waits for `storage_key` (used to keep server
-/// subscriptions only while someone listens).
-#[allow(dead_code)]
-pub(crate) fn is_waited_on(storage_key: &str) -> bool {
-    let waiting = registry().lock().unwrap_or_else(|e| e.into_inner());
-    waiting.contains_key(storage_key)
-}
-
-/// A random id of this process, sent with release notifications so that the process that
-/// released (and already woke one of its waiters) does not wake another.
-pub(crate) fn process_id() -> &'static str {
-    static ID: OnceLock<String> = OnceLock::new();
-    ID.get_or_init(|| ulid::Ulid::generate().to_string())
 }

@@ -1,11 +1,13 @@
--- Extend a lock's TTL if it still holds our token.
+-- Extend a lock's TTL if it still holds our acquisition.
 --
--- KEYS[1]  lock key
+-- KEYS[1]  lock key (value `<token>:<fencing token>[~<previous token>]`, see obtain.lua)
 -- ARGV[1]  token of the acquisition
 -- ARGV[2]  TTL in milliseconds
 --
--- Returns 1 when renewed, 0 when the key is gone or holds another token.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+-- Returns 1 when renewed, 0 when the key is gone, released or holds another acquisition.
+local value = redis.call('GET', KEYS[1])
+local own = ARGV[1] .. ':'
+if value and string.sub(value, 1, #own) == own then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0

@@ -1,14 +1,28 @@
--- Delete a lock if it still holds our token, and tell waiters it is free.
+-- Release a lock if it still holds our acquisition, and tell waiters it is free. Idempotent:
+-- sent twice, it answers 1 both times, even if a waiter took the lock in between.
 --
--- KEYS[1]  lock key
+-- KEYS[1]  lock key (value `<token>:<fencing token>[~<previous token>]`, see obtain.lua)
 -- ARGV[1]  token of the acquisition
--- ARGV[2]  release channel of the lock: waiters subscribed to it retry at once
--- ARGV[3]  the releasing process's id: that process woke its own waiter already
+-- ARGV[2]  how long the tombstone `~<token>` stays, in milliseconds: the window in which a
+--          resent release can still recognise its own earlier success
+-- ARGV[3]  release channel of the lock: waiters subscribed to it retry at once
+-- ARGV[4]  id of the releasing store handle: it woke its own waiter already
 --
--- Returns 1 when released, 0 when the key is gone or holds another token.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+-- Returns 1 when released (now or by an earlier copy of this call), 0 when the key is gone
+-- or holds another acquisition.
+local value = redis.call('GET', KEYS[1])
+if not value then
+  return 0
+end
+local own = ARGV[1] .. ':'
+if string.sub(value, 1, #own) == own then
+  redis.call('SET', KEYS[1], '~' .. ARGV[1], 'PX', ARGV[2])
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 1
+end
+-- Our tombstone, or a newer holder's value that carries it: an earlier copy released.
+local marker = '~' .. ARGV[1]
+if string.sub(value, -#marker) == marker then
   return 1
 end
 return 0

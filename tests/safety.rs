@@ -1,0 +1,482 @@
+//! Regression tests for the safety holes of issue 10, one per defect, each against real
+//! servers (Redis with and without persistence, etcd) or the in-process store. Every test
+//! here failed on the code before its fix.
+
+mod support;
+
+use std::time::Duration;
+
+use dlock::{Config, Driver, Error, LockOptions, Locker, MemoryStore};
+use tokio::time::{sleep, timeout, Instant};
+
+fn config(driver: Driver, ttl: Duration) -> Config {
+    Config {
+        driver,
+        prefix: "safe:".into(),
+        default_ttl: ttl,
+        retry_interval: Duration::from_millis(20),
+    }
+}
+
+/// A connection with no response timeout of its own, so that only dlock bounds the calls.
+async fn unbounded_connection(url: &str) -> redis::aio::ConnectionManager {
+    let client = redis::Client::open(url).expect("redis url");
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(None)
+        .set_number_of_retries(1);
+    redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .expect("connect")
+}
+
+async fn redis_locker(url: &str, ttl: Duration) -> Locker {
+    Locker::builder(config(Driver::Redis, ttl))
+        .redis(unbounded_connection(url).await)
+        .build()
+        .expect("build")
+}
+
+async fn dbsize(admin: &mut redis::aio::ConnectionManager) -> u64 {
+    redis::cmd("DBSIZE")
+        .query_async(admin)
+        .await
+        .expect("DBSIZE")
+}
+
+/// Locks and releases `key` once, returning the fencing token it got.
+async fn token_of_one_lock(locker: &Locker, key: &str) -> u64 {
+    let guard = locker.lock(key).await.expect("lock");
+    let token = guard.fencing_token();
+    guard.release().await.expect("release");
+    token
+}
+
+// Defect 1: a restart that reloads an older snapshot must not re-issue fencing tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_increase_across_a_restart_that_reloads_an_older_rdb_snapshot() {
+    let mut server = support::RedisServer::start().await;
+    let mut admin = server.connection_manager().await;
+    let locker = redis_locker(&server.url(), Duration::from_secs(5)).await;
+    token_of_one_lock(&locker, "k").await;
+    // The snapshot a crash would leave behind: taken before the latest acquisitions.
+    let _: () = redis::cmd("SAVE")
+        .query_async(&mut admin)
+        .await
+        .expect("SAVE");
+    let mut issued = Vec::new();
+    for _ in 0..3 {
+        issued.push(token_of_one_lock(&locker, "k").await);
+    }
+    server.restart().await; // SIGKILL, then start again on the same dir: loads dump.rdb
+    let locker = redis_locker(&server.url(), Duration::from_secs(5)).await;
+    let after = token_of_one_lock(&locker, "k").await;
+    let highest = *issued.iter().max().unwrap();
+    assert!(
+        after > highest,
+        "fencing token {after} after the restore is not above {highest}, already handed out \
+         before the crash: two holders could carry the same token"
+    );
+}
+
+// Defect 1, with AOF (`appendfsync everysec`): tokens keep increasing across a kill and reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_increase_across_an_aof_restart() {
+    let mut server =
+        support::RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"])
+            .await;
+    let locker = redis_locker(&server.url(), Duration::from_secs(5)).await;
+    let mut highest = 0;
+    for _ in 0..3 {
+        highest = highest.max(token_of_one_lock(&locker, "k").await);
+    }
+    server.restart().await;
+    let locker = redis_locker(&server.url(), Duration::from_secs(5)).await;
+    let after = token_of_one_lock(&locker, "k").await;
+    assert!(
+        after > highest,
+        "token {after} after the AOF reload is not above {highest}"
+    );
+}
+
+// Defect 2: releases leave no key behind on the server (after the documented bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_locks_leave_no_key_on_redis() {
+    let server = support::RedisServer::start().await;
+    let mut admin = server.connection_manager().await;
+    let locker = redis_locker(&server.url(), Duration::from_secs(2)).await;
+    assert_eq!(dbsize(&mut admin).await, 0);
+    for i in 0..200 {
+        token_of_one_lock(&locker, &format!("order:{i}")).await;
+    }
+    // Documented bound: every key is gone within the TTL (2 s here) of its release.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let left = dbsize(&mut admin).await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} keys are still on the server after 200 released one-off locks"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// Defect 2, in-process: the store's maps do not grow with the number of distinct keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_and_expired_locks_leave_no_entry_in_the_memory_store() {
+    let store = MemoryStore::new();
+    let locker = Locker::builder(config(Driver::Memory, Duration::from_millis(200)))
+        .memory(store.clone())
+        .build()
+        .expect("build");
+    for i in 0..1000 {
+        token_of_one_lock(&locker, &format!("order:{i}")).await;
+    }
+    assert_eq!(store.entry_count(), 0, "released locks left entries behind");
+    // Locks that expire (holder gone without release) are swept too.
+    let store2 = MemoryStore::new();
+    let locker2 = Locker::builder(config(Driver::Memory, Duration::from_millis(200)))
+        .memory(store2.clone())
+        .build()
+        .expect("build");
+    // Holders that vanish without releasing: their runtime (and so their renewal) is gone.
+    std::thread::spawn({
+        let locker2 = locker2.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                for i in 0..100 {
+                    std::mem::forget(locker2.lock(&format!("a:{i}")).await.expect("lock"));
+                }
+            });
+        }
+    })
+    .join()
+    .expect("holder thread");
+    assert_eq!(store2.entry_count(), 100);
+    sleep(Duration::from_millis(1200)).await; // past the expiry and the store's sweep period
+    for i in 0..1000 {
+        token_of_one_lock(&locker2, &format!("b:{i}")).await;
+    }
+    assert_eq!(
+        store2.entry_count(),
+        0,
+        "expired locks of keys never used again stayed in the store"
+    );
+}
+
+// Defect 3: while a release hangs, `lost()` still fires at the safety deadline, before a
+// rival can take the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_fires_by_the_safety_deadline_while_a_release_hangs() {
+    let ttl = Duration::from_secs(1);
+    let server = support::RedisServer::start().await;
+    let proxy = support::Proxy::start(server.addr()).await;
+    let holder = redis_locker(&format!("redis://{}/", proxy.addr()), ttl).await;
+    let rival = redis_locker(&server.url(), ttl).await;
+    let guard = holder.lock("k").await.expect("lock");
+    sleep(Duration::from_millis(100)).await;
+    proxy.blackhole();
+    sleep(Duration::from_millis(200)).await;
+    let lost = guard.lost();
+    drop(guard); // the release is sent into the blackhole
+    loop {
+        if rival.try_lock("k").await.expect("rival try_lock").is_some() {
+            break;
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        lost.is_cancelled(),
+        "a rival holds the lock while the old guard's lost() has not fired"
+    );
+}
+
+// Defect 4: an acquire reply that arrives after the safety deadline never yields a guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_acquire_reply_never_yields_a_guard() {
+    let ttl = Duration::from_secs(2);
+    let server = support::RedisServer::start().await;
+    let proxy = support::Proxy::start(server.addr()).await;
+    let locker = redis_locker(&format!("redis://{}/", proxy.addr()), ttl).await;
+    // Warm the connection (script load), then make the round trip take 1.9 s of the 2 s TTL.
+    token_of_one_lock(&locker, "warm").await;
+    proxy.delay(Duration::from_millis(950));
+    match locker.try_lock("k").await {
+        Ok(Some(guard)) => panic!(
+            "got a guard (is_lost = {}) from a reply that came after the safety deadline",
+            guard.is_lost()
+        ),
+        Ok(None) => panic!("the lock is free; expected a typed error for the late reply"),
+        Err(Error::Backend { .. }) | Err(Error::Timeout { .. }) => {}
+        Err(other) => panic!("unexpected error {other:?}"),
+    }
+    proxy.pass();
+    // And the undo freed the key: a direct locker gets it.
+    let direct = redis_locker(&server.url(), ttl).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while direct.try_lock("k").await.expect("try_lock").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the late acquisition was never undone"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn subscribers(admin: &mut redis::aio::ConnectionManager, channel: &str) -> i64 {
+    let reply: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(admin)
+        .await
+        .expect("PUBSUB NUMSUB");
+    reply.first().map_or(0, |(_, n)| *n)
+}
+
+async fn wait_for_subscribers(
+    admin: &mut redis::aio::ConnectionManager,
+    channel: &str,
+    want: i64,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = subscribers(admin, channel).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n} subscribers, expected {want}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Defect 5: a waiter cancelled while its subscription is being set up leaks nothing, and the
+// next waiter of that key is subscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_waiters_leave_no_subscription_and_later_waiters_subscribe() {
+    let server = support::RedisServer::start().await;
+    let mut admin = server.connection_manager().await;
+    let pubsub_proxy = support::Proxy::start(server.addr()).await;
+    let holder = redis_locker(&server.url(), Duration::from_secs(10)).await;
+    let waiters = Locker::builder(config(Driver::Redis, Duration::from_secs(10)))
+        .redis(server.connection_manager().await)
+        .redis_pubsub(redis::Client::open(format!("redis://{}/", pubsub_proxy.addr())).unwrap())
+        .build()
+        .expect("build");
+    let held = holder.lock("k").await.expect("lock");
+    pubsub_proxy.delay(Duration::from_millis(300));
+    for _ in 0..3 {
+        let short = LockOptions::new().wait_timeout(Duration::from_millis(50));
+        let outcome = waiters.lock_with("k", short).await;
+        assert!(matches!(outcome, Err(Error::Timeout { .. })), "{outcome:?}");
+    }
+    pubsub_proxy.pass();
+    let channel = "safe:{k}:released";
+    wait_for_subscribers(&mut admin, channel, 0, "after the cancelled waiters").await;
+    let waiter = {
+        let waiters = waiters.clone();
+        tokio::spawn(async move { waiters.lock("k").await.map(|g| g.fencing_token()) })
+    };
+    wait_for_subscribers(&mut admin, channel, 1, "while a new waiter waits").await;
+    held.release().await.expect("release");
+    timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter was never woken")
+        .expect("task")
+        .expect("waiter lock");
+    wait_for_subscribers(&mut admin, channel, 0, "after the last waiter left").await;
+}
+
+// Defect 5: an unreachable notification server does not make each new waiter wait in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_notification_server_does_not_delay_waiters() {
+    let server = support::RedisServer::start().await;
+    let dead = support::Proxy::start(server.addr()).await;
+    dead.blackhole(); // accepts, never answers
+    let locker = Locker::builder(config(Driver::Redis, Duration::from_secs(10)))
+        .redis(server.connection_manager().await)
+        .redis_pubsub(redis::Client::open(format!("redis://{}/", dead.addr())).unwrap())
+        .build()
+        .expect("build");
+    let started = Instant::now();
+    // Four rounds, each with a new first waiter: each would try to subscribe again.
+    for _ in 0..4 {
+        let held = locker.lock("k").await.expect("lock");
+        let waiter = tokio::spawn({
+            let locker = locker.clone();
+            async move { locker.lock("k").await.expect("waiter lock").release().await }
+        });
+        sleep(Duration::from_millis(20)).await;
+        held.release().await.expect("release");
+        waiter.await.expect("task").expect("waiter release");
+    }
+    // Handoffs within this process need no notification at all; 1 s per waiter spent on
+    // subscription attempts would make this take 4 s.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "four handoffs took {took:?}: each waiter waited for the unreachable notification server"
+    );
+}
+
+// Defect 6: a script sent twice (the cluster client resends after a connection drop) gives
+// the same answer as when sent once, even when a waiter took the lock in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_scripts_answer_as_if_sent_once() {
+    let server = support::RedisServer::start().await;
+    let mut conn = server.connection_manager().await;
+    let obtain = redis::Script::new(include_str!("../src/backend/redis/obtain.lua"));
+    let release = redis::Script::new(include_str!("../src/backend/redis/release.lua"));
+    let lock = "safe:{k}";
+    let mut obtain_as = async |token: &str| -> u64 {
+        let mut call = obtain.prepare_invoke();
+        call.key(lock).arg(token).arg(5000);
+        call.invoke_async(&mut conn).await.expect("obtain")
+    };
+    let first = obtain_as("01TOKENA").await;
+    assert!(first > 0);
+    let resent = obtain_as("01TOKENA").await;
+    assert_eq!(
+        resent, first,
+        "a resent acquire reported the lock as held by someone else"
+    );
+    assert_eq!(obtain_as("01TOKENB").await, 0, "a rival got a held lock");
+    let mut conn = server.connection_manager().await;
+    let mut release_as = async |token: &str| -> i64 {
+        let mut call = release.prepare_invoke();
+        call.key(lock)
+            .arg(token)
+            .arg(5000)
+            .arg("safe:{k}:released")
+            .arg("me");
+        call.invoke_async(&mut conn).await.expect("release")
+    };
+    assert_eq!(release_as("01TOKENA").await, 1);
+    assert_eq!(
+        release_as("01TOKENA").await,
+        1,
+        "a resent release reported the lock as lost"
+    );
+    assert_eq!(
+        release_as("01TOKENB").await,
+        0,
+        "a rival that never held it released it"
+    );
+    // A waiter takes the lock between the release and its resent copy.
+    let mut conn2 = server.connection_manager().await;
+    let mut call = obtain.prepare_invoke();
+    call.key(lock).arg("01TOKENB").arg(5000);
+    let rival: u64 = call.invoke_async(&mut conn2).await.expect("obtain");
+    assert!(
+        rival > first,
+        "fencing tokens went backwards: {rival} after {first}"
+    );
+    assert_eq!(
+        release_as("01TOKENA").await,
+        1,
+        "a release resent after a waiter took the lock reported the lock as lost"
+    );
+    assert_eq!(
+        release_as("01TOKENB").await,
+        1,
+        "the new holder could not release"
+    );
+}
+
+// Defect 7: `close()` returns after the lease revokes it started, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_the_work_it_started_on_etcd() {
+    let server = support::EtcdServer::start().await;
+    let mut admin = server.client().await;
+    let locker = Locker::builder(config(Driver::Etcd, Duration::from_secs(10)))
+        .etcd(server.client().await)
+        .build()
+        .expect("build");
+    let mut held = Vec::new();
+    for i in 0..5 {
+        held.push(locker.lock(&format!("k{i}")).await.expect("lock"));
+    }
+    locker.close().await.expect("close");
+    let leases = admin.leases().await.expect("leases").leases().len();
+    assert_eq!(
+        leases, 0,
+        "close() returned with {leases} leases not yet revoked"
+    );
+    drop(held);
+}
+
+// Defect 8: a release in one store does not steal the wake-up meant for a waiter of another
+// store that uses the same prefix and key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wakeups_do_not_cross_stores() {
+    let slow_polling = Config {
+        retry_interval: Duration::from_secs(30),
+        ..config(Driver::Memory, Duration::from_secs(10))
+    };
+    let locker_on = |store: &MemoryStore| {
+        Locker::builder(slow_polling.clone())
+            .memory(store.clone())
+            .build()
+            .expect("build")
+    };
+    let (one, two) = (MemoryStore::new(), MemoryStore::new());
+    let (a, b) = (locker_on(&one), locker_on(&two));
+    let held_one = a.lock("k").await.expect("lock in store one");
+    let _held_two = b.lock("k").await.expect("lock in store two");
+    // The waiter in store two registers first, so a shared wake-up would go to it.
+    let waiting_two = tokio::spawn({
+        let b = b.clone();
+        async move { b.lock("k").await.map(drop) }
+    });
+    sleep(Duration::from_millis(50)).await;
+    let waiting_one = tokio::spawn({
+        let a = a.clone();
+        async move { a.lock("k").await.map(|g| g.fencing_token()) }
+    });
+    sleep(Duration::from_millis(50)).await;
+    held_one.release().await.expect("release");
+    let woke = timeout(Duration::from_secs(3), waiting_one).await;
+    assert!(
+        woke.is_ok(),
+        "the waiter of store one was not woken by the release in store one"
+    );
+    waiting_two.abort();
+}
+
+// Defect 9: with a 1 h TTL, a blackholed server does not hold calls for an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_bounded_even_with_a_long_ttl() {
+    let ttl = Duration::from_secs(3600);
+    let server = support::RedisServer::start().await;
+    let proxy = support::Proxy::start(server.addr()).await;
+    let locker = redis_locker(&format!("redis://{}/", proxy.addr()), ttl).await;
+    let guard = locker.lock("held").await.expect("lock");
+    proxy.blackhole();
+    let bound = Duration::from_secs(10);
+    let started = Instant::now();
+    let (release, attempt) = tokio::join!(
+        timeout(bound, guard.release()),
+        timeout(bound, locker.try_lock("other")),
+    );
+    assert!(
+        matches!(release, Ok(Err(Error::Backend { .. }))),
+        "release against a blackholed server: {release:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(attempt, Ok(Err(Error::Backend { .. }))),
+        "try_lock against a blackholed server: {attempt:?}"
+    );
+    let closed = timeout(bound, locker.close()).await;
+    assert!(closed.is_ok(), "close() hung on a blackholed server");
+}
