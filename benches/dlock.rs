@@ -36,7 +36,6 @@ static REFRESH: LazyLock<Script> =
 async fn raw_obtain(conn: &mut redis::aio::ConnectionManager, lock: &str, token: &str) -> u64 {
     OBTAIN
         .key(lock)
-        .key(format!("{lock}:fence"))
         .arg(token)
         .arg(10_000)
         .invoke_async(conn)
@@ -49,6 +48,7 @@ async fn raw_release(conn: &mut redis::aio::ConnectionManager, lock: &str, token
     RELEASE
         .key(lock)
         .arg(token)
+        .arg(5_000)
         .arg(format!("{lock}:released"))
         .arg("another-process")
         .invoke_async(conn)
