@@ -1,0 +1,217 @@
+//! No growth: many distinct keys locked and released (some cancelled, some timed out, some
+//! lost) leave the server's keys, etcd's leases, Redis's subscribed channels, the in-process
+//! store's map and the runtime's live tasks where they started, allowing for the documented
+//! expiry of release tombstones (at most the call timeout).
+//!
+//! `DLOCK_SOAK_KEYS` sets the number of distinct keys per backend (default 100,000).
+
+mod support;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dlock::{Config, Driver, Error, LockOptions, Locker, MemoryStore};
+use tokio::time::{sleep, timeout, Instant};
+
+const TASKS: usize = 32;
+const TTL: Duration = Duration::from_secs(2);
+
+fn keys() -> usize {
+    std::env::var("DLOCK_SOAK_KEYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
+fn config(driver: Driver) -> Config {
+    Config {
+        driver,
+        prefix: "soak:".into(),
+        default_ttl: TTL,
+        retry_interval: Duration::from_millis(20),
+    }
+}
+
+/// What a backend leaves behind, as its server (or store) reports it.
+trait Residue {
+    /// Named counts that must come back to their starting values.
+    fn counts(&self) -> impl Future<Output = Vec<(&'static str, u64)>> + Send;
+    /// Deletes the lock of `key` behind its holder's back.
+    fn delete(&self, key: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs `keys()` one-off locks over `TASKS` tasks; every 10th key is also contended (a
+/// waiter that times out), every 20th acquisition cancelled midway, every 50th lost.
+async fn churn<R: Residue + Sync>(locker: &Locker, residue: &R) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let total = keys();
+    let work = (0..TASKS).map(|_| {
+        let (locker, next) = (locker.clone(), next.clone());
+        async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Vec::new();
+                }
+                let key = format!("order:{i}");
+                if i % 20 == 7 {
+                    // Cancelled at a random point of the acquire.
+                    let cut = Duration::from_micros(fastrand::u64(0..2_000));
+                    let _ = timeout(cut, locker.lock(&key)).await;
+                    continue;
+                }
+                let guard = locker.lock(&key).await.expect("lock");
+                if i % 10 == 3 {
+                    let short = LockOptions::new().wait_timeout(Duration::from_millis(5));
+                    let waited = locker.lock_with(&key, short).await;
+                    assert!(matches!(waited, Err(Error::Timeout { .. })), "{waited:?}");
+                }
+                if i % 50 == 11 {
+                    return vec![(key, guard)]; // lost later, behind its back
+                }
+                guard.release().await.expect("release");
+            }
+        }
+    });
+    let lost: Vec<_> = futures_util::future::join_all(work)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    for (key, guard) in lost {
+        residue.delete(&key).await;
+        timeout(TTL, guard.lost().cancelled())
+            .await
+            .expect("lost() did not fire for a deleted key");
+        assert!(matches!(
+            guard.release().await,
+            Err(Error::OwnershipLost { .. })
+        ));
+    }
+}
+
+async fn no_growth<R: Residue + Sync>(locker: Locker, residue: R) {
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let tasks_before = runtime.num_alive_tasks();
+    let before = residue.counts().await;
+    let started = Instant::now();
+    churn(&locker, &residue).await;
+    let churned = started.elapsed();
+    // Tombstones expire within the call timeout; interrupted acquires are undone meanwhile.
+    let deadline = Instant::now() + dlock::DEFAULT_CALL_TIMEOUT + Duration::from_secs(3);
+    loop {
+        let now = residue.counts().await;
+        if now == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {} keys ({churned:?}), the backend holds {now:?}; it started with {before:?}",
+            keys()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    locker.close().await.expect("close");
+    // The Redis client's own connection tasks end shortly after their handles are dropped.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while runtime.num_alive_tasks() > tasks_before {
+        assert!(
+            Instant::now() < deadline,
+            "{} live tasks after close(), {tasks_before} before the churn",
+            runtime.num_alive_tasks()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("soak: {} keys in {churned:?}, back to {before:?}", keys());
+}
+
+struct Memory(MemoryStore);
+
+impl Residue for Memory {
+    async fn counts(&self) -> Vec<(&'static str, u64)> {
+        // The store sweeps expired entries at its next insert once a second has passed.
+        vec![("entries", self.0.entry_count() as u64)]
+    }
+    async fn delete(&self, key: &str) {
+        self.0.remove(&format!("soak:{key}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_does_not_grow() {
+    let store = MemoryStore::new();
+    let locker = Locker::builder(config(Driver::Memory))
+        .memory(store.clone())
+        .build()
+        .expect("build");
+    no_growth(locker, Memory(store)).await;
+}
+
+struct Redis(redis::aio::ConnectionManager);
+
+impl Residue for Redis {
+    async fn counts(&self) -> Vec<(&'static str, u64)> {
+        let mut conn = self.0.clone();
+        let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        vec![("keys", keys), ("channels", channels.len() as u64)]
+    }
+    async fn delete(&self, key: &str) {
+        let mut conn = self.0.clone();
+        let _: () = redis::cmd("DEL")
+            .arg(format!("soak:{{{key}}}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Redis with its default persistence (RDB snapshots), as users run it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_does_not_grow() {
+    let server = support::RedisServer::start_with(&["--save", "3600 1 300 100 60 10000"]).await;
+    let locker = Locker::builder(config(Driver::Redis))
+        .redis(server.connection_manager().await)
+        .redis_pubsub(redis::Client::open(server.url()).unwrap())
+        .build()
+        .expect("build");
+    no_growth(locker, Redis(server.connection_manager().await)).await;
+}
+
+struct Etcd(etcd_client::Client);
+
+impl Residue for Etcd {
+    async fn counts(&self) -> Vec<(&'static str, u64)> {
+        let mut client = self.0.clone();
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        let keys = client.get("soak:", Some(options)).await.unwrap().count() as u64;
+        let leases = client.leases().await.unwrap().leases().len() as u64;
+        vec![("keys", keys), ("leases", leases)]
+    }
+    async fn delete(&self, key: &str) {
+        let mut client = self.0.clone();
+        let options = etcd_client::DeleteOptions::new().with_prefix();
+        client
+            .delete(format!("soak:{key}/"), Some(options))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_does_not_grow() {
+    let server = support::EtcdServer::start().await;
+    let locker = Locker::builder(config(Driver::Etcd))
+        .etcd(server.client().await)
+        .build()
+        .expect("build");
+    no_growth(locker, Etcd(server.client().await)).await;
+}
