@@ -44,9 +44,8 @@ trait Residue {
 
 /// Runs `keys()` one-off locks over `TASKS` tasks; every 10th key is also contended (a
 /// waiter that times out), every 20th acquisition cancelled midway, every 50th lost.
-async fn churn<R: Residue + Sync>(locker: &Locker, residue: &R) {
+async fn churn<R: Residue + Sync>(locker: &Locker, residue: &R, total: usize) {
     let next = Arc::new(AtomicUsize::new(0));
-    let total = keys();
     let work = (0..TASKS).map(|_| {
         let (locker, next) = (locker.clone(), next.clone());
         async move {
@@ -93,11 +92,15 @@ async fn churn<R: Residue + Sync>(locker: &Locker, residue: &R) {
 }
 
 async fn no_growth<R: Residue + Sync>(locker: Locker, residue: R) {
+    let before = residue.counts().await;
+    // The live-task count is taken after a warm-up: the Redis and etcd clients start some
+    // connection tasks of their own on first use.
+    churn(&locker, &residue, 200).await;
+    sleep(dlock::DEFAULT_CALL_TIMEOUT + Duration::from_millis(500)).await;
     let runtime = tokio::runtime::Handle::current().metrics();
     let tasks_before = runtime.num_alive_tasks();
-    let before = residue.counts().await;
     let started = Instant::now();
-    churn(&locker, &residue).await;
+    churn(&locker, &residue, keys()).await;
     let churned = started.elapsed();
     // Tombstones expire within the call timeout; interrupted acquires are undone meanwhile.
     let deadline = Instant::now() + dlock::DEFAULT_CALL_TIMEOUT + Duration::from_secs(3);
@@ -114,15 +117,16 @@ async fn no_growth<R: Residue + Sync>(locker: Locker, residue: R) {
         sleep(Duration::from_millis(100)).await;
     }
     locker.close().await.expect("close");
-    // The Redis client's own connection tasks end shortly after their handles are dropped.
-    let deadline = Instant::now() + Duration::from_secs(2);
+    // The clients' own connection and stream tasks end a few seconds after their handles
+    // drop (seen: etcd-client's, up to ~4 s); dlock's own tasks are gone when close() returns.
+    let deadline = Instant::now() + dlock::DEFAULT_CALL_TIMEOUT + Duration::from_secs(2);
     while runtime.num_alive_tasks() > tasks_before {
         assert!(
             Instant::now() < deadline,
             "{} live tasks after close(), {tasks_before} before the churn",
             runtime.num_alive_tasks()
         );
-        sleep(Duration::from_millis(20)).await;
+        sleep(Duration::from_millis(100)).await;
     }
     eprintln!("soak: {} keys in {churned:?}, back to {before:?}", keys());
 }
