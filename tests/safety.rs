@@ -1,12 +1,13 @@
 //! Regression tests for the safety holes of issue 10, one per defect, each against real
 //! servers (Redis with and without persistence, etcd) or the in-process store. Every test
-//! here failed on the code before its fix.
+//! here failed on the code before its fix. Defect 5 (release-notification subscriptions)
+//! is covered in `tests/notifications.rs`.
 
 mod support;
 
 use std::time::Duration;
 
-use dlock::{Config, Driver, Error, LockOptions, Locker, MemoryStore};
+use dlock::{Config, Driver, Error, Locker, MemoryStore};
 use tokio::time::{sleep, timeout, Instant};
 
 fn config(driver: Driver, ttl: Duration) -> Config {
@@ -35,6 +36,14 @@ async fn redis_locker(url: &str, ttl: Duration) -> Locker {
         .redis(unbounded_connection(url).await)
         .build()
         .expect("build")
+}
+
+/// A server, a proxy in front of it, and a locker that talks to the server through the proxy.
+async fn behind_a_proxy(ttl: Duration) -> (support::RedisServer, support::Proxy, Locker) {
+    let server = support::RedisServer::start().await;
+    let proxy = support::Proxy::start(server.addr()).await;
+    let locker = redis_locker(&format!("redis://{}/", proxy.addr()), ttl).await;
+    (server, proxy, locker)
 }
 
 async fn dbsize(admin: &mut redis::aio::ConnectionManager) -> u64 {
@@ -176,9 +185,7 @@ async fn released_and_expired_locks_leave_no_entry_in_the_memory_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_fires_by_the_safety_deadline_while_a_release_hangs() {
     let ttl = Duration::from_secs(1);
-    let server = support::RedisServer::start().await;
-    let proxy = support::Proxy::start(server.addr()).await;
-    let holder = redis_locker(&format!("redis://{}/", proxy.addr()), ttl).await;
+    let (server, proxy, holder) = behind_a_proxy(ttl).await;
     let rival = redis_locker(&server.url(), ttl).await;
     let guard = holder.lock("k").await.expect("lock");
     sleep(Duration::from_millis(100)).await;
@@ -202,9 +209,7 @@ async fn lost_fires_by_the_safety_deadline_while_a_release_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_acquire_reply_never_yields_a_guard() {
     let ttl = Duration::from_secs(2);
-    let server = support::RedisServer::start().await;
-    let proxy = support::Proxy::start(server.addr()).await;
-    let locker = redis_locker(&format!("redis://{}/", proxy.addr()), ttl).await;
+    let (server, proxy, locker) = behind_a_proxy(ttl).await;
     // Warm the connection (script load), then make the round trip take 1.9 s of the 2 s TTL.
     token_of_one_lock(&locker, "warm").await;
     proxy.delay(Duration::from_millis(950));
@@ -228,105 +233,6 @@ async fn a_late_acquire_reply_never_yields_a_guard() {
         );
         sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn subscribers(admin: &mut redis::aio::ConnectionManager, channel: &str) -> i64 {
-    let reply: Vec<(String, i64)> = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(channel)
-        .query_async(admin)
-        .await
-        .expect("PUBSUB NUMSUB");
-    reply.first().map_or(0, |(_, n)| *n)
-}
-
-async fn wait_for_subscribers(
-    admin: &mut redis::aio::ConnectionManager,
-    channel: &str,
-    want: i64,
-    what: &str,
-) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = subscribers(admin, channel).await;
-        if n == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {n} subscribers, expected {want}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
-// Defect 5: a waiter cancelled while its subscription is being set up leaks nothing, and the
-// next waiter of that key is subscribed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_waiters_leave_no_subscription_and_later_waiters_subscribe() {
-    let server = support::RedisServer::start().await;
-    let mut admin = server.connection_manager().await;
-    let pubsub_proxy = support::Proxy::start(server.addr()).await;
-    let holder = redis_locker(&server.url(), Duration::from_secs(10)).await;
-    let waiters = Locker::builder(config(Driver::Redis, Duration::from_secs(10)))
-        .redis(server.connection_manager().await)
-        .redis_pubsub(redis::Client::open(format!("redis://{}/", pubsub_proxy.addr())).unwrap())
-        .build()
-        .expect("build");
-    let held = holder.lock("k").await.expect("lock");
-    pubsub_proxy.delay(Duration::from_millis(300));
-    for _ in 0..3 {
-        let short = LockOptions::new().wait_timeout(Duration::from_millis(50));
-        let outcome = waiters.lock_with("k", short).await;
-        assert!(matches!(outcome, Err(Error::Timeout { .. })), "{outcome:?}");
-    }
-    pubsub_proxy.pass();
-    let channel = "safe:{k}:released";
-    wait_for_subscribers(&mut admin, channel, 0, "after the cancelled waiters").await;
-    let waiter = {
-        let waiters = waiters.clone();
-        tokio::spawn(async move { waiters.lock("k").await.map(|g| g.fencing_token()) })
-    };
-    wait_for_subscribers(&mut admin, channel, 1, "while a new waiter waits").await;
-    held.release().await.expect("release");
-    timeout(Duration::from_secs(5), waiter)
-        .await
-        .expect("the waiter was never woken")
-        .expect("task")
-        .expect("waiter lock");
-    wait_for_subscribers(&mut admin, channel, 0, "after the last waiter left").await;
-}
-
-// Defect 5: an unreachable notification server does not make each new waiter wait in turn.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_notification_server_does_not_delay_waiters() {
-    let server = support::RedisServer::start().await;
-    let dead = support::Proxy::start(server.addr()).await;
-    dead.blackhole(); // accepts, never answers
-    let locker = Locker::builder(config(Driver::Redis, Duration::from_secs(10)))
-        .redis(server.connection_manager().await)
-        .redis_pubsub(redis::Client::open(format!("redis://{}/", dead.addr())).unwrap())
-        .build()
-        .expect("build");
-    let started = Instant::now();
-    // Four rounds, each with a new first waiter: each would try to subscribe again.
-    for _ in 0..4 {
-        let held = locker.lock("k").await.expect("lock");
-        let waiter = tokio::spawn({
-            let locker = locker.clone();
-            async move { locker.lock("k").await.expect("waiter lock").release().await }
-        });
-        sleep(Duration::from_millis(20)).await;
-        held.release().await.expect("release");
-        waiter.await.expect("task").expect("waiter release");
-    }
-    // Handoffs within this process need no notification at all; 1 s per waiter spent on
-    // subscription attempts would make this take 4 s.
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_millis(1500),
-        "four handoffs took {took:?}: each waiter waited for the unreachable notification server"
-    );
 }
 
 // Defect 6: a script sent twice (the cluster client resends after a connection drop) gives
@@ -457,9 +363,7 @@ async fn wakeups_do_not_cross_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_bounded_even_with_a_long_ttl() {
     let ttl = Duration::from_secs(3600);
-    let server = support::RedisServer::start().await;
-    let proxy = support::Proxy::start(server.addr()).await;
-    let locker = redis_locker(&format!("redis://{}/", proxy.addr()), ttl).await;
+    let (_server, proxy, locker) = behind_a_proxy(ttl).await;
     let guard = locker.lock("held").await.expect("lock");
     proxy.blackhole();
     let bound = Duration::from_secs(10);
