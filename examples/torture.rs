@@ -778,10 +778,11 @@ fn signal(pid: u32, sig: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Server-side faults, one at a time: restarts and operators.
+/// Server-side faults, one at a time: restarts and operators. Restarts alternate with
+/// the others, starting with one, so that even a short run has a restart.
 async fn server_faults(server: &mut LockServer, end: Instant) -> Vec<Fault> {
     let mut faults = Vec::new();
-    loop {
+    for n in 0.. {
         sleep(random_duration(1000..2500)).await;
         if !time_left(end) {
             break;
@@ -791,8 +792,8 @@ async fn server_faults(server: &mut LockServer, end: Instant) -> Vec<Fault> {
             LockServer::Redis {
                 server,
                 persistence,
-            } => redis_fault(server, *persistence).await,
-            LockServer::Etcd { cluster, admin } => etcd_fault(cluster, admin).await,
+            } => redis_fault(server, *persistence, n % 2 == 0).await,
+            LockServer::Etcd { cluster, admin } => etcd_fault(cluster, admin, n % 2 == 0).await,
         };
         if let Some(kind) = kind {
             faults.push(Fault {
@@ -808,8 +809,12 @@ async fn server_faults(server: &mut LockServer, end: Instant) -> Vec<Fault> {
 
 /// A crash and restart, or an operator deleting the lock keys. `None` if nothing happened
 /// (no lock key to delete at that moment).
-async fn redis_fault(server: &mut support::RedisServer, persistence: Persistence) -> Option<Kind> {
-    if fastrand::bool() {
+async fn redis_fault(
+    server: &mut support::RedisServer,
+    persistence: Persistence,
+    restart: bool,
+) -> Option<Kind> {
+    if restart {
         if persistence == Persistence::Rdb {
             // The realistic case: the data on disk is older than what was handed out since.
             server.bgsave_and_wait().await;
@@ -860,35 +865,40 @@ async fn delete_lock_keys(url: &str) -> usize {
     }
 }
 
-/// Member restarts (quorum kept, except rarely), or an operator deleting or revoking.
+/// Member restarts (`restart`: the leader, a follower, or rarely two members so that quorum
+/// is lost), or else an operator deleting the prefix or revoking a lease.
 async fn etcd_fault(
     cluster: &mut support::EtcdCluster,
     admin: &mut etcd_client::Client,
+    restart: bool,
 ) -> Option<Kind> {
-    match fastrand::u8(0..10) {
-        0..=2 => {
-            let leader = cluster.leader_index().await;
-            let follower = (leader + fastrand::usize(1..3)) % 3;
-            restart_members(cluster, &[follower], random_duration(500..2500)).await;
-            Some(Kind::FollowerRestart)
-        }
-        3..=4 => {
-            let leader = cluster.leader_index().await;
-            restart_members(cluster, &[leader], random_duration(500..2500)).await;
-            Some(Kind::LeaderRestart)
-        }
-        5 => {
-            let spared = fastrand::usize(0..3);
-            let both = [(spared + 1) % 3, (spared + 2) % 3];
-            restart_members(cluster, &both, random_duration(300..1500)).await;
-            Some(Kind::QuorumLoss)
-        }
-        6..=7 => operator_delete_prefix(admin)
+    if restart {
+        let leader = cluster.leader_index().await;
+        let kind = match fastrand::u8(0..5) {
+            0..=1 => Kind::LeaderRestart,
+            2..=3 => Kind::FollowerRestart,
+            _ => Kind::QuorumLoss,
+        };
+        let members = match kind {
+            Kind::LeaderRestart => vec![leader],
+            Kind::FollowerRestart => vec![(leader + fastrand::usize(1..3)) % 3],
+            _ => vec![(leader + 1) % 3, (leader + 2) % 3],
+        };
+        let down = match kind {
+            Kind::QuorumLoss => random_duration(300..1500), // less than the TTL
+            _ => random_duration(500..2500),
+        };
+        restart_members(cluster, &members, down).await;
+        return Some(kind);
+    }
+    if fastrand::bool() {
+        operator_delete_prefix(admin)
             .await
-            .then_some(Kind::OperatorDeletePrefix),
-        _ => operator_revoke_lease(admin)
+            .then_some(Kind::OperatorDeletePrefix)
+    } else {
+        operator_revoke_lease(admin)
             .await
-            .then_some(Kind::LeaseRevoke),
+            .then_some(Kind::LeaseRevoke)
     }
 }
 
@@ -965,7 +975,7 @@ impl Section {
         }
     }
 
-    /// `p0t1n2 token T [granted .. end]`, times in seconds since the run began.
+    /// `p0t1n2 token T [granted .. end]`, times in seconds since the coordinator started.
     fn describe(&self, t0: u128) -> String {
         format!(
             "{} token {} [{} .. {}]{}",
@@ -1082,6 +1092,7 @@ struct Report {
     touched_by: Vec<BTreeSet<Kind>>,
 }
 
+/// Applies the rules of the module doc to the records; `t0` only serves the descriptions.
 fn check(sections: &[Section], writes: &[ResourceWrite], faults: &[Fault], t0: u128) -> Report {
     let by_key = indices_by_key(sections);
     let mut checker = Checker {
@@ -1124,6 +1135,7 @@ fn indices_by_key(sections: &[Section]) -> BTreeMap<String, Vec<usize>> {
     by_key
 }
 
+/// The records under check, and the findings so far.
 struct Checker<'a> {
     sections: &'a [Section],
     faults: &'a [Fault],
@@ -1436,19 +1448,22 @@ impl Report {
         (violations > 0) as i32
     }
 
-    /// How many excused overlaps each kind of fault excuses (one may have several).
+    /// How many excused overlaps each kind of fault excuses, and for how many it is the
+    /// only excuse (an overlap may have several).
     fn excusers(&self) -> String {
-        let mut counts = BTreeMap::<Kind, usize>::new();
+        let mut counts = BTreeMap::<Kind, (usize, usize)>::new();
         for e in &self.events {
             if e.finding == Finding::OverlapExcused {
                 for kind in &e.excused_by {
-                    *counts.entry(*kind).or_default() += 1;
+                    let (any, alone) = counts.entry(*kind).or_default();
+                    *any += 1;
+                    *alone += (e.excused_by.len() == 1) as usize;
                 }
             }
         }
         let parts: Vec<String> = counts
             .iter()
-            .map(|(kind, n)| format!("{} {n}", kind.label()))
+            .map(|(kind, (any, alone))| format!("{} {any} (only excuse: {alone})", kind.label()))
             .collect();
         parts.join(", ")
     }
