@@ -34,7 +34,8 @@
 //! - **pause**: a worker process stopped (SIGSTOP) for 1.5 × TTL, then resumed (SIGCONT),
 //!   like a GC pause or a suspended VM. A paused process cannot notice `lost()`. Pauses are
 //!   aimed: workers announce long work, and the coordinator stops one that is in the middle
-//!   of it when it can, so that the lock expires between the grant and the writes;
+//!   of it when it can, so that the lock expires between the grant and the writes
+//!   (blackholes are aimed the same way);
 //! - **server**: Redis is killed (SIGKILL) and restarted on its own dir, reloading what it
 //!   persisted: with `rdb`, a `BGSAVE` is taken 0.5-1.5 s before the kill, so the snapshot is
 //!   older than the latest acquisitions (the fault's span starts at the snapshot); with
@@ -65,9 +66,11 @@
 //!      lock (the documented limit); only fencing protects the resource then, and rules 3-4
 //!      check that it did;
 //!    - a fault that takes locks away *on the server* (a Redis restart, an operator delete,
-//!      a lease revoke) touched A, and A's section ended at most TTL + 0.5 s after that
-//!      fault: the library can only learn of it at the next renewal (TTL/3), or by its
-//!      watchdog (0.9 TTL) when renewals fail. A later end is a holder that never noticed.
+//!      a lease revoke) touched A and began before B was granted, and A's section ended
+//!      soon enough after that fault: within TTL/3 + 0.5 s (the next renewal sees the
+//!      loss), or TTL + 0.5 s if A's renewals may have failed meanwhile (a restart, or a
+//!      network fault or member restart touching A: the watchdog fires at 0.9 TTL). A later
+//!      end is a holder that did not notice.
 //!
 //!    Network faults, etcd member restarts and quorum loss excuse nothing: the library must
 //!    keep mutual exclusion through them.
@@ -443,11 +446,11 @@ async fn coordinator(args: Args) -> i32 {
 
     let faults = if args.faults {
         let end = Instant::now() + Duration::from_secs(args.secs);
-        let targets: Vec<(u32, Arc<AtomicU64>)> =
-            workers.iter().map(|w| (w.pid, w.busy.clone())).collect();
+        let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+        let busy: Vec<Arc<AtomicU64>> = workers.iter().map(|w| w.busy.clone()).collect();
         let (mut network, mut paused, mut on_server) = tokio::join!(
-            network_faults(&proxies, end),
-            pauses(&targets, end),
+            network_faults(&proxies, &busy, end),
+            pauses(&pids, &busy, end),
             server_faults(&mut server, end),
         );
         network.append(&mut paused);
@@ -630,16 +633,18 @@ impl Kind {
         }
     }
 
+    /// An operator deleting keys or revoking leases: the server stays up.
+    fn is_operator(self) -> bool {
+        matches!(
+            self,
+            Kind::OperatorDel | Kind::OperatorDeletePrefix | Kind::LeaseRevoke
+        )
+    }
+
     /// Faults that take locks away on the server, which a holder learns of only at its
     /// next renewal: they excuse an overlap of bounded length (rule 5).
     fn takes_locks(self) -> bool {
-        matches!(
-            self,
-            Kind::RedisRestart(_)
-                | Kind::OperatorDel
-                | Kind::OperatorDeletePrefix
-                | Kind::LeaseRevoke
-        )
+        self.is_operator() || matches!(self, Kind::RedisRestart(_))
     }
 }
 
@@ -664,17 +669,32 @@ fn time_left(end: Instant) -> bool {
     Instant::now() + Duration::from_secs(2) < end
 }
 
-/// Network faults on one worker's proxies at a time.
-async fn network_faults(proxies: &[Vec<support::Proxy>], end: Instant) -> Vec<Fault> {
+/// Network faults on one worker's proxies at a time. Blackholes are aimed at a worker in
+/// the middle of long work (see [`aim`]): a holder cut off for longer than the TTL must
+/// stop before the server lets the lock expire, or rule 5 reports an overlap.
+async fn network_faults(
+    proxies: &[Vec<support::Proxy>],
+    busy: &[Arc<AtomicU64>],
+    end: Instant,
+) -> Vec<Fault> {
     let mut faults = Vec::new();
     loop {
         sleep(random_duration(500..1500)).await;
         if !time_left(end) {
             break;
         }
-        let proc = fastrand::usize(0..proxies.len());
+        let (kind, hold) = match fastrand::u8(0..4) {
+            0 => (Kind::Delay, Duration::from_secs(1)),
+            1 => (Kind::ShortBlackhole, TTL / 2 - Duration::from_millis(200)),
+            2 => (Kind::LongBlackhole, TTL + Duration::from_millis(500)),
+            _ => (Kind::Reset, Duration::ZERO),
+        };
+        let proc = match kind {
+            Kind::ShortBlackhole | Kind::LongBlackhole => aim(busy).await,
+            _ => fastrand::usize(0..proxies.len()),
+        };
         let from = now_ns();
-        let kind = network_fault(&proxies[proc]).await;
+        network_fault(&proxies[proc], kind, hold).await;
         faults.push(Fault {
             kind,
             proc: Some(proc),
@@ -685,14 +705,8 @@ async fn network_faults(proxies: &[Vec<support::Proxy>], end: Instant) -> Vec<Fa
     faults
 }
 
-/// Applies one random network fault to every proxy of a worker, holds it, heals it.
-async fn network_fault(proxies: &[support::Proxy]) -> Kind {
-    let (kind, hold) = match fastrand::u8(0..4) {
-        0 => (Kind::Delay, Duration::from_secs(1)),
-        1 => (Kind::ShortBlackhole, TTL / 2 - Duration::from_millis(200)),
-        2 => (Kind::LongBlackhole, TTL + Duration::from_millis(500)),
-        _ => (Kind::Reset, Duration::ZERO),
-    };
+/// Applies a network fault to every proxy of a worker, holds it, heals it.
+async fn network_fault(proxies: &[support::Proxy], kind: Kind, hold: Duration) {
     for proxy in proxies {
         match kind {
             Kind::Delay => proxy.delay(random_duration(5..100)),
@@ -704,22 +718,21 @@ async fn network_fault(proxies: &[support::Proxy]) -> Kind {
     for proxy in proxies {
         proxy.pass();
     }
-    kind
 }
 
-/// Pauses one worker process at a time for [`PAUSE`]. `workers`: each one's pid and
-/// until when it does long work in a section.
-async fn pauses(workers: &[(u32, Arc<AtomicU64>)], end: Instant) -> Vec<Fault> {
+/// Pauses one worker process at a time for [`PAUSE`], aimed at one in the middle of long
+/// work (see [`aim`]): its lock expires while it sleeps, and its writes come after.
+async fn pauses(pids: &[u32], busy: &[Arc<AtomicU64>], end: Instant) -> Vec<Fault> {
     let mut faults = Vec::new();
     loop {
         sleep(random_duration(1500..3500)).await;
         if !time_left(end) {
             break;
         }
-        let proc = pause_target(workers).await;
+        let proc = aim(busy).await;
         let from = now_ns();
         {
-            let _stopped = Stopped::new(workers[proc].0);
+            let _stopped = Stopped::new(pids[proc]);
             sleep(PAUSE).await;
         }
         faults.push(Fault {
@@ -732,22 +745,23 @@ async fn pauses(workers: &[(u32, Arc<AtomicU64>)], end: Instant) -> Vec<Fault> {
     faults
 }
 
-/// A worker in the middle of long work if one is within a second, else any: a pause at a
-/// random moment mostly hits processes that hold nothing, one inside a section is what
-/// makes a stale holder (its lock expires while it sleeps, its writes come after).
-async fn pause_target(workers: &[(u32, Arc<AtomicU64>)]) -> usize {
+/// A worker in the middle of long work if one is within a second, else any. A fault at a
+/// random moment mostly hits a process that holds nothing or holds briefly; one that lands
+/// inside a section is what tests loss detection and fencing. `busy[i]`: until when (ns)
+/// worker `i` said it does long work.
+async fn aim(busy: &[Arc<AtomicU64>]) -> usize {
     let give_up = Instant::now() + Duration::from_secs(1);
     loop {
-        // At least 300 ms of work left, so that the stop lands before the write.
+        // At least 300 ms of work left, so that the fault lands before the writes.
         let soon = (now_ns() + 300_000_000) as u64;
-        let busy: Vec<usize> = (0..workers.len())
-            .filter(|&i| workers[i].1.load(Ordering::Relaxed) > soon)
+        let candidates: Vec<usize> = (0..busy.len())
+            .filter(|&i| busy[i].load(Ordering::Relaxed) > soon)
             .collect();
-        if !busy.is_empty() {
-            return busy[fastrand::usize(0..busy.len())];
+        if !candidates.is_empty() {
+            return candidates[fastrand::usize(0..candidates.len())];
         }
         if Instant::now() >= give_up {
-            return fastrand::usize(0..workers.len());
+            return fastrand::usize(0..busy.len());
         }
         sleep(Duration::from_millis(10)).await;
     }
@@ -1202,15 +1216,16 @@ impl Checker<'_> {
         if paused {
             return (Finding::OverlapWithPause, BTreeSet::from([Kind::Pause]));
         }
-        // The older holder lost the lock on the server and must notice by its next renewal
-        // (or by its watchdog, if renewals fail): within the TTL, plus scheduling slack.
+        // The fault took the older holder's lock before the newer one got it; the older must
+        // notice by its next renewal, or by its watchdog when renewals fail.
         let excused_by: BTreeSet<Kind> = self
             .faults
             .iter()
             .filter(|f| {
                 f.kind.takes_locks()
                     && f.touches(older)
-                    && older.end <= f.to + (TTL + SLACK).as_nanos()
+                    && newer.granted >= f.from
+                    && older.end <= f.to + self.notice_within(f, older).as_nanos()
             })
             .map(|f| f.kind)
             .collect();
@@ -1218,6 +1233,23 @@ impl Checker<'_> {
             (Finding::OverlapUnexcused, excused_by)
         } else {
             (Finding::OverlapExcused, excused_by)
+        }
+    }
+
+    /// How long after `fault` (which took the lock away on the server) the holder of
+    /// `section` may go on: its next renewal (TTL/3) sees the loss when it reaches the
+    /// server; if it cannot (a restart, or another fault on the way), the watchdog fires
+    /// at 0.9 TTL from the last confirmed renewal. Plus slack for scheduling.
+    fn notice_within(&self, fault: &Fault, section: &Section) -> Duration {
+        let renewals_may_fail = !fault.kind.is_operator()
+            || self
+                .faults
+                .iter()
+                .any(|g| g.touches(section) && !g.kind.is_operator());
+        if renewals_may_fail {
+            TTL + SLACK
+        } else {
+            TTL / 3 + SLACK
         }
     }
 
