@@ -43,7 +43,8 @@
 //!   applies to Redis. An operator `DEL`s the lock keys (found with `SCAN`, fencing counters
 //!   left alone). On etcd: a follower or the leader is killed and restarted, rarely two
 //!   members at once (quorum lost for less than the TTL); an operator deletes the lock
-//!   prefix, or revokes a random lease.
+//!   prefix, or revokes a random lease. Server faults alternate between a restart and an
+//!   operator action, a restart first, so that every run has at least one restart.
 //!
 //! A fault *touches* a section when the fault's time span meets the section's
 //! `[asked, end]`, and the fault hit the server or the section's own process.
@@ -65,7 +66,8 @@
 //!    - a *pause* touched either section: a paused holder resumes believing it holds the
 //!      lock (the documented limit); only fencing protects the resource then, and rules 3-4
 //!      check that it did;
-//!    - a fault that takes locks away *on the server* (a Redis restart, an operator delete,
+//!    - a fault that takes locks away *on the server* (a Redis restart, whatever the
+//!      persistence: `appendfsync everysec` may lose the last second; an operator delete;
 //!      a lease revoke) touched A and began before B was granted, and A's section ended
 //!      soon enough after that fault: within TTL/3 + 0.5 s (the next renewal sees the
 //!      loss), or TTL + 0.5 s if A's renewals may have failed meanwhile (a restart, or a
