@@ -224,3 +224,53 @@ impl RedisCluster {
         }
     }
 }
+
+// Appended for the torture checker (examples/torture.rs): crashes of a server that persists.
+// The functions above are unchanged; these only add to them.
+impl RedisServer {
+    /// Takes an RDB snapshot now (`BGSAVE`) and waits until it is on disk, in the server's
+    /// own dir. A later [`crash_and_restart`](Self::crash_and_restart) reloads it, so the
+    /// server comes back with the data of this moment, older than anything written since.
+    pub async fn bgsave_and_wait(&self) {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect for BGSAVE");
+        let _: String = redis::cmd("BGSAVE")
+            .query_async(&mut conn)
+            .await
+            .expect("BGSAVE");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(&mut conn)
+                .await
+                .expect("INFO persistence");
+            if info.contains("rdb_bgsave_in_progress:0") {
+                assert!(
+                    info.contains("rdb_last_bgsave_status:ok"),
+                    "BGSAVE failed: {info}"
+                );
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "BGSAVE did not finish within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A crash and a restart: SIGKILL (no shutdown save), `down` without a server, then a
+    /// start on the same port, with the same arguments and the same dir. What the server
+    /// had persisted there is reloaded: an RDB written by `BGSAVE` or a save point, or the
+    /// AOF of a server started with `--appendonly yes`. Without persistence it comes back
+    /// empty. Returns once it answers PING.
+    pub async fn crash_and_restart(&mut self, down: Duration) {
+        self.kill();
+        tokio::time::sleep(down).await;
+        self.restart().await;
+    }
+}
