@@ -30,9 +30,11 @@ for example in examples/*.rs; do
   timeout 120 cargo run --quiet --all-features --example "$name" >/dev/null
 done
 
-# The multi-process torture checker, bounded: exits non-zero on any violation.
-for backend in ${DLOCK_TORTURE_BACKENDS:-redis etcd}; do
-  timeout 120 cargo run --quiet --all-features --example torture -- \
-    --backend "$backend" --procs 3 --tasks 4 --keys 3 --secs "${DLOCK_TORTURE_SECS:-20}"
+# The multi-process torture checker, bounded: exits non-zero on any violation. Redis with
+# its default persistence (RDB snapshots) and with AOF, and a 3-member etcd cluster.
+for target in "redis rdb" "redis aof" "etcd rdb"; do
+  read -r backend persistence <<<"$target"
+  timeout 120 cargo run --quiet --all-features --example torture -- --backend "$backend" \
+    --persistence "$persistence" --procs 3 --tasks 4 --keys 3 --secs "${DLOCK_TORTURE_SECS:-20}"
 done
 echo "test.sh: all tests and examples passed"
