@@ -309,7 +309,7 @@ async fn close_waits_for_the_work_it_started_on_etcd() {
         .build()
         .expect("build");
     let mut held = Vec::new();
-    for i in 0..5 {
+    for i in 0..50 {
         held.push(locker.lock(&format!("k{i}")).await.expect("lock"));
     }
     locker.close().await.expect("close");
