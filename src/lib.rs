@@ -75,6 +75,9 @@ mod locker;
 pub mod metrics;
 mod options;
 mod registry;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use backend::memory::MemoryStore;
 pub use compat::Compat;
