@@ -30,7 +30,7 @@ use etcd_client::{
 };
 use tokio::time::{sleep_until, Instant};
 
-use super::{safety_margin, Backend, Context, Grant, Lease, Renewal, Request, TAKEN};
+use super::{safety_margin, Backend, Context, Grant, Lease, Renewal, Request};
 use crate::config::Driver;
 use crate::error::{Error, Result};
 
@@ -348,11 +348,7 @@ impl Backend for EtcdBackend {
         if !held.keepalive.renew(cx, &lease.key, lease.ttl).await? {
             return Ok(Renewal::Lost("the lease was revoked or expired"));
         }
-        Ok(if self.still_ours(cx, lease, held).await? {
-            Renewal::Renewed
-        } else {
-            Renewal::Lost(TAKEN)
-        })
+        Ok(Renewal::still_ours(self.still_ours(cx, lease, held).await?))
     }
 
     async fn release(

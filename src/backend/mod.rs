@@ -338,6 +338,18 @@ pub enum Renewal {
     Lost(&'static str),
 }
 
+#[cfg(any(feature = "redis", feature = "etcd"))]
+impl Renewal {
+    /// The outcome of a renewal that found the lock still ours, or gone or taken.
+    pub(crate) fn still_ours(ours: bool) -> Renewal {
+        if ours {
+            Renewal::Renewed
+        } else {
+            Renewal::Lost(TAKEN)
+        }
+    }
+}
+
 /// Why a held lock is no longer ours, as [`Backend::keep`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use self::notifications::Notifications;
 use super::{
-    poll_until_acquired, recover, Backend, Context, Grant, Lease, Renewal, Request, Wakeups, TAKEN,
+    poll_until_acquired, recover, Backend, Context, Grant, Lease, Renewal, Request, Wakeups,
 };
 use crate::config::Driver;
 use crate::error::Result;
@@ -176,11 +176,7 @@ where
             .scripts
             .call(cx, &lease.key, lease.ttl, &refresh)
             .await?;
-        Ok(if renewed == 1 {
-            Renewal::Renewed
-        } else {
-            Renewal::Lost(TAKEN)
-        })
+        Ok(Renewal::still_ours(renewed == 1))
     }
 
     async fn release(
