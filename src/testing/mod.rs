@@ -43,6 +43,12 @@ pub trait Fixture: Send + Sync + Sized + 'static {
 }
 
 /// The config every test of the suite uses: a short retry interval, the fixture's driver.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = dlock::testing::config(dlock::Driver::Custom, "t:", Duration::from_secs(1));
+/// assert_eq!(config.retry_interval, Duration::from_millis(20));
+/// ```
 pub fn config(driver: Driver, prefix: &str, ttl: Duration) -> Config {
     Config {
         driver,
