@@ -1,13 +1,10 @@
 //! The Go-style API: `lock(key)`, `try_lock(key) -> bool`, `unlock(key)`, over a registry of
 //! the guards this locker holds, so Go code ports line by line.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use crate::error::{display_key, Error, Result};
-use crate::guard::LockGuard;
+use crate::error::{Error, Result};
 use crate::locker::Locker;
 use crate::options::LockOptions;
+use crate::registry::Reservation;
 
 /// The Go component's `Locker` interface, returned by [`Locker::compat`].
 ///
@@ -43,62 +40,26 @@ pub struct Compat {
     locker: Locker,
 }
 
-/// The key → guard registry, held by the locker.
-#[derive(Default)]
-pub(crate) struct Registry {
-    slots: Mutex<HashMap<String, Slot>>,
-}
-
-enum Slot {
-    /// A `lock` call is under way; a second one must not wait behind it.
-    Acquiring,
-    Held(LockGuard),
-}
-
-impl Registry {
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Drops every held guard (each drop asks its lifecycle task to release).
-    pub fn clear(&self) {
-        let slots = std::mem::take(&mut *self.slots());
-        drop(slots);
-    }
-}
-
-/// A reserved registry slot; removed again unless a guard was stored in it.
-struct Reservation<'a> {
-    registry: &'a Registry,
-    key: &'a str,
-    filled: bool,
-}
-
-impl Reservation<'_> {
-    fn fill(mut self, guard: LockGuard) {
-        self.registry
-            .slots()
-            .insert(self.key.to_owned(), Slot::Held(guard));
-        self.filled = true;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.filled {
-            let mut slots = self.registry.slots();
-            if matches!(slots.get(self.key), Some(Slot::Acquiring)) {
-                slots.remove(self.key);
-            }
+impl Locker {
+    /// The Go-style API (`lock`/`try_lock`/`unlock` by key) over a key → guard registry held
+    /// by this locker.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// # let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
+    /// let go = locker.compat();
+    /// go.lock("resource-key").await?;
+    /// go.unlock("resource-key").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn compat(&self) -> Compat {
+        Compat {
+            locker: self.clone(),
         }
     }
 }
 
 impl Compat {
-    pub(crate) fn new(locker: Locker) -> Self {
-        Compat { locker }
-    }
-
     /// Go `Lock`: waits until acquired and records the lock under `key`.
     ///
     /// ```
@@ -178,17 +139,7 @@ impl Compat {
     /// # Ok(()) }
     /// ```
     pub async fn unlock(&self, key: &str) -> Result<()> {
-        let guard = {
-            let mut slots = self.locker.registry().slots();
-            match slots.remove(key) {
-                Some(Slot::Held(guard)) => guard,
-                Some(Slot::Acquiring) => {
-                    slots.insert(key.to_owned(), Slot::Acquiring);
-                    return Err(not_held(key));
-                }
-                None => return Err(not_held(key)),
-            }
-        };
+        let guard = self.locker.registry().take(key)?;
         guard.release().await
     }
 
@@ -203,31 +154,13 @@ impl Compat {
     /// # Ok(()) }
     /// ```
     pub fn is_held(&self, key: &str) -> bool {
-        matches!(self.locker.registry().slots().get(key), Some(Slot::Held(_)))
+        self.locker.registry().is_held(key)
     }
 
     fn reserve<'a>(&'a self, key: &'a str) -> Result<Reservation<'a>> {
         if self.locker.is_closed() {
             return Err(Error::Closed);
         }
-        let registry = self.locker.registry();
-        let mut slots = registry.slots();
-        if slots.contains_key(key) {
-            return Err(Error::LockAlreadyHeld {
-                key: display_key(key),
-            });
-        }
-        slots.insert(key.to_owned(), Slot::Acquiring);
-        Ok(Reservation {
-            registry,
-            key,
-            filled: false,
-        })
-    }
-}
-
-fn not_held(key: &str) -> Error {
-    Error::LockNotHeld {
-        key: display_key(key),
+        self.locker.registry().reserve(key)
     }
 }

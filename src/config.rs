@@ -38,7 +38,7 @@ const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Which backend a [`Locker`](crate::Locker) talks to.
 ///
-/// Written in YAML/JSON as `redis`, `etcd` or `memory`.
+/// Written in YAML/JSON as `redis`, `etcd`, `memory` or `custom`.
 ///
 /// ```
 /// let driver: dlock::Driver = serde_json::from_str("\"etcd\"").unwrap();
@@ -55,6 +55,9 @@ pub enum Driver {
     Etcd,
     /// In-process: the same semantics inside one process, for tests and examples.
     Memory,
+    /// A backend given with `LockerBuilder::backend` (feature `unstable-backend`), such as
+    /// one written outside this crate.
+    Custom,
 }
 
 impl Driver {
@@ -68,6 +71,7 @@ impl Driver {
             Driver::Redis => "redis",
             Driver::Etcd => "etcd",
             Driver::Memory => "memory",
+            Driver::Custom => "custom",
         }
     }
 }
@@ -102,7 +106,8 @@ impl fmt::Display for Driver {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The backend: `redis`, `etcd` or `memory`.
+    /// The backend: `redis`, `etcd`, `memory`, or `custom` for one given with
+    /// `LockerBuilder::backend`.
     pub driver: Driver,
     /// Global prefix of every lock key, such as `"myapp:lock:"`. May be empty.
     #[serde(default = "default_prefix")]

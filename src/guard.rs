@@ -1,7 +1,7 @@
 //! `LockGuard`: a held lock and its whole lifecycle.
 //!
-//! Acquisition hands the guard a [`Lease`]. From then on one task per guard, [`lifecycle`],
-//! owns the lease: it keeps it alive until either the guard asks for release (explicit
+//! Acquisition hands the guard a [`Lease`](crate::backend::Lease) and the backend's held state ([`HeldLock`](crate::backend::erased::HeldLock)). From
+//! then on one task per guard, [`lifecycle`], owns both: it keeps it alive until either the guard asks for release (explicit
 //! [`LockGuard::release`], drop, or [`Locker::close`](crate::Locker::close)) or ownership is
 //! lost, and then it releases. Because that task is the only place that renews and the only
 //! place that releases, no renewal can follow a release, and drop needs no runtime of its
@@ -11,13 +11,13 @@ use pin_project::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{self, Poll};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tokio_util::task::TaskTracker;
 
-use crate::backend::{Backend, Lease};
+use crate::backend::erased::Acquired;
+use crate::backend::Context;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -61,20 +61,21 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
-    /// Starts the lifecycle task of a freshly acquired lease. `release` is a child of the
-    /// locker's closing token, so closing the locker releases every guard.
+    /// Starts the lifecycle task of a freshly acquired lock, tracked by the locker. Its
+    /// release token is a child of the locker's closing token, so closing the locker
+    /// releases every guard.
     pub(crate) fn start(
-        backend: Backend,
-        lease: Lease,
-        release: CancellationToken,
-        tasks: &TaskTracker,
+        backend: &'static str,
+        acquired: Acquired,
+        cx: &Context,
         metrics: Metrics,
     ) -> LockGuard {
-        let lost = CancellationToken::new();
-        let (key, fencing_token, name) = (lease.key.clone(), lease.fencing_token, backend.name());
-        let task = tasks.spawn(lifecycle(
+        let (lost, release) = (CancellationToken::new(), cx.closing().child_token());
+        let (key, fencing_token) = (acquired.lease.key.clone(), acquired.lease.fencing_token);
+        let task = cx.track(lifecycle(
             backend,
-            lease,
+            acquired,
+            cx.clone(),
             lost.clone(),
             release.clone(),
             metrics,
@@ -82,7 +83,7 @@ impl LockGuard {
         LockGuard {
             key,
             fencing_token,
-            backend: name,
+            backend,
             lost,
             release,
             task: Some(task),
@@ -107,7 +108,7 @@ impl LockGuard {
     /// token smaller than one it has seen: a holder that lost the lock without noticing
     /// (a long pause, a partition) can then do no harm.
     ///
-    /// Redis: a per-key counter incremented in the acquiring script. etcd: the create revision
+    /// Redis: the server clock in microseconds, drawn by the acquiring script. etcd: the create revision
     /// of the holder's key. In-process: a per-key counter.
     ///
     /// ```
@@ -243,7 +244,7 @@ pub struct Run<F> {
 impl<F: Future> Future for Run<F> {
     type Output = Result<F::Output>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         // Loss first: once it is known, no further step of the work may run.
         if this.lost.poll(cx).is_ready() {
@@ -254,26 +255,30 @@ impl<F: Future> Future for Run<F> {
     }
 }
 
-/// Keeps `lease` until release is requested or ownership is lost, then releases it.
+/// Keeps the lock until release is requested or ownership is lost, then releases it.
 ///
 /// `lost` fires no later than the safety deadline measured from the last confirmed renewal,
 /// whatever the release is doing: a release that hangs must not let the holder believe it
 /// still holds a lock that a rival may already have taken.
 async fn lifecycle(
-    backend: Backend,
-    lease: Lease,
+    name: &'static str,
+    acquired: Acquired,
+    cx: Context,
     lost: CancellationToken,
     release: CancellationToken,
     metrics: Metrics,
 ) -> Result<()> {
-    let held_since = lease.confirmed_at;
-    let mut confirmed = lease.confirmed_at;
+    let Acquired {
+        lease,
+        confirmed_at: held_since,
+        mut held,
+    } = acquired;
+    let mut confirmed = held_since;
     let loss = tokio::select! {
         biased;
         _ = release.cancelled() => None,
-        loss = backend.keep(&lease, &mut confirmed) => Some(loss),
+        loss = held.keep(&cx, &lease, &mut confirmed) => Some(loss),
     };
-    let name = backend.name();
     // Past this instant the server has forgotten the key: no release call is worth more.
     let expiry = confirmed + lease.ttl;
     if let Some(loss) = loss {
@@ -283,10 +288,10 @@ async fn lifecycle(
             fencing_token = lease.fencing_token, reason = %loss, "ownership lost");
         // If renewal merely went unconfirmed, the key may still be ours: free it for the next
         // holder now rather than at expiry. A token-checked release cannot harm another holder.
-        let _ = backend.release(&lease, expiry).await;
+        let _ = held.release(&cx, &lease, expiry).await;
         return Err(Error::lost(&lease.key));
     }
-    let releasing = backend.release(&lease, expiry);
+    let releasing = held.release(&cx, &lease, expiry);
     tokio::pin!(releasing);
     let outcome = tokio::select! {
         outcome = &mut releasing => outcome,

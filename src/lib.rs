@@ -42,6 +42,14 @@
 //! - **etcd** ([`Driver::Etcd`], feature `etcd`): a key attached to a lease kept alive;
 //!   waiters queue by revision (FIFO); the fencing token is the key's create revision.
 //! - **Memory** ([`Driver::Memory`]): the same semantics inside one process, for tests.
+//! - **Your own** ([`Driver::Custom`]): implement `dlock::backend::Backend` (feature
+//!   `unstable-backend`; its `# Contract` says what a backend must guarantee), give it to
+//!   `LockerBuilder::backend`, and run this crate's conformance suite on it with
+//!   `dlock::testing::conformance!` (feature `testing`).
+//!
+//! `.redis(conn)` takes any redis-rs async connection that is a cheap handle
+//! (`ConnectionManager`, `MultiplexedConnection`, a cluster connection); `.redis`, `.etcd`
+//! and `.memory` are `.backend(..)` with the crate's own backends.
 //!
 //! # Guarantees, briefly
 //!
@@ -54,6 +62,10 @@
 // docs.rs (nightly) marks each feature-gated item with the feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "unstable-backend")]
+#[cfg_attr(docsrs, doc(cfg(feature = "unstable-backend")))]
+pub mod backend;
+#[cfg(not(feature = "unstable-backend"))]
 mod backend;
 mod compat;
 mod config;
@@ -62,6 +74,10 @@ mod guard;
 mod locker;
 pub mod metrics;
 mod options;
+mod registry;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use backend::memory::MemoryStore;
 pub use compat::Compat;

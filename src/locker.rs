@@ -1,20 +1,21 @@
-//! `Locker` and `LockerBuilder`: validation, the acquire call (deadline, close), close.
+//! `Locker` and `LockerBuilder`: validation, the attempt (deadline, close), starting the
+//! guard, close. The locker knows backends only through the erased seam.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use crate::backend::erased::{erase, Acquired, BoxFuture, SharedBackend};
 use crate::backend::memory::{MemoryBackend, MemoryStore};
-use crate::backend::{Backend, Context, Request};
-use crate::compat::{Compat, Registry};
+use crate::backend::{Context, Request};
 use crate::config::{check_ttl, Config, Driver, MAX_KEY_LEN};
 use crate::error::{display_key, Error, Result};
 use crate::guard::LockGuard;
 use crate::metrics::Metrics;
 use crate::options::LockOptions;
+use crate::registry::Registry;
 
 /// A handle to distributed locks on one backend. Cheap to clone; clones share everything
 /// (backend connection, held locks, the compat registry).
@@ -41,11 +42,9 @@ pub struct Locker {
 
 struct Inner {
     config: Config,
-    backend: Backend,
-    /// Cancelled by `close()`; every guard's release token is a child of it.
-    closing: CancellationToken,
-    /// Every guard's lifecycle task, so that `close()` can wait for their releases.
-    tasks: TaskTracker,
+    backend: SharedBackend,
+    /// Everything the locker starts runs on it, so that `close()` can wait for it.
+    context: Context,
     registry: Registry,
     metrics: Metrics,
 }
@@ -63,13 +62,13 @@ struct Inner {
 #[must_use = "call .build() to get a Locker"]
 pub struct LockerBuilder {
     config: Config,
-    connector: Option<Connector>,
+    backend: Option<SharedBackend>,
     #[cfg(feature = "metrics")]
     meter: Option<opentelemetry::metrics::Meter>,
     key_attribute: bool,
     call_timeout: Duration,
     #[cfg(feature = "redis")]
-    redis_pubsub: Option<redis::Client>,
+    redis_pubsub: crate::backend::redis::PubsubSlot,
 }
 
 /// The default of [`LockerBuilder::call_timeout`].
@@ -79,44 +78,57 @@ pub struct LockerBuilder {
 /// ```
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-enum Connector {
-    Memory(MemoryStore),
-    #[cfg(feature = "redis")]
-    Redis(Box<crate::backend::redis::RedisConn>),
-    #[cfg(feature = "etcd")]
-    Etcd(Box<etcd_client::Client>),
-}
-
-impl Connector {
-    fn driver(&self) -> Driver {
-        match self {
-            Connector::Memory(_) => Driver::Memory,
-            #[cfg(feature = "redis")]
-            Connector::Redis(_) => Driver::Redis,
-            #[cfg(feature = "etcd")]
-            Connector::Etcd(_) => Driver::Etcd,
-        }
-    }
-}
-
 impl LockerBuilder {
-    /// The Redis connection for [`Driver::Redis`] (Go: `WithRedisConnector`). The
-    /// `ConnectionManager` reconnects by itself; renewals and waits survive reconnects.
+    /// The backend to lock on, for [`Driver::Custom`] (or a built-in driver, when `backend`
+    /// is one of the crate's). `.redis(..)`, `.etcd(..)` and `.memory(..)` are this call with
+    /// the crate's backends. Feature `unstable-backend`: the [`Backend`](crate::backend::Backend)
+    /// trait may still change.
+    ///
+    /// A [`Driver::Custom`] config needs one (the trait's documentation has a whole backend
+    /// as its example):
+    ///
+    /// ```
+    /// let err = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Custom)).build().unwrap_err();
+    /// assert!(err.to_string().contains(".backend(..)"), "{err}");
+    /// ```
+    #[cfg(feature = "unstable-backend")]
+    pub fn backend<B: crate::backend::Backend>(self, backend: B) -> Self {
+        self.install(backend)
+    }
+
+    /// Erases the backend's type, once, and keeps it (the last one given wins).
+    fn install<B: crate::backend::Backend>(mut self, backend: B) -> Self {
+        self.backend = Some(erase(backend));
+        self
+    }
+
+    /// The Redis connection for [`Driver::Redis`] (Go: `WithRedisConnector`): any redis-rs
+    /// async connection that is a cheap, shareable handle. `ConnectionManager` (reconnects
+    /// by itself; renewals and waits survive reconnects), `MultiplexedConnection`, a
+    /// `cluster_async::ClusterConnection` (see [`LockerBuilder::redis_cluster`]), or one
+    /// managed through Sentinel.
     ///
     /// ```no_run
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// let conn = redis::aio::ConnectionManager::new(client).await?;
+    /// let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Redis))
+    ///     .redis(conn)
+    ///     .build()?;
+    /// // Or a multiplexed connection (no automatic reconnect):
+    /// let conn = client.get_multiplexed_async_connection().await?;
     /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Redis))
     ///     .redis(conn)
     ///     .build()?;
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "redis")]
-    pub fn redis(mut self, conn: redis::aio::ConnectionManager) -> Self {
-        let conn = crate::backend::redis::RedisConn::Single(conn);
-        self.connector = Some(Connector::Redis(Box::new(conn)));
-        self
+    pub fn redis<C>(self, conn: C) -> Self
+    where
+        C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+    {
+        let pubsub = self.redis_pubsub.clone();
+        self.install(crate::backend::redis::RedisBackend::new(conn, pubsub))
     }
 
     /// A Redis Cluster connection for [`Driver::Redis`]. All keys of one lock share a hash
@@ -132,10 +144,8 @@ impl LockerBuilder {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "redis")]
-    pub fn redis_cluster(mut self, conn: redis::cluster_async::ClusterConnection) -> Self {
-        let conn = crate::backend::redis::RedisConn::Cluster(conn);
-        self.connector = Some(Connector::Redis(Box::new(conn)));
-        self
+    pub fn redis_cluster(self, conn: redis::cluster_async::ClusterConnection) -> Self {
+        self.redis(conn)
     }
 
     /// A client for release notifications on Redis: the locker opens one subscription
@@ -155,8 +165,8 @@ impl LockerBuilder {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "redis")]
-    pub fn redis_pubsub(mut self, client: redis::Client) -> Self {
-        self.redis_pubsub = Some(client);
+    pub fn redis_pubsub(self, client: redis::Client) -> Self {
+        *crate::backend::recover(self.redis_pubsub.lock()) = Some(client);
         self
     }
 
@@ -171,9 +181,8 @@ impl LockerBuilder {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "etcd")]
-    pub fn etcd(mut self, client: etcd_client::Client) -> Self {
-        self.connector = Some(Connector::Etcd(Box::new(client)));
-        self
+    pub fn etcd(self, client: etcd_client::Client) -> Self {
+        self.install(crate::backend::etcd::EtcdBackend::new(client))
     }
 
     /// The store for [`Driver::Memory`]; without it the process-wide [`MemoryStore::global`]
@@ -185,9 +194,8 @@ impl LockerBuilder {
     ///     .build()
     ///     .unwrap();
     /// ```
-    pub fn memory(mut self, store: MemoryStore) -> Self {
-        self.connector = Some(Connector::Memory(store));
-        self
+    pub fn memory(self, store: MemoryStore) -> Self {
+        self.install(MemoryBackend(store))
     }
 
     /// Records the metrics of [`crate::metrics`] with this OpenTelemetry meter (Go:
@@ -255,41 +263,25 @@ impl LockerBuilder {
                 reason: format!("is {:?}; at least 1ms", self.call_timeout),
             });
         }
-        let (closing, tasks) = (CancellationToken::new(), TaskTracker::new());
-        let context = Context::new(tasks.clone(), closing.clone(), self.call_timeout);
-        let connector = match (config.driver, self.connector) {
-            (Driver::Memory, None) => Connector::Memory(MemoryStore::global()),
+        let backend = match (config.driver, self.backend) {
+            (Driver::Memory, None) => erase(MemoryBackend(MemoryStore::global())),
             (driver, None) => {
+                let call = match driver {
+                    Driver::Custom => "backend",
+                    named => named.as_str(),
+                };
                 return Err(Error::ConnectorMissing {
                     driver,
-                    reason: format!("needs a connection: call .{driver}(..) on the builder"),
-                })
+                    reason: format!("needs a connection: call .{call}(..) on the builder"),
+                });
             }
-            (driver, Some(c)) if c.driver() != driver => {
+            (driver, Some(backend)) if backend.driver() != driver => {
                 return Err(Error::ConnectorMissing {
                     driver,
-                    reason: format!("was given a {} connector instead", c.driver()),
+                    reason: format!("was given a {} connector instead", backend.name()),
                 })
             }
-            (_, Some(c)) => c,
-        };
-        let backend = match connector {
-            Connector::Memory(store) => {
-                Backend::Memory(Arc::new(MemoryBackend::new(store, &config.prefix)))
-            }
-            #[cfg(feature = "redis")]
-            Connector::Redis(conn) => {
-                Backend::Redis(Arc::new(crate::backend::redis::RedisBackend::new(
-                    *conn,
-                    &config.prefix,
-                    self.redis_pubsub,
-                    context,
-                )))
-            }
-            #[cfg(feature = "etcd")]
-            Connector::Etcd(client) => Backend::Etcd(Arc::new(
-                crate::backend::etcd::EtcdBackend::new(*client, &config, context),
-            )),
+            (_, Some(backend)) => backend,
         };
         backend
             .check_ttl(config.default_ttl)
@@ -309,8 +301,7 @@ impl LockerBuilder {
             inner: Arc::new(Inner {
                 config,
                 backend,
-                closing,
-                tasks,
+                context: Context::new(self.call_timeout),
                 registry: Registry::default(),
                 metrics,
             }),
@@ -328,13 +319,13 @@ impl Locker {
     pub fn builder(config: Config) -> LockerBuilder {
         LockerBuilder {
             config,
-            connector: None,
+            backend: None,
             #[cfg(feature = "metrics")]
             meter: None,
             key_attribute: true,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             #[cfg(feature = "redis")]
-            redis_pubsub: None,
+            redis_pubsub: Default::default(),
         }
     }
 
@@ -387,11 +378,18 @@ impl Locker {
     /// # drop(held); Ok(()) }
     /// ```
     pub async fn lock_with(&self, key: &str, options: LockOptions) -> Result<LockGuard> {
-        let guard = self.acquire(key, options, true).await?;
-        guard.ok_or_else(|| Error::Timeout {
-            key: display_key(key),
-            waited: Duration::ZERO,
-        })
+        let call = self.begin(key, &options)?;
+        let (backend, cx, request) = (&self.inner.backend, &self.inner.context, &call.request());
+        // A zero wait_timeout means "one attempt", then Timeout rather than `None`.
+        let attempt = if options.get_wait_timeout() == Some(Duration::ZERO) {
+            backend.try_acquire(cx, request)
+        } else {
+            backend.acquire(cx, request, self.inner.config.retry_interval)
+        };
+        match self.attempt(&call, attempt).await? {
+            Some(acquired) => self.start_guard(&call, acquired),
+            None => Err(self.failed(&call, call.timeout())),
+        }
     }
 
     /// One attempt, never waits: `Ok(None)` when someone holds the lock.
@@ -427,22 +425,15 @@ impl Locker {
         key: &str,
         options: LockOptions,
     ) -> Result<Option<LockGuard>> {
-        self.acquire(key, options, false).await
-    }
-
-    /// The Go-style API (`lock`/`try_lock`/`unlock` by key) over a key → guard registry held
-    /// by this locker.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
-    /// # let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
-    /// let go = locker.compat();
-    /// go.lock("resource-key").await?;
-    /// go.unlock("resource-key").await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn compat(&self) -> Compat {
-        Compat::new(self.clone())
+        let call = self.begin(key, &options)?;
+        let (backend, cx, request) = (&self.inner.backend, &self.inner.context, &call.request());
+        match self
+            .attempt(&call, backend.try_acquire(cx, request))
+            .await?
+        {
+            Some(acquired) => self.start_guard(&call, acquired).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Stops all renewal and releases every lock held through this locker (guards and the
@@ -461,11 +452,10 @@ impl Locker {
     /// # Ok(()) }
     /// ```
     pub async fn close(&self) -> Result<()> {
-        let inner = &self.inner;
-        inner.closing.cancel();
-        inner.registry.clear();
-        inner.tasks.close();
-        inner.tasks.wait().await;
+        // Cancelled first: a lock call that completes meanwhile drops its guard itself.
+        self.inner.context.closing().cancel();
+        self.inner.registry.clear();
+        self.inner.context.close().await;
         Ok(())
     }
 
@@ -476,23 +466,19 @@ impl Locker {
     /// assert!(!locker.is_closed());
     /// ```
     pub fn is_closed(&self) -> bool {
-        self.inner.closing.is_cancelled()
+        self.inner.context.closing().is_cancelled()
     }
 
     pub(crate) fn registry(&self) -> &Registry {
         &self.inner.registry
     }
 
-    async fn acquire(
-        &self,
-        key: &str,
-        options: LockOptions,
-        wait: bool,
-    ) -> Result<Option<LockGuard>> {
+    /// Validates one lock call before anything is sent.
+    fn begin<'a>(&self, key: &'a str, options: &LockOptions) -> Result<Call<'a>> {
         let inner = &*self.inner;
-        // Held until this call returns, after everything it started was spawned on the
-        // tracker (declared first, dropped last): `close()` waits for in-flight calls too.
-        let _in_flight = inner.tasks.token();
+        // Taken before anything else, dropped when the call returns (after the guard's task
+        // was spawned): `close()` waits for calls in flight too.
+        let in_flight = inner.context.in_flight();
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -505,102 +491,128 @@ impl Locker {
                 ttl,
                 reason,
             })?;
-        let token = ulid::Ulid::generate().to_string();
-        let single_attempt = !wait || options.get_wait_timeout() == Some(Duration::ZERO);
-        let request = Request {
-            key,
-            token: &token,
-            ttl,
-            wait: (!single_attempt).then_some(inner.config.retry_interval),
-        };
         let started = Instant::now();
-        // A zero wait_timeout means "one attempt": bounding that attempt by a zero deadline
-        // would cut it before any server could answer.
-        let deadline = options
-            .get_wait_timeout()
-            .filter(|w| !w.is_zero())
-            .map(|w| deadline_after(started, w));
-        let attempt = async {
-            match deadline {
-                Some(deadline) => {
-                    tokio::time::timeout_at(deadline, inner.backend.acquire(&request))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(Error::Timeout {
-                                key: display_key(key),
-                                waited: started.elapsed(),
-                            })
-                        })
-                }
-                None => inner.backend.acquire(&request).await,
-            }
+        Ok(Call {
+            key,
+            storage_key: inner.backend.storage_key(&inner.config.prefix, key),
+            token: ulid::Ulid::generate().to_string(),
+            ttl,
+            started,
+            // A zero wait_timeout is one attempt: bounding it by a zero deadline would cut
+            // it before any server could answer.
+            deadline: options
+                .get_wait_timeout()
+                .filter(|w| !w.is_zero())
+                .map(|w| deadline_after(started, w)),
+            _in_flight: in_flight,
+        })
+    }
+
+    /// Runs one acquire call of the backend until it answers, the call's deadline passes
+    /// (`Timeout`) or the locker closes (`Closed`).
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        acquire: BoxFuture<'_, Result<Option<Acquired>>>,
+    ) -> Result<Option<Acquired>> {
+        let bounded = async {
+            let Some(deadline) = call.deadline else {
+                return acquire.await;
+            };
+            tokio::time::timeout_at(deadline, acquire)
+                .await
+                .unwrap_or_else(|_| Err(call.timeout()))
         };
         let outcome = tokio::select! {
             biased;
-            _ = inner.closing.cancelled() => Err(Error::Closed),
-            outcome = attempt => outcome,
+            _ = self.inner.context.closing().cancelled() => Err(Error::Closed),
+            outcome = bounded => outcome,
         };
-        let name = inner.backend.name();
-        match outcome {
-            Ok(Some(lease)) if Instant::now() >= lease.deadline(lease.confirmed_at) => {
-                // The reply came too late to prove ownership: undo it rather than hand out a
-                // guard that would be lost on arrival.
-                let (backend, expiry) = (inner.backend.clone(), lease.confirmed_at + lease.ttl);
-                inner.tasks.spawn(async move {
-                    let _ = backend.release(&lease, expiry).await;
-                });
-                inner.metrics.failed(name, key);
-                let e = Error::backend(
+        outcome.map_err(|e| self.failed(call, e))
+    }
+
+    /// Hands a granted lock to a guard, unless the grant came too late to be used.
+    fn start_guard(&self, call: &Call<'_>, acquired: Acquired) -> Result<LockGuard> {
+        let inner = &*self.inner;
+        let (name, cx) = (inner.backend.name(), &inner.context);
+        if Instant::now() >= acquired.lease.deadline(acquired.confirmed_at) {
+            // The reply came too late to prove ownership: undo it rather than hand out a
+            // guard that would be lost on arrival.
+            let Acquired {
+                lease,
+                confirmed_at,
+                held,
+            } = acquired;
+            let cleanup = cx.clone();
+            cx.spawn(async move {
+                let _ = held
+                    .release(&cleanup, &lease, confirmed_at + lease.ttl)
+                    .await;
+            });
+            return Err(self.failed(
+                call,
+                Error::backend(
                     name,
-                    key,
+                    call.key,
                     "the server confirmed the lock after its safety deadline; released it again",
-                );
-                tracing::error!(component = "dlock", backend = name, key = %key, error = %e,
-                    "lock attempt failed");
-                Err(e)
-            }
-            Ok(Some(lease)) => {
-                let fencing_token = lease.fencing_token;
-                let guard = LockGuard::start(
-                    inner.backend.clone(),
-                    lease,
-                    inner.closing.child_token(),
-                    &inner.tasks,
-                    inner.metrics.clone(),
-                );
-                if self.is_closed() {
-                    return Err(Error::Closed); // the guard's drop releases at once
-                }
-                inner.metrics.acquired(name, key, started.elapsed());
-                tracing::debug!(
-                    component = "dlock",
-                    backend = name,
-                    key = %key,
-                    fencing_token,
-                    waited_ms = started.elapsed().as_millis() as u64,
-                    "lock acquired"
-                );
-                Ok(Some(guard))
-            }
-            Ok(None) if wait => {
-                inner.metrics.failed(name, key);
-                Err(Error::Timeout {
-                    key: display_key(key),
-                    waited: started.elapsed(),
-                })
-            }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                inner.metrics.failed(name, key);
-                if matches!(e, Error::Backend { .. }) {
-                    tracing::error!(component = "dlock", backend = name, key = %key, error = %e,
-                        "lock attempt failed");
-                } else {
-                    tracing::debug!(component = "dlock", backend = name, key = %key, error = %e,
-                        "lock call ended without a lock");
-                }
-                Err(e)
-            }
+                ),
+            ));
+        }
+        let fencing_token = acquired.lease.fencing_token;
+        let guard = LockGuard::start(name, acquired, cx, inner.metrics.clone());
+        if self.is_closed() {
+            return Err(Error::Closed); // the guard's drop releases at once
+        }
+        let waited = call.started.elapsed();
+        inner.metrics.acquired(name, call.key, waited);
+        tracing::debug!(
+            component = "dlock",
+            backend = name,
+            key = %call.key,
+            fencing_token,
+            waited_ms = waited.as_millis() as u64,
+            "lock acquired"
+        );
+        Ok(guard)
+    }
+
+    /// Records a lock call that ended without a lock, and returns its error.
+    fn failed(&self, call: &Call<'_>, e: Error) -> Error {
+        let name = self.inner.backend.name();
+        self.inner.metrics.failed(name, call.key);
+        if matches!(e, Error::Backend { .. }) {
+            tracing::error!(component = "dlock", backend = name, key = %call.key, error = %e,
+                "lock attempt failed");
+        } else {
+            tracing::debug!(component = "dlock", backend = name, key = %call.key, error = %e,
+                "lock call ended without a lock");
+        }
+        e
+    }
+}
+
+/// One validated lock call.
+struct Call<'a> {
+    key: &'a str,
+    storage_key: String,
+    /// A fresh ULID for this acquisition.
+    token: String,
+    ttl: Duration,
+    started: Instant,
+    /// From `wait_timeout`; `None`: no deadline.
+    deadline: Option<Instant>,
+    _in_flight: TaskTrackerToken,
+}
+
+impl Call<'_> {
+    fn request(&self) -> Request<'_> {
+        Request::new(self.key, &self.storage_key, &self.token, self.ttl)
+    }
+
+    fn timeout(&self) -> Error {
+        Error::Timeout {
+            key: display_key(self.key),
+            waited: self.started.elapsed(),
         }
     }
 }

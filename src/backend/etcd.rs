@@ -21,34 +21,28 @@
 //! - **Release** deletes the key only if its create revision is ours (one transaction), then
 //!   revokes the lease in the background: a stale guard can never delete a newer holder's key.
 
-use std::sync::Arc;
+use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchStream,
 };
-use tokio::sync::Mutex;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, Instant};
 
-use super::{safety_margin, watchdog, Context, Lease, Loss, Request};
-use crate::config::Config;
+use super::{safety_margin, Backend, Context, Grant, Lease, Renewal, Request};
+use crate::config::Driver;
 use crate::error::{Error, Result};
 
 pub(crate) struct EtcdBackend {
     client: Client,
-    prefix: Arc<str>,
-    context: Context,
 }
 
-/// etcd leases take whole seconds; the general 100 ms ..= 24 h rule is checked elsewhere.
-pub(crate) fn check_ttl(ttl: Duration) -> std::result::Result<(), String> {
-    if ttl.subsec_nanos() != 0 || ttl < Duration::from_secs(1) {
-        return Err(format!(
-            "is {ttl:?}; etcd leases take whole seconds (>= 1s)"
-        ));
-    }
-    Ok(())
+/// What a held etcd lock keeps: its own key, its lease and the lease's keep-alive stream.
+pub(crate) struct EtcdHeld {
+    own_key: String,
+    lease_id: i64,
+    keepalive: KeepAlive,
 }
 
 /// `%` and `/` percent-encoded: injective, and no key's queue contains another's.
@@ -56,66 +50,76 @@ fn escape(key: &str) -> String {
     key.replace('%', "%25").replace('/', "%2F")
 }
 
-fn etcd_error(key: &str, e: impl Into<crate::error::BoxError>) -> Error {
-    Error::backend("etcd", key, e)
-}
-
-/// Runs one etcd call bounded by `limit` (already bounded by the locker's call timeout).
-async fn bounded<T>(
-    key: &str,
-    limit: Duration,
-    call: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-) -> Result<T> {
-    match timeout(limit, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(etcd_error(key, e)),
-        Err(_) => Err(etcd_error(key, format!("no answer within {limit:?}"))),
-    }
-}
-
 /// One queued acquisition.
 struct Entry<'a> {
     key: &'a str,
-    queue: String,
+    queue: &'a str,
     own_key: String,
     revision: i64,
     lease_id: i64,
     ttl: Duration,
+    head_is_ours: bool,
+}
+
+impl Entry<'_> {
+    fn grant(self, keepalive: KeepAlive) -> Grant<EtcdHeld> {
+        Grant {
+            fencing_token: self.revision as u64,
+            confirmed_at: keepalive.confirmed,
+            held: EtcdHeld {
+                own_key: self.own_key,
+                lease_id: self.lease_id,
+                keepalive,
+            },
+        }
+    }
 }
 
 impl EtcdBackend {
-    pub fn new(client: Client, config: &Config, context: Context) -> Self {
-        EtcdBackend {
-            client,
-            prefix: config.prefix.as_str().into(),
-            context,
+    pub fn new(client: Client) -> Self {
+        EtcdBackend { client }
+    }
+
+    /// A lease of the request's TTL, for the key that queues it.
+    async fn grant_lease(&self, cx: &Context, request: &Request<'_>) -> Result<i64> {
+        let mut lease_client = self.client.lease_client();
+        let grant = lease_client.grant(request.ttl.as_secs() as i64, None);
+        Ok(cx
+            .call("etcd", request.key, request.useful_for(), grant)
+            .await?
+            .id())
+    }
+
+    /// Revokes a lease (and so deletes its key), for the background: if it fails, the lease
+    /// expires after its TTL.
+    fn revoke(
+        &self,
+        cx: &Context,
+        key: &str,
+        lease_id: i64,
+        ttl: Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (mut lease_client, cx, key) = (self.client.lease_client(), cx.clone(), key.to_owned());
+        async move {
+            if let Err(e) = cx
+                .call("etcd", &key, ttl, lease_client.revoke(lease_id))
+                .await
+            {
+                tracing::debug!(component = "dlock", backend = "etcd", key = %key, lease_id,
+                    error = %e, "revoking a lease failed; it will expire after its TTL");
+            }
         }
     }
 
-    /// The bound of one call that is useless after `limit`.
-    fn bound(&self, limit: Duration) -> Duration {
-        self.context.bound(limit)
-    }
-
-    pub async fn acquire(&self, request: &Request<'_>) -> Result<Option<Lease>> {
-        let key = request.key;
-        let ttl = request.ttl;
-        let queue = format!("{}{}/", self.prefix, escape(key));
+    /// Puts our key in the queue and reads the head of the queue, in one step.
+    async fn enqueue<'a>(
+        &self,
+        cx: &Context,
+        request: &'a Request<'a>,
+        lease_id: i64,
+    ) -> Result<Entry<'a>> {
+        let queue = request.storage_key;
         let own_key = format!("{queue}{}", request.token);
-        let mut pending = PendingAcquire {
-            client: self.client.clone(),
-            context: self.context.clone(),
-            lease_id: None,
-        };
-        let limit = self.bound(ttl - safety_margin(ttl));
-
-        let sent = Instant::now();
-        let mut lease_client = self.client.lease_client();
-        let grant = bounded(key, limit, lease_client.grant(ttl.as_secs() as i64, None)).await?;
-        let lease_id = grant.id();
-        pending.lease_id = Some(lease_id);
-
-        // Put our key and read the head of the queue in one step.
         let put = Txn::new()
             .when([Compare::create_revision(
                 own_key.clone(),
@@ -129,7 +133,7 @@ impl EtcdBackend {
                     Some(PutOptions::new().with_lease(lease_id)),
                 ),
                 TxnOp::get(
-                    queue.clone(),
+                    queue,
                     Some(
                         GetOptions::new()
                             .with_prefix()
@@ -139,7 +143,9 @@ impl EtcdBackend {
                 ),
             ]);
         let mut kv = self.client.kv_client();
-        let reply = bounded(key, limit, kv.txn(put)).await?;
+        let reply = cx
+            .call("etcd", request.key, request.useful_for(), kv.txn(put))
+            .await?;
         let revision = reply.header().map(|h| h.revision()).unwrap_or_default();
         let head_is_ours = reply.op_responses().iter().any(|op| match op {
             TxnOpResponse::Get(get) => get
@@ -148,42 +154,28 @@ impl EtcdBackend {
                 .is_some_and(|kv| kv.key() == own_key.as_bytes()),
             _ => false,
         });
-        let entry = Entry {
-            key,
+        Ok(Entry {
+            key: request.key,
             queue,
             own_key,
             revision,
             lease_id,
-            ttl,
-        };
-        let mut keepalive = KeepAlive::new(self.client.clone(), lease_id, sent);
-        if !head_is_ours {
-            if request.wait.is_none() {
-                // try_lock: leave nothing behind (revoking the lease deletes our key).
-                bounded(key, limit, lease_client.revoke(lease_id)).await?;
-                pending.lease_id = None;
-                return Ok(None);
-            }
-            self.wait_for_turn(&entry, &mut keepalive).await?;
-        }
-        pending.lease_id = None;
-        Ok(Some(Lease {
-            key: key.to_owned(),
-            storage_key: entry.own_key,
-            token: request.token.to_owned(),
-            fencing_token: revision as u64,
-            ttl,
-            confirmed_at: keepalive.confirmed,
-            lease_id,
-        }))
+            ttl: request.ttl,
+            head_is_ours,
+        })
     }
 
     /// Waits until every key created before ours is gone, keeping our lease alive.
-    async fn wait_for_turn(&self, entry: &Entry<'_>, keepalive: &mut KeepAlive) -> Result<()> {
+    async fn wait_for_turn(
+        &self,
+        cx: &Context,
+        entry: &Entry<'_>,
+        keepalive: &mut KeepAlive,
+    ) -> Result<()> {
         let mut watching: Option<(Vec<u8>, WatchStream)> = None;
         let mut next_renewal = Instant::now() + entry.ttl / 3;
         loop {
-            let Some(predecessor) = self.predecessor(entry).await? else {
+            let Some(predecessor) = self.predecessor(cx, entry).await? else {
                 return Ok(());
             };
             match &mut watching {
@@ -191,7 +183,7 @@ impl EtcdBackend {
                     let deleted = tokio::select! {
                         event = stream.message() => event,
                         _ = sleep_until(next_renewal) => {
-                            keepalive.renew_while_waiting(entry, self.bound(entry.ttl / 3)).await?;
+                            keepalive.renew_while_waiting(cx, entry).await?;
                             next_renewal = Instant::now() + entry.ttl / 3;
                             continue;
                         }
@@ -215,14 +207,11 @@ impl EtcdBackend {
                     // Watch from now, then loop: the predecessor is checked again after the
                     // watch exists, so a deletion in between is not missed.
                     let mut watch_client = self.client.watch_client();
-                    let mut stream = bounded(
-                        entry.key,
-                        self.bound(entry.ttl),
-                        watch_client.watch(predecessor.clone(), None),
-                    )
-                    .await?;
-                    let created =
-                        bounded(entry.key, self.bound(entry.ttl), stream.message()).await?;
+                    let watch = watch_client.watch(predecessor.clone(), None);
+                    let mut stream = cx.call("etcd", entry.key, entry.ttl, watch).await?;
+                    let created = cx
+                        .call("etcd", entry.key, entry.ttl, stream.message())
+                        .await?;
                     if created.is_some_and(|r| r.created() && !r.canceled()) {
                         watching = Some((predecessor, stream));
                     } else {
@@ -235,11 +224,11 @@ impl EtcdBackend {
     }
 
     /// In one read: fails if our own key is gone; otherwise the key just before ours, if any.
-    async fn predecessor(&self, entry: &Entry<'_>) -> Result<Option<Vec<u8>>> {
+    async fn predecessor(&self, cx: &Context, entry: &Entry<'_>) -> Result<Option<Vec<u8>>> {
         let read = Txn::new().and_then([
             TxnOp::get(entry.own_key.clone(), None),
             TxnOp::get(
-                entry.queue.clone(),
+                entry.queue,
                 Some(
                     GetOptions::new()
                         .with_prefix()
@@ -250,7 +239,7 @@ impl EtcdBackend {
             ),
         ]);
         let mut kv = self.client.kv_client();
-        let reply = bounded(entry.key, self.bound(entry.ttl), kv.txn(read)).await?;
+        let reply = cx.call("etcd", entry.key, entry.ttl, kv.txn(read)).await?;
         let gets: Vec<_> = reply
             .op_responses()
             .into_iter()
@@ -275,67 +264,116 @@ impl EtcdBackend {
             .map(|kv| kv.key().to_vec()))
     }
 
-    pub async fn keep(&self, lease: &Lease, confirmed: &mut Instant) -> Loss {
-        let keepalive = Mutex::new(KeepAlive::new(
-            self.client.clone(),
-            lease.lease_id,
-            lease.confirmed_at,
-        ));
-        let lease_gone = std::sync::atomic::AtomicBool::new(false);
-        let limit = self.bound(lease.ttl);
-        let loss = watchdog("etcd", lease, confirmed, || async {
-            let alive = keepalive.lock().await.renew(&lease.key, limit).await?;
-            if !alive {
-                lease_gone.store(true, std::sync::atomic::Ordering::Relaxed);
-                return Ok(false);
-            }
-            self.still_ours(lease).await
-        })
-        .await;
-        match loss {
-            Loss::Taken if lease_gone.load(std::sync::atomic::Ordering::Relaxed) => {
-                Loss::LeaseEnded
-            }
-            other => other,
-        }
-    }
-
     /// Whether our key still exists with our create revision and lease.
-    async fn still_ours(&self, lease: &Lease) -> Result<bool> {
+    async fn still_ours(&self, cx: &Context, lease: &Lease, held: &EtcdHeld) -> Result<bool> {
         let mut kv = self.client.kv_client();
-        let reply = bounded(
-            &lease.key,
-            self.bound(lease.ttl),
-            kv.get(lease.storage_key.clone(), None),
-        )
-        .await?;
+        let get = kv.get(held.own_key.clone(), None);
+        let reply = cx.call("etcd", &lease.key, lease.ttl, get).await?;
         Ok(reply.kvs().first().is_some_and(|kv| {
-            kv.create_revision() as u64 == lease.fencing_token && kv.lease() == lease.lease_id
+            kv.create_revision() as u64 == lease.fencing_token && kv.lease() == held.lease_id
         }))
     }
+}
 
-    /// Releases `lease`, giving up after `limit` (when the lease expires anyway).
-    pub async fn release(&self, lease: &Lease, limit: Duration) -> Result<bool> {
+impl Backend for EtcdBackend {
+    type Held = EtcdHeld;
+
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn driver(&self) -> Driver {
+        Driver::Etcd
+    }
+
+    /// etcd leases take whole seconds.
+    fn check_ttl(&self, ttl: Duration) -> std::result::Result<(), String> {
+        if ttl.subsec_nanos() != 0 || ttl < Duration::from_secs(1) {
+            return Err(format!(
+                "is {ttl:?}; etcd leases take whole seconds (>= 1s)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lock's queue, `<prefix><escaped key>/`: each acquisition puts its own key in it.
+    fn storage_key(&self, prefix: &str, key: &str) -> String {
+        format!("{prefix}{}/", escape(key))
+    }
+
+    async fn try_acquire(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+    ) -> Result<Option<Grant<EtcdHeld>>> {
+        let sent = Instant::now();
+        let lease_id = self.grant_lease(cx, request).await?;
+        let undo = cx.undo_on_drop(|| self.revoke(cx, request.key, lease_id, request.ttl));
+        let entry = self.enqueue(cx, request, lease_id).await?;
+        if !entry.head_is_ours {
+            // try_lock: leave nothing behind (revoking the lease deletes our key).
+            let mut lease_client = self.client.lease_client();
+            let revoke = lease_client.revoke(lease_id);
+            cx.call("etcd", request.key, request.useful_for(), revoke)
+                .await?;
+            undo.disarm();
+            return Ok(None);
+        }
+        undo.disarm();
+        let keepalive = KeepAlive::new(self.client.clone(), lease_id, sent);
+        Ok(Some(entry.grant(keepalive)))
+    }
+
+    /// FIFO: a waiter keeps its key in the queue, its lease alive, and watches the key
+    /// created just before its own.
+    async fn acquire(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+        _retry_interval: Duration,
+    ) -> Result<Option<Grant<EtcdHeld>>> {
+        let sent = Instant::now();
+        let lease_id = self.grant_lease(cx, request).await?;
+        let undo = cx.undo_on_drop(|| self.revoke(cx, request.key, lease_id, request.ttl));
+        let entry = self.enqueue(cx, request, lease_id).await?;
+        let mut keepalive = KeepAlive::new(self.client.clone(), lease_id, sent);
+        if !entry.head_is_ours {
+            self.wait_for_turn(cx, &entry, &mut keepalive).await?;
+        }
+        undo.disarm();
+        Ok(Some(entry.grant(keepalive)))
+    }
+
+    async fn renew(&self, cx: &Context, lease: &Lease, held: &mut EtcdHeld) -> Result<Renewal> {
+        if !held.keepalive.renew(cx, &lease.key, lease.ttl).await? {
+            return Ok(Renewal::Lost("the lease was revoked or expired"));
+        }
+        Ok(Renewal::still_ours(self.still_ours(cx, lease, held).await?))
+    }
+
+    async fn release(
+        &self,
+        cx: &Context,
+        lease: &Lease,
+        held: EtcdHeld,
+        limit: Duration,
+    ) -> Result<bool> {
         let delete_if_ours = Txn::new()
             .when([Compare::create_revision(
-                lease.storage_key.clone(),
+                held.own_key.clone(),
                 CompareOp::Equal,
                 lease.fencing_token as i64,
             )])
-            .and_then([TxnOp::delete(lease.storage_key.clone(), None)]);
+            .and_then([TxnOp::delete(held.own_key, None)]);
         let mut kv = self.client.kv_client();
-        let held = bounded(&lease.key, self.bound(limit), kv.txn(delete_if_ours))
+        let released = cx
+            .call("etcd", &lease.key, limit, kv.txn(delete_if_ours))
             .await?
             .succeeded();
         // The lease holds no key any more: revoking it only frees server memory, so the
-        // release does not wait for it (but `close()` does). If it fails, the lease expires
-        // after its TTL.
-        let (mut lease_client, id) = (self.client.lease_client(), lease.lease_id);
-        let revoke_limit = self.bound(lease.ttl);
-        self.context.spawn(async move {
-            let _ = timeout(revoke_limit, lease_client.revoke(id)).await;
-        });
-        Ok(held)
+        // release does not wait for it (but `close()` does).
+        cx.spawn(self.revoke(cx, &lease.key, held.lease_id, lease.ttl));
+        Ok(released)
     }
 }
 
@@ -358,79 +396,49 @@ impl KeepAlive {
         }
     }
 
-    /// `Ok(true)`: renewed; `Ok(false)`: the lease is gone; `Err`: unknown.
-    async fn renew(&mut self, key: &str, limit: Duration) -> Result<bool> {
+    /// `Ok(true)`: renewed; `Ok(false)`: the lease is gone; `Err`: unknown (the stream is
+    /// opened again next time).
+    async fn renew(&mut self, cx: &Context, key: &str, limit: Duration) -> Result<bool> {
         let sent = Instant::now();
-        let outcome = timeout(limit, async {
-            if self.stream.is_none() {
-                let mut lease_client = self.client.lease_client();
-                self.stream = Some(lease_client.keep_alive(self.lease_id).await?);
-            }
-            let (keeper, stream) = self.stream.as_mut().expect("opened above");
-            keeper.keep_alive().await?;
-            stream.message().await
-        })
-        .await;
-        match outcome {
-            Ok(Ok(Some(reply))) => {
+        let (client, lease_id, stream) = (&self.client, self.lease_id, &mut self.stream);
+        let reply = cx
+            .call("etcd", key, limit, async {
+                if stream.is_none() {
+                    *stream = Some(client.lease_client().keep_alive(lease_id).await?);
+                }
+                let (keeper, replies) = stream.as_mut().expect("opened above");
+                keeper.keep_alive().await?;
+                replies.message().await
+            })
+            .await;
+        match reply {
+            Ok(Some(reply)) => {
                 let alive = reply.ttl() > 0;
                 if alive {
                     self.confirmed = sent;
                 }
                 Ok(alive)
             }
-            Ok(Ok(None)) => {
+            Ok(None) => {
                 self.stream = None;
-                Err(etcd_error(key, "keep-alive stream closed"))
+                Err(Error::backend("etcd", key, "keep-alive stream closed"))
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 self.stream = None;
-                Err(etcd_error(key, e))
-            }
-            Err(_) => {
-                self.stream = None;
-                Err(etcd_error(
-                    key,
-                    format!("keep-alive unanswered within {limit:?}"),
-                ))
+                Err(e)
             }
         }
     }
 
     /// Renewal for a waiter: a transient error is tolerated until the lease could have
     /// expired; a lease that is gone ends the wait at once.
-    async fn renew_while_waiting(&mut self, entry: &Entry<'_>, limit: Duration) -> Result<()> {
+    async fn renew_while_waiting(&mut self, cx: &Context, entry: &Entry<'_>) -> Result<()> {
         let deadline = self.confirmed + entry.ttl - safety_margin(entry.ttl);
-        match self.renew(entry.key, limit).await {
+        match self.renew(cx, entry.key, entry.ttl / 3).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::lost(entry.key)),
             Err(e) if Instant::now() >= deadline => Err(e),
             Err(_) => Ok(()),
         }
-    }
-}
-
-/// Revokes the lease (and so deletes the waiter key) of an acquisition that is dropped or
-/// fails before it hands its lease to a guard.
-struct PendingAcquire {
-    client: Client,
-    context: Context,
-    lease_id: Option<i64>,
-}
-
-impl Drop for PendingAcquire {
-    fn drop(&mut self) {
-        let Some(lease_id) = self.lease_id else {
-            return;
-        };
-        // Without a runtime nothing runs: the lease expires after its TTL, and the key with it.
-        let mut lease_client = self.client.lease_client();
-        let limit = self.context.bound(Duration::from_secs(5));
-        self.context.spawn(async move {
-            if let Err(e) = timeout(limit, lease_client.revoke(lease_id)).await {
-                tracing::debug!(component = "dlock", backend = "etcd", lease_id, error = %e,
-                    "cleanup of an interrupted acquire timed out; the lease will expire");
-            }
-        });
     }
 }

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::wake::Wakeups;
-use super::{poll_until_acquired, recover, watchdog, Lease, Loss, Request};
+use super::{recover, Backend, Context, Grant, Lease, Renewal, Request, Wakeups, TAKEN};
+use crate::config::Driver;
 use crate::error::{Error, Result};
 
 /// An in-process lock server for [`Driver::Memory`](crate::Driver::Memory): the same TTL,
@@ -66,7 +67,7 @@ struct State {
 }
 
 /// How often, at most, inserts sweep expired entries regardless of the map's size.
-const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
 struct Entry {
     token: String,
@@ -201,76 +202,77 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-/// The backend half: a store plus the locker's prefix.
-#[derive(Clone)]
-pub(crate) struct MemoryBackend {
-    store: MemoryStore,
-    prefix: Arc<str>,
-}
+/// The backend half of a [`MemoryStore`]: what `LockerBuilder::memory` installs.
+pub(crate) struct MemoryBackend(pub MemoryStore);
 
-impl MemoryBackend {
-    pub fn new(store: MemoryStore, prefix: &str) -> Self {
-        MemoryBackend {
-            store,
-            prefix: prefix.into(),
+impl Backend for MemoryBackend {
+    /// The acquisition's token.
+    type Held = String;
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn driver(&self) -> Driver {
+        Driver::Memory
+    }
+
+    fn wakeups(&self) -> Option<&Arc<Wakeups>> {
+        Some(&self.0.inner.wakeups)
+    }
+
+    async fn try_acquire(
+        &self,
+        _: &Context,
+        request: &Request<'_>,
+    ) -> Result<Option<Grant<String>>> {
+        let store = &self.0;
+        store.online(request.key)?;
+        let now = Instant::now();
+        let mut state = store.state();
+        if state.live(request.storage_key, now).is_some() {
+            return Ok(None);
+        }
+        let entry = Entry {
+            token: request.token.to_owned(),
+            expires_at: now + request.ttl,
+        };
+        state.insert(request.storage_key.to_owned(), entry, now);
+        state.last_fence += 1;
+        Ok(Some(Grant {
+            fencing_token: state.last_fence,
+            confirmed_at: now,
+            held: request.token.to_owned(),
+        }))
+    }
+
+    async fn renew(&self, _: &Context, lease: &Lease, token: &mut String) -> Result<Renewal> {
+        let store = &self.0;
+        store.online(&lease.key)?;
+        let now = Instant::now();
+        let mut state = store.state();
+        match state.live(&lease.storage_key, now) {
+            Some(entry) if entry.token == *token => {
+                entry.expires_at = now + lease.ttl;
+                Ok(Renewal::Renewed)
+            }
+            _ => Ok(Renewal::Lost(TAKEN)),
         }
     }
 
-    pub async fn acquire(&self, request: &Request<'_>) -> Result<Option<Lease>> {
-        let storage_key = format!("{}{}", self.prefix, request.key);
-        poll_until_acquired(
-            &self.store.inner.wakeups,
-            &storage_key,
-            request.wait,
-            || async {
-                self.store.online(request.key)?;
-                let now = Instant::now();
-                let mut state = self.store.state();
-                if state.live(&storage_key, now).is_some() {
-                    return Ok(None);
-                }
-                let entry = Entry {
-                    token: request.token.to_owned(),
-                    expires_at: now + request.ttl,
-                };
-                state.insert(storage_key.clone(), entry, now);
-                state.last_fence += 1;
-                Ok(Some(Lease {
-                    key: request.key.to_owned(),
-                    storage_key: storage_key.clone(),
-                    token: request.token.to_owned(),
-                    fencing_token: state.last_fence,
-                    ttl: request.ttl,
-                    confirmed_at: now,
-                    lease_id: 0,
-                }))
-            },
-        )
-        .await
-    }
-
-    pub async fn keep(&self, lease: &Lease, confirmed: &mut Instant) -> Loss {
-        watchdog("memory", lease, confirmed, || async {
-            self.store.online(&lease.key)?;
-            let now = Instant::now();
-            let mut state = self.store.state();
-            match state.live(&lease.storage_key, now) {
-                Some(entry) if entry.token == lease.token => {
-                    entry.expires_at = now + lease.ttl;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
-        })
-        .await
-    }
-
-    pub async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.store.online(&lease.key)?;
+    async fn release(
+        &self,
+        _: &Context,
+        lease: &Lease,
+        token: String,
+        _: Duration,
+    ) -> Result<bool> {
+        let store = &self.0;
+        store.online(&lease.key)?;
         let released = {
-            let mut state = self.store.state();
+            let mut state = store.state();
             match state.live(&lease.storage_key, Instant::now()) {
-                Some(entry) if entry.token == lease.token => {
+                Some(entry) if entry.token == token => {
                     state.locks.remove(&lease.storage_key);
                     true
                 }
@@ -278,7 +280,7 @@ impl MemoryBackend {
             }
         };
         if released {
-            self.store.inner.wakeups.released(&lease.storage_key);
+            store.inner.wakeups.released(&lease.storage_key);
         }
         Ok(released)
     }

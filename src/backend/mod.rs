@@ -1,304 +1,384 @@
-//! What a backend does: acquire, keep (renew until ownership can no longer be proven),
-//! release. Backends know nothing of guards, registries or metrics.
+//! The [`Backend`] trait: what a lock server must do for dlock, and nothing more.
 //!
-//! Redis and the in-process store share two helpers: [`poll_until_acquired`] (retry with
-//! jitter, woken early by releases seen in this process) and [`watchdog`] (renew every TTL/3,
-//! declare loss before the server-side expiry). etcd queues waiters natively and keeps a
-//! lease alive instead.
+//! A backend makes single attempts, renews and releases what it holds; it knows nothing of
+//! guards, registries or metrics. Waiting ([`Backend::acquire`]) and keeping a lock alive
+//! ([`Backend::keep`]) are provided on top of those calls and may be overridden (etcd queues
+//! waiters natively). The locker erases the backend's type once, when it is given to the
+//! builder (`erased.rs`); nothing else in the crate is generic over backends.
+//!
+//! Public with the cargo feature `unstable-backend`: the trait may still change between
+//! minor versions. A backend written outside this crate runs the crate's own conformance
+//! suite with the `testing` feature (`dlock::testing`).
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, LockResult};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{sleep, sleep_until, timeout_at, Instant};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::time::Instant;
 
+use crate::config::Driver;
 use crate::error::Result;
 
+pub(crate) mod erased;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
-pub(crate) mod wake;
+mod support;
+mod wake;
 
-/// One lock request as the backend sees it.
-pub(crate) struct Request<'a> {
-    /// The user's key (without prefix).
-    pub key: &'a str,
-    /// A fresh ULID for this acquisition (Redis and in-process; etcd uses its own lease key).
-    pub token: &'a str,
-    pub ttl: Duration,
-    /// `Some(retry interval)` to wait until acquired, `None` for a single attempt.
-    pub wait: Option<Duration>,
+#[cfg(feature = "redis")]
+pub(crate) use support::poll_until_acquired;
+pub(crate) use support::recover;
+#[cfg(feature = "etcd")]
+pub(crate) use support::safety_margin;
+pub use support::Context;
+#[cfg_attr(not(feature = "unstable-backend"), allow(unused_imports))]
+pub use support::UndoOnDrop;
+pub use wake::Wakeups;
+
+/// A lock server, as dlock drives it.
+///
+/// Implement [`try_acquire`](Backend::try_acquire), [`renew`](Backend::renew) and
+/// [`release`](Backend::release), and name the backend; waiting and the renewal watchdog
+/// come with it. Give it to a locker with
+/// [`LockerBuilder::backend`](crate::LockerBuilder::backend).
+///
+/// # Contract
+///
+/// Every backend must guarantee the following; the conformance suite
+/// (`dlock::testing`, feature `testing`) checks each point that can be observed.
+///
+/// 1. **Mutual exclusion.** While a grant's key is held (renewed within its TTL), no other
+///    attempt for the same storage key succeeds, from this process or any other.
+/// 2. **Token-checked release and renewal.** [`release`](Backend::release) and
+///    [`renew`](Backend::renew) act only on the acquisition they were given: a stale holder
+///    can never delete or extend a newer holder's lock. `release` answers `Ok(true)` when
+///    the lock was ours and is now free, `Ok(false)` when it was not ours any more.
+/// 3. **Fencing tokens strictly increase per key**, across holders, lockers and processes
+///    (and, as far as the server allows, across its restarts).
+/// 4. **Cancel-safe acquire.** Dropping a [`try_acquire`](Backend::try_acquire) or
+///    [`acquire`](Backend::acquire) future at any await point leaves no lock that nobody
+///    owns: an attempt whose outcome is unknown is undone in the background
+///    ([`Context::undo_on_drop`]), or expires with its TTL.
+/// 5. **Renewal outcomes mean what they say.** `Ok(Renewal::Renewed)`: the server extended
+///    the lock by its TTL, counted from when the renewal was *sent*. `Ok(Renewal::Lost(_))`:
+///    the server proved it is not ours (deleted, taken, its lease ended); the holder is told
+///    at once. `Err(_)`: unknown; the watchdog retries until the safety deadline.
+/// 6. **Bounded calls.** No server call waits longer than it is useful (an attempt: the
+///    request's safety deadline; a release: `limit`) nor longer than the locker's call
+///    timeout: use [`Context::call`] or [`Context::bound`].
+/// 7. **Idempotent under resends.** A client library that resends a command after a dropped
+///    connection must not change the outcome: a resent acquire is the same acquisition (same
+///    fencing token), a resent release still answers `Ok(true)`.
+/// 8. **Times are send times.** [`Grant::confirmed_at`] is when the acquiring command was
+///    sent, never when its reply arrived: the server's expiry is at least `ttl` after it.
+///
+/// # Example
+///
+/// A backend over a `Mutex<HashMap>` (one process only; `tests/external_backend.rs` runs the
+/// whole conformance suite on a backend like it):
+///
+#[cfg_attr(feature = "unstable-backend", doc = "```")]
+#[cfg_attr(not(feature = "unstable-backend"), doc = "```ignore")]
+/// use std::collections::HashMap;
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+///
+/// use dlock::backend::{Backend, Context, Grant, Lease, Renewal, Request, Wakeups};
+/// use tokio::time::Instant;
+///
+/// #[derive(Default)]
+/// struct MapBackend {
+///     locks: Mutex<HashMap<String, (String, Instant)>>, // storage key -> (token, expiry)
+///     last_fence: Mutex<u64>,
+///     wakeups: Arc<Wakeups>,
+/// }
+///
+/// impl Backend for MapBackend {
+///     type Held = String; // the acquisition's token
+///
+///     fn name(&self) -> &'static str {
+///         "map"
+///     }
+///
+///     fn wakeups(&self) -> Option<&Arc<Wakeups>> {
+///         Some(&self.wakeups)
+///     }
+///
+///     async fn try_acquire(&self, _: &Context, request: &Request<'_>) -> dlock::Result<Option<Grant<String>>> {
+///         let now = Instant::now();
+///         let mut locks = self.locks.lock().unwrap();
+///         if locks.get(request.storage_key).is_some_and(|(_, expiry)| *expiry > now) {
+///             return Ok(None);
+///         }
+///         locks.insert(request.storage_key.to_owned(), (request.token.to_owned(), now + request.ttl));
+///         let mut fence = self.last_fence.lock().unwrap();
+///         *fence += 1;
+///         Ok(Some(Grant { fencing_token: *fence, confirmed_at: now, held: request.token.to_owned() }))
+///     }
+///
+///     async fn renew(&self, _: &Context, lease: &Lease, token: &mut String) -> dlock::Result<Renewal> {
+///         let now = Instant::now();
+///         match self.locks.lock().unwrap().get_mut(&lease.storage_key) {
+///             Some((held, expiry)) if held == token && *expiry > now => {
+///                 *expiry = now + lease.ttl;
+///                 Ok(Renewal::Renewed)
+///             }
+///             _ => Ok(Renewal::Lost("the key was deleted or taken")),
+///         }
+///     }
+///
+///     async fn release(&self, _: &Context, lease: &Lease, token: String, _: Duration) -> dlock::Result<bool> {
+///         let mut locks = self.locks.lock().unwrap();
+///         let ours = locks.get(&lease.storage_key).is_some_and(|(held, expiry)| *held == token && *expiry > Instant::now());
+///         if ours {
+///             locks.remove(&lease.storage_key);
+///             self.wakeups.released(&lease.storage_key);
+///         }
+///         Ok(ours)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+/// let config = dlock::Config::new(dlock::Driver::Custom);
+/// let locker = dlock::Locker::builder(config).backend(MapBackend::default()).build()?;
+/// let guard = locker.lock("job").await?;
+/// assert!(locker.try_lock("job").await?.is_none());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+pub trait Backend: Send + Sync + 'static {
+    /// What the backend keeps about one held lock from its grant to its release: a token,
+    /// a lease id and its keep-alive stream... Only this backend ever sees it.
+    type Held: Send + 'static;
+
+    /// The name in logs, metric attributes and [`Error::Backend`](crate::Error::Backend).
+    fn name(&self) -> &'static str;
+
+    /// The config driver that selects this backend: a config naming another driver is
+    /// refused by `build()` with [`Error::ConnectorMissing`](crate::Error::ConnectorMissing).
+    /// Backends outside this crate keep the default, [`Driver::Custom`].
+    fn driver(&self) -> Driver {
+        Driver::Custom
+    }
+
+    /// A backend-specific TTL rule, on top of [`MIN_TTL`](crate::MIN_TTL) ..=
+    /// [`MAX_TTL`](crate::MAX_TTL), checked once per call before anything is sent.
+    /// `Err(reason)` becomes [`Error::InvalidTtl`](crate::Error::InvalidTtl).
+    fn check_ttl(&self, ttl: Duration) -> std::result::Result<(), String> {
+        let _ = ttl;
+        Ok(())
+    }
+
+    /// Where the lock on `key` lives, given the config's prefix; two keys must never share
+    /// a storage key. The default is `prefix + key`.
+    fn storage_key(&self, prefix: &str, key: &str) -> String {
+        format!("{prefix}{key}")
+    }
+
+    /// The wake-ups this backend signals when it sees a lock released (see
+    /// [`Wakeups::released`]); the default waiting loop then retries at once instead of at
+    /// its next poll. `None` (the default): waiters only poll.
+    fn wakeups(&self) -> Option<&Arc<Wakeups>> {
+        None
+    }
+
+    /// One attempt: `Ok(Some(grant))` if the lock was free and is now ours, `Ok(None)` if
+    /// someone holds it. Cancel-safe (contract point 4).
+    fn try_acquire(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+    ) -> impl Future<Output = Result<Option<Grant<Self::Held>>>> + Send;
+
+    /// Waits until the lock is acquired. The default retries [`try_acquire`](Backend::try_acquire)
+    /// every `retry_interval` ±20 %, or as soon as [`wakeups`](Backend::wakeups) announces a
+    /// release of the storage key. The locker bounds the wait (`wait_timeout`, close).
+    fn acquire(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+        retry_interval: Duration,
+    ) -> impl Future<Output = Result<Option<Grant<Self::Held>>>> + Send {
+        support::poll_until_acquired(self, cx, request, retry_interval)
+    }
+
+    /// One renewal of a held lock: extends it by `lease.ttl` if it is still this
+    /// acquisition's (contract point 5).
+    fn renew(
+        &self,
+        cx: &Context,
+        lease: &Lease,
+        held: &mut Self::Held,
+    ) -> impl Future<Output = Result<Renewal>> + Send;
+
+    /// Keeps the lock alive; returns only when ownership is lost. `confirmed` is the send
+    /// time of the last command that proved ownership, kept current for the caller, which
+    /// fires `lost()` at [`Lease::deadline`] of it. The default renews every TTL/3 and
+    /// retries errors every TTL/10 until that deadline. Dropping the future stops renewal.
+    fn keep(
+        &self,
+        cx: &Context,
+        lease: &Lease,
+        held: &mut Self::Held,
+        confirmed: &mut Instant,
+    ) -> impl Future<Output = Loss> + Send {
+        support::watchdog(self, cx, lease, held, confirmed)
+    }
+
+    /// Releases the lock if it is still this acquisition's: `Ok(true)` released (now, or by
+    /// an earlier copy of this call), `Ok(false)` it was not ours any more. `limit`: the
+    /// server forgets the lock by then anyway, so no call is worth waiting longer.
+    fn release(
+        &self,
+        cx: &Context,
+        lease: &Lease,
+        held: Self::Held,
+        limit: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
-/// A held lock, as the backend needs it to renew and release.
-#[derive(Debug, Clone)]
-pub(crate) struct Lease {
-    /// The user's key (without prefix), for logs and errors.
-    pub key: String,
-    /// The key as stored on the server.
-    pub storage_key: String,
-    /// What proves ownership: the ULID (Redis, in-process) or the lease id (etcd).
-    pub token: String,
-    pub fencing_token: u64,
+/// One lock request, as the backend sees it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Request<'a> {
+    /// The user's key, without the prefix (for errors and logs).
+    pub key: &'a str,
+    /// Where the lock lives: [`Backend::storage_key`] of the config's prefix and the key.
+    pub storage_key: &'a str,
+    /// A fresh ULID for this acquisition: no two requests share one.
+    pub token: &'a str,
+    /// The lock's TTL, already checked against [`Backend::check_ttl`].
     pub ttl: Duration,
-    /// When the command that last proved ownership was *sent*: the server's expiry is at
-    /// least `ttl` after it, so deadlines measured from here are safe.
+}
+
+impl Request<'_> {
+    /// How long an attempt is useful: a reply later than this, counted from the send time,
+    /// could not give a usable guard (the TTL minus the safety margin). Bound acquire calls
+    /// by it.
+    ///
+    /// ```
+    /// # #[cfg(feature = "unstable-backend")] {
+    /// let request = dlock::backend::Request::new("k", "dlock:k", "01J", std::time::Duration::from_secs(10));
+    /// assert_eq!(request.useful_for(), std::time::Duration::from_secs(9));
+    /// # }
+    /// ```
+    #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
+    pub fn useful_for(&self) -> Duration {
+        self.ttl - support::safety_margin(self.ttl)
+    }
+
+    /// A request, as the locker builds one (for a backend's own tests).
+    pub fn new<'a>(
+        key: &'a str,
+        storage_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> Request<'a> {
+        Request {
+            key,
+            storage_key,
+            token,
+            ttl,
+        }
+    }
+}
+
+/// What a successful attempt returns.
+#[derive(Debug)]
+pub struct Grant<H> {
+    /// Strictly increasing per key (contract point 3).
+    pub fencing_token: u64,
+    /// When the command that acquired the lock was *sent* (contract point 8).
     pub confirmed_at: Instant,
-    /// The etcd lease the key is attached to (0 on other backends).
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    pub lease_id: i64,
+    /// The backend's own state of the held lock, handed back to `renew` and `release`.
+    pub held: H,
+}
+
+/// A held lock, as every backend sees it; the backend's own state travels beside it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Lease {
+    /// The user's key, without the prefix.
+    pub key: String,
+    /// Where the lock lives ([`Request::storage_key`]).
+    pub storage_key: String,
+    /// The grant's fencing token.
+    pub fencing_token: u64,
+    /// The lock's TTL.
+    pub ttl: Duration,
 }
 
 impl Lease {
+    pub(crate) fn new(request: &Request<'_>, fencing_token: u64) -> Lease {
+        Lease {
+            key: request.key.to_owned(),
+            storage_key: request.storage_key.to_owned(),
+            fencing_token,
+            ttl: request.ttl,
+        }
+    }
+
     /// When the holder must consider the lock lost unless a renewal sent after `confirmed`
     /// is confirmed: a safety margin before the server-side expiry.
     pub fn deadline(&self, confirmed: Instant) -> Instant {
-        confirmed + (self.ttl - safety_margin(self.ttl))
+        confirmed + (self.ttl - support::safety_margin(self.ttl))
     }
 }
 
-/// What the locker lends its backend: where background work runs (so that `close()` waits
-/// for it), when the locker shuts down, and how long one server call may take.
-#[derive(Clone)]
-pub(crate) struct Context {
-    tasks: TaskTracker,
-    pub shutdown: CancellationToken,
-    call_timeout: Duration,
+/// The outcome of one [`Backend::renew`] that the server answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours, extended by the TTL from the renewal's send time.
+    Renewed,
+    /// Proven not ours any more; the reason is logged ("the lease was revoked or expired").
+    Lost(&'static str),
 }
 
-impl Context {
-    pub fn new(tasks: TaskTracker, shutdown: CancellationToken, call_timeout: Duration) -> Self {
-        Context {
-            tasks,
-            shutdown,
-            call_timeout,
+#[cfg(any(feature = "redis", feature = "etcd"))]
+impl Renewal {
+    /// The outcome of a renewal that found the lock still ours, or gone or taken.
+    pub(crate) fn still_ours(ours: bool) -> Renewal {
+        if ours {
+            Renewal::Renewed
+        } else {
+            Renewal::Lost(TAKEN)
         }
     }
-
-    /// Runs `work` in the background, tracked by the locker. Without a runtime (a drop after
-    /// shutdown) nothing runs; callers use this only for clean-ups the TTL also covers.
-    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            self.tasks.spawn(work);
-        }
-    }
-
-    /// How long a call may take when it is useless after `limit`: the shorter of the two.
-    pub fn bound(&self, limit: Duration) -> Duration {
-        limit.min(self.call_timeout)
-    }
 }
 
-/// A poisoned mutex still holds consistent data here (every critical section is a few map
-/// operations that cannot panic halfway), so a panic elsewhere must not spread.
-pub(crate) fn recover<T>(locked: LockResult<T>) -> T {
-    locked.unwrap_or_else(|e| e.into_inner())
-}
-
-/// Why a held lock is no longer ours.
-#[derive(Debug)]
-pub(crate) enum Loss {
-    /// The key is gone or holds another token: someone deleted or took it.
-    Taken,
-    /// Renewal could not be confirmed before the safety deadline.
-    Unconfirmed { last_error: Option<String> },
-    /// The etcd lease was revoked or expired.
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    LeaseEnded,
+/// Why a held lock is no longer ours, as [`Backend::keep`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Loss {
+    /// The server proved the lock is not ours: deleted, taken, its lease ended.
+    NotHeld(&'static str),
+    /// No renewal could be confirmed before the safety deadline.
+    Unconfirmed {
+        /// The error of the last failed renewal, if one failed rather than went unanswered.
+        last_error: Option<String>,
+    },
 }
 
 impl fmt::Display for Loss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Loss::Taken => f.write_str("the key was deleted or taken by another holder"),
+            Loss::NotHeld(reason) => f.write_str(reason),
             Loss::Unconfirmed { last_error: None } => {
                 f.write_str("renewal could not be confirmed before the TTL ran out")
             }
             Loss::Unconfirmed {
                 last_error: Some(e),
-            } => {
-                write!(
-                    f,
-                    "renewal could not be confirmed before the TTL ran out (last error: {e})"
-                )
-            }
-            Loss::LeaseEnded => f.write_str("the lease was revoked or expired"),
+            } => write!(
+                f,
+                "renewal could not be confirmed before the TTL ran out (last error: {e})"
+            ),
         }
     }
 }
 
-/// The configured backend. An enum rather than a trait object: three variants, no boxing
-/// per call, and each arm is one line. Cloned into every guard's task, hence the `Arc`s.
-#[derive(Clone)]
-pub(crate) enum Backend {
-    Memory(Arc<memory::MemoryBackend>),
-    #[cfg(feature = "redis")]
-    Redis(Arc<redis::RedisBackend>),
-    #[cfg(feature = "etcd")]
-    Etcd(Arc<etcd::EtcdBackend>),
-}
-
-impl Backend {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Backend::Memory(_) => "memory",
-            #[cfg(feature = "redis")]
-            Backend::Redis(_) => "redis",
-            #[cfg(feature = "etcd")]
-            Backend::Etcd(_) => "etcd",
-        }
-    }
-
-    /// A backend-specific TTL rule on top of the general one (etcd: whole seconds).
-    pub fn check_ttl(&self, ttl: Duration) -> std::result::Result<(), String> {
-        match self {
-            #[cfg(feature = "etcd")]
-            Backend::Etcd(_) => etcd::check_ttl(ttl),
-            _ => {
-                let _ = ttl;
-                Ok(())
-            }
-        }
-    }
-
-    /// Acquires the lock, waiting if `request.wait` says so. Cancel-safe: dropping the future
-    /// at any point leaves no key that nobody owns.
-    pub async fn acquire(&self, request: &Request<'_>) -> Result<Option<Lease>> {
-        match self {
-            Backend::Memory(b) => b.acquire(request).await,
-            #[cfg(feature = "redis")]
-            Backend::Redis(b) => b.acquire(request).await,
-            #[cfg(feature = "etcd")]
-            Backend::Etcd(b) => b.acquire(request).await,
-        }
-    }
-
-    /// Keeps the lock alive; returns only when ownership is lost. `confirmed` is the send
-    /// time of the last command that proved ownership, kept current for the caller. Dropping
-    /// the future stops all renewal. Boxed: it lives as long as the guard, and the backends'
-    /// futures differ in size by kilobytes (etcd's gRPC state), which every guard would
-    /// otherwise pay for.
-    pub async fn keep(&self, lease: &Lease, confirmed: &mut Instant) -> Loss {
-        let keep: Pin<Box<dyn Future<Output = Loss> + Send + '_>> = match self {
-            Backend::Memory(b) => Box::pin(b.keep(lease, confirmed)),
-            #[cfg(feature = "redis")]
-            Backend::Redis(b) => Box::pin(b.keep(lease, confirmed)),
-            #[cfg(feature = "etcd")]
-            Backend::Etcd(b) => Box::pin(b.keep(lease, confirmed)),
-        };
-        keep.await
-    }
-
-    /// Deletes the key if it is still this lease's. `Ok(false)`: it was not ours any more.
-    /// `expiry` is when the server forgets the key anyway: no call is worth waiting longer.
-    /// Boxed for the same reason as `keep`.
-    pub async fn release(&self, lease: &Lease, expiry: Instant) -> Result<bool> {
-        let limit = expiry.saturating_duration_since(Instant::now());
-        let release: Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>> = match self {
-            Backend::Memory(b) => Box::pin(b.release(lease)),
-            #[cfg(feature = "redis")]
-            Backend::Redis(b) => Box::pin(b.release(lease, limit)),
-            #[cfg(feature = "etcd")]
-            Backend::Etcd(b) => Box::pin(b.release(lease, limit)),
-        };
-        release.await
-    }
-}
-
-/// Retries `attempt` until it acquires (or once, when `wait` is `None`). Between attempts
-/// it sleeps `retry_interval` ±20 %, or less when a release of `storage_key` is seen in
-/// this process. The wake-up is registered before each attempt, so a release that lands
-/// between a failed attempt and the sleep is not missed.
-pub(crate) async fn poll_until_acquired<F, Fut>(
-    wakeups: &Arc<wake::Wakeups>,
-    storage_key: &str,
-    wait: Option<Duration>,
-    mut attempt: F,
-) -> Result<Option<Lease>>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<Lease>>>,
-{
-    let Some(retry_interval) = wait else {
-        return attempt().await;
-    };
-    let waiter = wakeups.wait_for(storage_key);
-    loop {
-        let released = waiter.released();
-        tokio::pin!(released);
-        released.as_mut().enable();
-        if let Some(lease) = attempt().await? {
-            return Ok(Some(lease));
-        }
-        tokio::select! {
-            _ = released => {}
-            _ = sleep(jittered(retry_interval)) => {}
-        }
-    }
-}
-
-fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(0.8 + 0.4 * fastrand::f64())
-}
-
-/// How long before the server-side expiry a holder is told it lost the lock: a tenth of the
-/// TTL covers clock-rate drift between client and server and gives the holder time to stop.
-pub(crate) fn safety_margin(ttl: Duration) -> Duration {
-    ttl / 10
-}
-
-/// Renews every TTL/3 with `renew` (`Ok(true)`: still ours; `Ok(false)`: not ours;
-/// `Err`: unknown). Transient errors are retried every TTL/10 until the safety deadline,
-/// measured from the send time of the last confirmed command (`confirmed`, kept current);
-/// then the lock is declared lost.
-pub(crate) async fn watchdog<F, Fut>(
-    backend: &'static str,
-    lease: &Lease,
-    confirmed: &mut Instant,
-    mut renew: F,
-) -> Loss
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let period = lease.ttl / 3;
-    let retry = (lease.ttl / 10).max(Duration::from_millis(5));
-    let mut next = *confirmed + period;
-    let mut last_error = None;
-    loop {
-        let deadline = lease.deadline(*confirmed);
-        sleep_until(next.min(deadline)).await;
-        let sent = Instant::now();
-        if sent >= deadline {
-            return Loss::Unconfirmed { last_error };
-        }
-        // Boxed: a guard sleeps far more than it renews, so keep its resident state small.
-        match timeout_at(deadline, Box::pin(renew())).await {
-            Ok(Ok(true)) => {
-                *confirmed = sent;
-                next = sent + period;
-                last_error = None;
-            }
-            Ok(Ok(false)) => return Loss::Taken,
-            Ok(Err(e)) => {
-                tracing::warn!(
-                    component = "dlock",
-                    backend,
-                    key = %lease.key,
-                    fencing_token = lease.fencing_token,
-                    error = %e,
-                    "renewal failed; retrying until the lock can no longer be proven held"
-                );
-                last_error = Some(e.to_string());
-                next = sent + retry;
-            }
-            Err(_) => return Loss::Unconfirmed { last_error },
-        }
-    }
-}
+/// The reason of a renewal that found the key gone or holding another acquisition.
+pub(crate) const TAKEN: &str = "the key was deleted or taken by another holder";

@@ -12,9 +12,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-/// Storage key → the tasks waiting for it.
+/// Storage key → the tasks of this process waiting for it, for one store (one server, one
+/// in-process store): a backend calls [`Wakeups::released`] when it sees a lock released,
+/// and the provided waiting loop of [`Backend::acquire`](super::Backend::acquire) retries
+/// at once instead of at its next poll.
+///
+#[cfg_attr(feature = "unstable-backend", doc = "```")]
+#[cfg_attr(not(feature = "unstable-backend"), doc = "```ignore")]
+/// let wakeups = dlock::backend::Wakeups::new();
+/// wakeups.released("dlock:job"); // nobody waits: nothing happens
+/// ```
 #[derive(Default)]
-pub(crate) struct Wakeups {
+pub struct Wakeups {
     waiting: Mutex<HashMap<String, Arc<Notify>>>,
     /// A random id of this store handle, sent with Redis release notifications so that the
     /// backend that released (and already woke one of its waiters) does not wake another.
@@ -22,6 +31,7 @@ pub(crate) struct Wakeups {
 }
 
 impl Wakeups {
+    /// Wake-ups for a new store.
     pub fn new() -> Arc<Self> {
         Arc::new(Wakeups {
             waiting: Mutex::default(),
@@ -29,16 +39,17 @@ impl Wakeups {
         })
     }
 
-    pub fn id(&self) -> &str {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
     fn waiting(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
-        crate::backend::recover(self.waiting.lock())
+        super::recover(self.waiting.lock())
     }
 
     /// Registers a waiting task for `storage_key` until the returned [`Waiter`] is dropped.
-    pub fn wait_for(self: &Arc<Self>, storage_key: &str) -> Waiter {
+    pub(crate) fn wait_for(self: &Arc<Self>, storage_key: &str) -> Waiter {
         let notify = self
             .waiting()
             .entry(storage_key.to_owned())
@@ -60,7 +71,7 @@ impl Wakeups {
 
     /// How many keys have waiters (for tests of the no-growth rule).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.waiting().len()
     }
 }
@@ -74,7 +85,7 @@ pub(crate) struct Waiter {
 
 impl Waiter {
     /// Completes when a release of the key is announced; enable it before the attempt.
-    pub fn released(&self) -> Notified<'_> {
+    pub(crate) fn released(&self) -> Notified<'_> {
         self.notify.notified()
     }
 }

@@ -14,8 +14,7 @@
 //!    unreachable notification server costs latency, never a stall.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -24,8 +23,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::super::wake::Wakeups;
-use super::super::{recover, Context};
+use super::super::{recover, Context, Wakeups};
 
 /// Suffix of a lock's release channel.
 pub(super) const RELEASED: &str = ":released";
@@ -38,11 +36,9 @@ const LAST_RETRY: Duration = Duration::from_secs(5);
 
 pub(crate) struct Notifications {
     shared: Arc<Shared>,
-    context: Context,
-    started: AtomicBool,
-    /// Stops the maintainer when the backend is dropped (the locker's close stops it too).
-    stop: CancellationToken,
-    _stop_on_drop: DropGuard,
+    /// Set when the maintainer starts; stops it when the backend is dropped (the locker's
+    /// close stops it too).
+    started: OnceLock<DropGuard>,
 }
 
 struct Shared {
@@ -72,8 +68,7 @@ pub(crate) struct Subscription {
 }
 
 impl Notifications {
-    pub fn new(client: redis::Client, wakeups: Arc<Wakeups>, context: Context) -> Self {
-        let stop = context.shutdown.child_token();
+    pub fn new(client: redis::Client, wakeups: Arc<Wakeups>) -> Self {
         Notifications {
             shared: Arc::new(Shared {
                 client,
@@ -82,17 +77,19 @@ impl Notifications {
                 changed: Notify::new(),
                 settled: watch::Sender::new(()),
             }),
-            context,
-            started: AtomicBool::new(false),
-            _stop_on_drop: stop.clone().drop_guard(),
-            stop,
+            started: OnceLock::new(),
         }
     }
 
     /// Registers interest in `channel`, then waits at most `patience` for the server to
     /// confirm it. Cancel-safe: the interest is registered before the first await and
     /// withdrawn by the returned guard's drop (invariant 1).
-    pub async fn subscribe(&self, channel: String, patience: Duration) -> Subscription {
+    pub async fn subscribe(
+        &self,
+        cx: &Context,
+        channel: String,
+        patience: Duration,
+    ) -> Subscription {
         *self
             .shared
             .state()
@@ -103,10 +100,11 @@ impl Notifications {
             shared: self.shared.clone(),
             channel,
         };
-        if !self.started.swap(true, Ordering::AcqRel) {
-            self.context
-                .spawn(maintain(self.shared.clone(), self.stop.clone()));
-        }
+        self.started.get_or_init(|| {
+            let stop = cx.closing().child_token();
+            cx.spawn(maintain(self.shared.clone(), stop.clone()));
+            stop.drop_guard()
+        });
         self.shared.changed.notify_one();
         let mut settled = self.shared.settled.subscribe();
         let confirmed = async {

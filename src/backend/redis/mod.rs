@@ -1,0 +1,236 @@
+//! The Redis backend: one key per lock, renewed by a watchdog, released with a tombstone.
+//!
+//! `<prefix>{<key>}` holds `<token>:<fencing token>` while the lock is held (`PX` = TTL), and
+//! a short-lived tombstone `~<token>` after a release (it counts as free; it lets a release
+//! that the cluster client resends recognise its own earlier success). The fencing token is
+//! the server clock in microseconds, drawn by the acquiring script: no counter key exists,
+//! so nothing leaks and no restored snapshot can roll tokens back. The `{..}` hash tag keeps
+//! room for keys of the same lock on Redis Cluster.
+//!
+//! Bounds: an acquire attempt is useless once its reply could come after the safety
+//! deadline, a release once the key has expired; every call is also bounded by the
+//! locker's call timeout. Scripts live beside this file, one per operation, each idempotent.
+
+mod notifications;
+
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{FromRedisValue, Script, ScriptInvocation};
+use tokio::time::Instant;
+
+use self::notifications::Notifications;
+use super::{
+    poll_until_acquired, recover, Backend, Context, Grant, Lease, Renewal, Request, Wakeups,
+};
+use crate::config::Driver;
+use crate::error::Result;
+
+static OBTAIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("obtain.lua")));
+static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("refresh.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
+
+/// Where `LockerBuilder::redis_pubsub` leaves the notification client, whether it is called
+/// before or after `.redis(..)`; the backend takes it when a first waiter needs it.
+pub(crate) type PubsubSlot = Arc<Mutex<Option<redis::Client>>>;
+
+/// The Redis backend over any redis-rs async connection that is a cheap handle (cloned per
+/// call): `ConnectionManager`, `MultiplexedConnection`, a cluster connection...
+pub(crate) struct RedisBackend<C> {
+    scripts: Scripts<C>,
+    pubsub: PubsubSlot,
+    notifications: OnceLock<Option<Notifications>>,
+}
+
+/// What running a script needs; cheap to clone into a background clean-up.
+#[derive(Clone)]
+struct Scripts<C> {
+    conn: C,
+    /// Waiters of this backend; woken by its own releases and by notifications.
+    wakeups: Arc<Wakeups>,
+}
+
+/// Where a release of `lock_key` is announced.
+fn release_channel(lock_key: &str) -> String {
+    format!("{lock_key}{}", notifications::RELEASED)
+}
+
+impl<C> RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// `pubsub`: where the release-notification client may be left; without one, waiters
+    /// of other processes learn of releases by polling.
+    pub fn new(conn: C, pubsub: PubsubSlot) -> Self {
+        RedisBackend {
+            scripts: Scripts {
+                conn,
+                wakeups: Wakeups::new(),
+            },
+            pubsub,
+            notifications: OnceLock::new(),
+        }
+    }
+
+    fn notifications(&self) -> Option<&Notifications> {
+        self.notifications
+            .get_or_init(|| {
+                let client = recover(self.pubsub.lock()).take()?;
+                Some(Notifications::new(client, self.scripts.wakeups.clone()))
+            })
+            .as_ref()
+    }
+}
+
+impl<C> Backend for RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// The acquisition's token.
+    type Held = String;
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn driver(&self) -> Driver {
+        Driver::Redis
+    }
+
+    /// `<prefix>{<key>}`: the hash tag keeps room for keys of the same lock on a Cluster.
+    fn storage_key(&self, prefix: &str, key: &str) -> String {
+        format!("{prefix}{{{key}}}")
+    }
+
+    fn wakeups(&self) -> Option<&Arc<Wakeups>> {
+        Some(&self.scripts.wakeups)
+    }
+
+    async fn try_acquire(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+    ) -> Result<Option<Grant<String>>> {
+        // Until the server answers, the script may or may not have run: if this future is
+        // dropped or the call fails, release whatever our token may hold.
+        let undo = cx.undo_on_drop(|| {
+            let (scripts, cx) = (self.scripts.clone(), cx.clone());
+            let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
+            let (token, ttl) = (request.token.to_owned(), request.ttl);
+            async move {
+                if let Err(e) = scripts.release(&cx, &key, &lock_key, &token, ttl).await {
+                    tracing::debug!(component = "dlock", backend = "redis", key = %key, error = %e,
+                        "cleanup of an interrupted acquire failed; the TTL will remove it");
+                }
+            }
+        });
+        let sent = Instant::now();
+        let mut obtain = OBTAIN.prepare_invoke();
+        obtain
+            .key(request.storage_key)
+            .arg(request.token)
+            .arg(millis(request.ttl));
+        // A reply after the safety deadline could not give a usable guard.
+        let fence: u64 = self
+            .scripts
+            .call(cx, request.key, request.useful_for(), &obtain)
+            .await?;
+        undo.disarm();
+        Ok((fence != 0).then(|| Grant {
+            fencing_token: fence,
+            confirmed_at: sent,
+            held: request.token.to_owned(),
+        }))
+    }
+
+    async fn acquire(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+        retry_interval: Duration,
+    ) -> Result<Option<Grant<String>>> {
+        // Uncontended fast path: no subscription for a lock that is free.
+        if let Some(grant) = self.try_acquire(cx, request).await? {
+            return Ok(Some(grant));
+        }
+        // Waits at most one poll interval for the subscription: a release announced before
+        // it is active is caught by the next attempt or poll.
+        let _subscription = match self.notifications() {
+            Some(n) => Some(
+                n.subscribe(cx, release_channel(request.storage_key), retry_interval)
+                    .await,
+            ),
+            None => None,
+        };
+        poll_until_acquired(self, cx, request, retry_interval).await
+    }
+
+    async fn renew(&self, cx: &Context, lease: &Lease, token: &mut String) -> Result<Renewal> {
+        let mut refresh = REFRESH.prepare_invoke();
+        refresh
+            .key(&lease.storage_key)
+            .arg(&*token)
+            .arg(millis(lease.ttl));
+        let renewed: i64 = self
+            .scripts
+            .call(cx, &lease.key, lease.ttl, &refresh)
+            .await?;
+        Ok(Renewal::still_ours(renewed == 1))
+    }
+
+    async fn release(
+        &self,
+        cx: &Context,
+        lease: &Lease,
+        token: String,
+        limit: Duration,
+    ) -> Result<bool> {
+        self.scripts
+            .release(cx, &lease.key, &lease.storage_key, &token, limit)
+            .await
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync> Scripts<C> {
+    async fn release(
+        &self,
+        cx: &Context,
+        key: &str,
+        lock_key: &str,
+        token: &str,
+        limit: Duration,
+    ) -> Result<bool> {
+        let limit = cx.bound(limit);
+        let mut release = RELEASE.prepare_invoke();
+        release
+            .key(lock_key)
+            .arg(token)
+            .arg(millis(limit).max(1))
+            .arg(release_channel(lock_key))
+            .arg(self.wakeups.id());
+        let released = self.call::<i64>(cx, key, limit, &release).await? == 1;
+        if released {
+            self.wakeups.released(lock_key);
+        }
+        Ok(released)
+    }
+
+    /// Runs one script on a clone of the connection (a cheap handle), bounded by `limit`
+    /// and by the locker's call timeout.
+    async fn call<T: FromRedisValue>(
+        &self,
+        cx: &Context,
+        key: &str,
+        limit: Duration,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        cx.call("redis", key, limit, invocation.invoke_async(&mut conn))
+            .await
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}

@@ -1,0 +1,247 @@
+//! What every backend shares, written once: the locker's [`Context`] (tracked spawns, the
+//! bounded call), [`UndoOnDrop`] for interrupted acquires, poisoned-lock recovery, and the
+//! provided waiting loop and watchdog of [`Backend`].
+// The in-process backend alone needs none of the helpers for server calls.
+#![cfg_attr(
+    not(any(feature = "redis", feature = "etcd", feature = "unstable-backend")),
+    allow(dead_code)
+)]
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::LockResult;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Backend, Grant, Lease, Loss, Renewal, Request};
+use crate::error::{BoxError, Error, Result};
+
+/// What the locker lends its backend: where background work runs (so that
+/// [`Locker::close`](crate::Locker::close) waits for it), when the locker shuts down, and
+/// how long one server call may take. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Context {
+    tasks: TaskTracker,
+    closing: CancellationToken,
+    call_timeout: Duration,
+}
+
+impl Context {
+    pub(crate) fn new(call_timeout: Duration) -> Self {
+        Context {
+            tasks: TaskTracker::new(),
+            closing: CancellationToken::new(),
+            call_timeout,
+        }
+    }
+
+    /// Runs `work` in the background, tracked by the locker: `close()` waits for it.
+    /// Without a runtime (a drop after shutdown) nothing runs; use it only for work that the
+    /// TTL also covers (clean-ups, revokes).
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.tasks.spawn(work);
+        }
+    }
+
+    /// How long a call may take when it is useless after `limit`: the shorter of `limit`
+    /// and the locker's call timeout.
+    pub fn bound(&self, limit: Duration) -> Duration {
+        limit.min(self.call_timeout)
+    }
+
+    /// Runs one server call of backend `backend` for `key`, bounded by [`Context::bound`]
+    /// of `limit`: its error, or a missing answer, becomes
+    /// [`Error::Backend`](crate::Error::Backend).
+    pub async fn call<T, E: Into<BoxError>>(
+        &self,
+        backend: &'static str,
+        key: &str,
+        limit: Duration,
+        call: impl Future<Output = std::result::Result<T, E>>,
+    ) -> Result<T> {
+        let limit = self.bound(limit);
+        match timeout(limit, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Error::backend(backend, key, e)),
+            Err(_) => Err(Error::backend(
+                backend,
+                key,
+                format!("no answer within {limit:?}"),
+            )),
+        }
+    }
+
+    /// Arms `undo` until [`UndoOnDrop::disarm`]: if the returned value is dropped armed (the
+    /// acquire future was dropped, or failed before the server's answer was read), the
+    /// future `undo` makes runs in the background, tracked like [`Context::spawn`]. `undo`
+    /// is called only then, so an attempt that succeeds clones nothing for it.
+    pub fn undo_on_drop<F, Fut>(&self, undo: F) -> UndoOnDrop<'_, F, Fut>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        UndoOnDrop {
+            context: self,
+            undo: Some(undo),
+            _future: PhantomData,
+        }
+    }
+
+    /// Cancelled when the locker closes.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// Runs a guard's lifecycle task, tracked.
+    pub(crate) fn track<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> JoinHandle<T> {
+        self.tasks.spawn(work)
+    }
+
+    /// Held by a lock call until it returns: `close()` waits for calls in flight too.
+    pub(crate) fn in_flight(&self) -> TaskTrackerToken {
+        self.tasks.token()
+    }
+
+    /// Cancels [`Context::closing`], then waits for everything tracked.
+    pub(crate) async fn close(&self) {
+        self.closing.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Undoes an acquire attempt whose outcome is unknown; see [`Context::undo_on_drop`].
+#[must_use = "dropping it at once runs the undo"]
+pub struct UndoOnDrop<'a, F, Fut>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    context: &'a Context,
+    undo: Option<F>,
+    _future: PhantomData<fn() -> Fut>,
+}
+
+impl<F, Fut> UndoOnDrop<'_, F, Fut>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    /// The outcome is known: nothing to undo.
+    pub fn disarm(mut self) {
+        self.undo = None;
+    }
+}
+
+impl<F, Fut> Drop for UndoOnDrop<'_, F, Fut>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(undo) = self.undo.take() {
+            self.context.spawn(undo());
+        }
+    }
+}
+
+/// A poisoned mutex still holds consistent data here (every critical section is a few map
+/// operations that cannot panic halfway), so a panic elsewhere must not spread.
+pub(crate) fn recover<T>(locked: LockResult<T>) -> T {
+    locked.unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long before the server-side expiry a holder is told it lost the lock: a tenth of the
+/// TTL covers clock-rate drift between client and server and gives the holder time to stop.
+pub(crate) fn safety_margin(ttl: Duration) -> Duration {
+    ttl / 10
+}
+
+/// [`Backend::acquire`]'s default: retries until acquired. Between attempts it sleeps
+/// `retry_interval` ±20 %, or less when the backend's wake-ups announce a release of the
+/// storage key. The wake-up is registered before each attempt, so a release that lands
+/// between a failed attempt and the sleep is not missed.
+pub(crate) async fn poll_until_acquired<B: Backend + ?Sized>(
+    backend: &B,
+    cx: &Context,
+    request: &Request<'_>,
+    retry_interval: Duration,
+) -> Result<Option<Grant<B::Held>>> {
+    let waiter = backend.wakeups().map(|w| w.wait_for(request.storage_key));
+    let no_wakeups = Notify::new();
+    loop {
+        let released = match &waiter {
+            Some(waiter) => waiter.released(),
+            None => no_wakeups.notified(),
+        };
+        tokio::pin!(released);
+        released.as_mut().enable();
+        if let Some(grant) = backend.try_acquire(cx, request).await? {
+            return Ok(Some(grant));
+        }
+        tokio::select! {
+            _ = released => {}
+            _ = sleep(jittered(retry_interval)) => {}
+        }
+    }
+}
+
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+/// [`Backend::keep`]'s default: renews every TTL/3. Transient errors are retried every
+/// TTL/10 until the safety deadline, measured from the send time of the last confirmed
+/// command (`confirmed`, kept current); then the lock is declared lost.
+pub(crate) async fn watchdog<B: Backend + ?Sized>(
+    backend: &B,
+    cx: &Context,
+    lease: &Lease,
+    held: &mut B::Held,
+    confirmed: &mut Instant,
+) -> Loss {
+    let period = lease.ttl / 3;
+    let retry = (lease.ttl / 10).max(Duration::from_millis(5));
+    let mut next = *confirmed + period;
+    let mut last_error = None;
+    loop {
+        let deadline = lease.deadline(*confirmed);
+        sleep_until(next.min(deadline)).await;
+        let sent = Instant::now();
+        if sent >= deadline {
+            return Loss::Unconfirmed { last_error };
+        }
+        // Boxed: a guard sleeps far more than it renews, so keep its resident state small.
+        match timeout_at(deadline, Box::pin(backend.renew(cx, lease, held))).await {
+            Ok(Ok(Renewal::Renewed)) => {
+                *confirmed = sent;
+                next = sent + period;
+                last_error = None;
+            }
+            Ok(Ok(Renewal::Lost(reason))) => return Loss::NotHeld(reason),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    component = "dlock",
+                    backend = backend.name(),
+                    key = %lease.key,
+                    fencing_token = lease.fencing_token,
+                    error = %e,
+                    "renewal failed; retrying until the lock can no longer be proven held"
+                );
+                last_error = Some(e.to_string());
+                next = sent + retry;
+            }
+            Err(_) => return Loss::Unconfirmed { last_error },
+        }
+    }
+}

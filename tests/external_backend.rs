@@ -1,0 +1,204 @@
+//! A backend written outside the crate, as a third party would (features `unstable-backend`
+//! and `testing`), runs the crate's own conformance suite with one macro line: the path for
+//! new backends is proven, not promised.
+//!
+//! The backend is a `Mutex<HashMap>` shared by every locker of one fixture, with its own
+//! expiry, tokens, fencing counter and an outage switch. It is deliberately not
+//! `dlock::MemoryStore`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dlock::backend::{Backend, Context, Grant, Lease, Renewal, Request, Wakeups};
+use dlock::testing::{conformance, Fixture};
+use dlock::{Config, Driver, Error, Locker};
+use tokio::time::Instant;
+
+/// The "server": storage key -> (token, expiry), a fencing counter, and whether it is down.
+#[derive(Default)]
+struct Table {
+    locks: Mutex<HashMap<String, (String, Instant)>>,
+    last_fence: Mutex<u64>,
+    down: AtomicBool,
+    wakeups: Arc<Wakeups>,
+}
+
+impl Table {
+    /// The table, or the error a real server outage would give.
+    fn reach(
+        &self,
+        key: &str,
+    ) -> dlock::Result<MutexGuard<'_, HashMap<String, (String, Instant)>>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::Backend {
+                backend: "table",
+                key: Some(key.to_owned()),
+                source: "the table is down".into(),
+            });
+        }
+        Ok(self.locks.lock().unwrap())
+    }
+}
+
+/// One locker's handle on the shared table.
+struct TableBackend(Arc<Table>);
+
+fn is_live(entry: Option<&(String, Instant)>, token: &str) -> bool {
+    entry.is_some_and(|(held, expiry)| held == token && *expiry > Instant::now())
+}
+
+impl Backend for TableBackend {
+    type Held = String;
+
+    fn name(&self) -> &'static str {
+        "table"
+    }
+
+    fn wakeups(&self) -> Option<&Arc<Wakeups>> {
+        Some(&self.0.wakeups)
+    }
+
+    async fn try_acquire(
+        &self,
+        _: &Context,
+        request: &Request<'_>,
+    ) -> dlock::Result<Option<Grant<String>>> {
+        let now = Instant::now();
+        let mut locks = self.0.reach(request.key)?;
+        if locks
+            .get(request.storage_key)
+            .is_some_and(|(_, expiry)| *expiry > now)
+        {
+            return Ok(None);
+        }
+        let token = request.token.to_owned();
+        locks.insert(
+            request.storage_key.to_owned(),
+            (token.clone(), now + request.ttl),
+        );
+        let mut fence = self.0.last_fence.lock().unwrap();
+        *fence += 1;
+        Ok(Some(Grant {
+            fencing_token: *fence,
+            confirmed_at: now,
+            held: token,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        _: &Context,
+        lease: &Lease,
+        token: &mut String,
+    ) -> dlock::Result<Renewal> {
+        let mut locks = self.0.reach(&lease.key)?;
+        if !is_live(locks.get(&lease.storage_key), token) {
+            return Ok(Renewal::Lost("the row was deleted or taken"));
+        }
+        locks.insert(
+            lease.storage_key.clone(),
+            (token.clone(), Instant::now() + lease.ttl),
+        );
+        Ok(Renewal::Renewed)
+    }
+
+    async fn release(
+        &self,
+        _: &Context,
+        lease: &Lease,
+        token: String,
+        _: Duration,
+    ) -> dlock::Result<bool> {
+        let mut locks = self.0.reach(&lease.key)?;
+        if !is_live(locks.get(&lease.storage_key), &token) {
+            return Ok(false);
+        }
+        locks.remove(&lease.storage_key);
+        drop(locks);
+        self.0.wakeups.released(&lease.storage_key);
+        Ok(true)
+    }
+}
+
+/// What the suite needs: lockers on one table, and the table's own view.
+struct TableFixture {
+    table: Arc<Table>,
+    counters: Mutex<HashMap<String, u64>>,
+}
+
+impl Fixture for TableFixture {
+    const DRIVER: Driver = Driver::Custom;
+
+    async fn start() -> Self {
+        TableFixture {
+            table: Arc::default(),
+            counters: Mutex::default(),
+        }
+    }
+
+    async fn locker(&self, config: Config) -> Locker {
+        Locker::builder(config)
+            .backend(TableBackend(self.table.clone()))
+            .build()
+            .expect("build")
+    }
+
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        let locks = self.table.locks.lock().unwrap();
+        locks
+            .get(&format!("{prefix}{key}"))
+            .is_some_and(|(_, expiry)| *expiry > Instant::now())
+    }
+
+    async fn delete(&self, prefix: &str, key: &str) {
+        self.table
+            .locks
+            .lock()
+            .unwrap()
+            .remove(&format!("{prefix}{key}"));
+    }
+
+    async fn stop_server(&mut self) {
+        self.table.down.store(true, Ordering::SeqCst);
+    }
+
+    async fn read_counter(&self, name: &str) -> u64 {
+        self.counters
+            .lock()
+            .unwrap()
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn write_counter(&self, name: &str, value: u64) {
+        self.counters.lock().unwrap().insert(name.to_owned(), value);
+    }
+}
+
+conformance!(table_backend, TableFixture);
+
+/// A config naming a built-in driver is refused for a custom backend, as for a wrong
+/// built-in connector; `Driver::Custom` without a backend names the missing call.
+#[test]
+fn the_config_driver_must_match_the_backend() {
+    let table = Arc::new(Table::default());
+    let wrong = Locker::builder(Config::new(Driver::Memory))
+        .backend(TableBackend(table))
+        .build();
+    match wrong {
+        Err(Error::ConnectorMissing { driver, reason }) => {
+            assert_eq!(driver, Driver::Memory);
+            assert!(reason.contains("table"), "{reason}");
+        }
+        other => panic!("a memory config with a custom backend: {other:?}"),
+    }
+    match Locker::builder(Config::new(Driver::Custom)).build() {
+        Err(Error::ConnectorMissing { reason, .. }) => {
+            assert!(reason.contains(".backend(..)"), "{reason}")
+        }
+        other => panic!("a custom config without a backend: {other:?}"),
+    }
+}
