@@ -2,7 +2,7 @@
 //! server. The crate runs it on each of its backends (`tests/conformance.rs`); a backend
 //! written elsewhere runs exactly the same tests with a [`Fixture`] and one line:
 //!
-//! ```ignore
+//! ```text
 //! // tests/conformance.rs of your crate, with dev-dependency features = ["testing", "unstable-backend"]
 //! dlock::testing::conformance!(my_backend, MyFixture);
 //! ```
