@@ -25,7 +25,6 @@ cargo test --all-features --test soak -- --test-threads 1
 
 for example in examples/*.rs; do
   name=$(basename "$example" .rs)
-  [ "$name" = torture ] && continue # run below, with its arguments
   echo "test.sh: running example $name"
   timeout 120 cargo run --quiet --all-features --example "$name" >/dev/null
 done
@@ -34,7 +33,7 @@ done
 # its default persistence (RDB snapshots) and with AOF, and a 3-member etcd cluster.
 for target in "redis rdb" "redis aof" "etcd rdb"; do
   read -r backend persistence <<<"$target"
-  timeout 120 cargo run --quiet --all-features --example torture -- --backend "$backend" \
+  timeout 120 cargo run --quiet -p dlock-torture -- --backend "$backend" \
     --persistence "$persistence" --procs 3 --tasks 4 --keys 3 --secs "${DLOCK_TORTURE_SECS:-20}"
 done
 echo "test.sh: all tests and examples passed"

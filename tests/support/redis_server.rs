@@ -225,7 +225,7 @@ impl RedisCluster {
     }
 }
 
-// Appended for the torture checker (examples/torture.rs): crashes of a server that persists.
+// Appended for the torture checker (tools/torture): crashes of a server that persists.
 // The functions above are unchanged; these only add to them.
 impl RedisServer {
     /// Takes an RDB snapshot now (`BGSAVE`) and waits until it is on disk, in the server's

@@ -3,10 +3,10 @@
 //! recorded, and a checker looks for violations. Exit status 1 if it finds any.
 //!
 //! ```sh
-//! cargo run --all-features --example torture -- --backend redis --procs 3 --tasks 4 --keys 3 --secs 20
-//! cargo run --all-features --example torture -- --backend redis --persistence aof --secs 20
-//! cargo run --all-features --example torture -- --backend etcd --secs 20
-//! cargo run --all-features --example torture -- --backend etcd --no-faults
+//! cargo run -p dlock-torture -- --backend redis --procs 3 --tasks 4 --keys 3 --secs 20
+//! cargo run -p dlock-torture -- --backend redis --persistence aof --secs 20
+//! cargo run -p dlock-torture -- --backend etcd --secs 20
+//! cargo run -p dlock-torture -- --backend etcd --no-faults
 //! ```
 //!
 //! # What runs
@@ -89,7 +89,7 @@
 //! count. An event touched by several faults counts in each of their rows; `(no fault)`
 //! counts events no fault touched.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../../../tests/support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
