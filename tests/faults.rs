@@ -4,124 +4,48 @@
 
 mod support;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use dlock::{Config, Driver, Error, LockOptions, Locker};
-use redis::AsyncCommands;
+use support::fixtures::{Etcd, Proxied, Redis};
 use tokio::time::{sleep, timeout, Instant};
 
 const TTL: Duration = Duration::from_secs(2);
 
 fn config(driver: Driver) -> Config {
-    Config {
-        driver,
-        prefix: "fault:".into(),
-        default_ttl: TTL,
-        retry_interval: Duration::from_millis(20),
-    }
+    dlock::testing::config(driver, "fault:", TTL)
 }
 
-/// A backend under test: its server, lockers through a proxy or direct, and a direct look
-/// at whether the lock `k` still exists on the server.
-trait Target: Sized {
-    fn start() -> impl Future<Output = Self>;
-    fn addr(&self) -> SocketAddr;
-    fn locker_via(&self, proxy: &support::Proxy) -> impl Future<Output = Locker>;
-    fn direct(&self) -> impl Future<Output = Locker>;
-    fn lock_exists(&self) -> impl Future<Output = bool>;
+/// A server behind a fault-injecting proxy: lockers through it, and direct ones.
+struct Target<F: Proxied> {
+    fixture: F,
+    proxy: support::Proxy,
 }
 
-struct Redis {
-    server: support::RedisServer,
-    admin: redis::aio::ConnectionManager,
-}
-
-async fn redis_direct(server: &support::RedisServer) -> Locker {
-    let conn = server.connection_manager().await;
-    Locker::builder(config(Driver::Redis))
-        .redis(conn)
-        .build()
-        .expect("build")
-}
-
-impl Target for Redis {
+impl<F: Proxied> Target<F> {
     async fn start() -> Self {
-        let server = support::RedisServer::start().await;
-        let admin = server.connection_manager().await;
-        Redis { server, admin }
+        let fixture = F::start().await;
+        let proxy = support::Proxy::start(fixture.addr()).await;
+        Target { fixture, proxy }
     }
-    fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-    async fn locker_via(&self, proxy: &support::Proxy) -> Locker {
-        let url = format!("redis://{}/", proxy.addr());
-        let conn = support::connection_manager_at(&url).await;
-        let pubsub = redis::Client::open(url).expect("url");
-        Locker::builder(config(Driver::Redis))
-            .redis(conn)
-            .redis_pubsub(pubsub)
-            .build()
-            .expect("build")
-    }
-    async fn direct(&self) -> Locker {
-        redis_direct(&self.server).await
-    }
-    async fn lock_exists(&self) -> bool {
-        let mut admin = self.admin.clone();
-        // Held while the value is not a release tombstone (`~<token>`).
-        let value: Option<String> = admin.get("fault:{k}").await.expect("GET");
-        value.is_some_and(|v| !v.starts_with('~'))
-    }
-}
-
-struct Etcd {
-    server: support::EtcdServer,
-    admin: etcd_client::Client,
-}
-
-impl Target for Etcd {
-    async fn start() -> Self {
-        let server = support::EtcdServer::start().await;
-        let admin = server.client().await;
-        Etcd { server, admin }
-    }
-    fn addr(&self) -> SocketAddr {
-        self.server.client_addr()
-    }
-    async fn locker_via(&self, proxy: &support::Proxy) -> Locker {
-        let client = support::client_at(&[format!("http://{}", proxy.addr())]).await;
-        Locker::builder(config(Driver::Etcd))
-            .etcd(client)
-            .build()
-            .expect("build")
-    }
-    async fn direct(&self) -> Locker {
-        let client = self.server.client().await;
-        Locker::builder(config(Driver::Etcd))
-            .etcd(client)
-            .build()
-            .expect("build")
-    }
-    async fn lock_exists(&self) -> bool {
-        let options = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_count_only();
-        let mut kv = self.admin.kv_client();
-        kv.get("fault:k/", Some(options))
+    async fn via_proxy(&self) -> Locker {
+        self.fixture
+            .locker_via(&self.proxy, config(F::DRIVER))
             .await
-            .expect("count")
-            .count()
-            > 0
+    }
+    async fn direct(&self) -> Locker {
+        self.fixture.locker(config(F::DRIVER)).await
+    }
+    async fn lock_exists(&self) -> bool {
+        self.fixture.exists("fault:", "k").await
     }
 }
 
 /// Scenario 1: A blackhole shorter than TTL/2 while held: no false loss, renewal resumes.
-async fn short_blackhole_is_survived<T: Target>() {
-    let target = T::start().await;
-    let proxy = support::Proxy::start(target.addr()).await;
-    let locker = target.locker_via(&proxy).await;
+async fn short_blackhole_is_survived<F: Proxied>() {
+    let target = Target::<F>::start().await;
+    let proxy = &target.proxy;
+    let locker = target.via_proxy().await;
     let rival = target.direct().await;
     let guard = locker.lock("k").await.expect("lock");
     proxy.blackhole();
@@ -145,10 +69,10 @@ async fn short_blackhole_is_survived<T: Target>() {
 
 /// Scenario 2: A blackhole longer than the TTL while held: `lost()` fires before the server expires
 /// the lock (watched directly), so the holder stops before anyone else can take it.
-async fn long_blackhole_fires_lost_before_the_server_expiry<T: Target>() {
-    let target = T::start().await;
-    let proxy = support::Proxy::start(target.addr()).await;
-    let locker = target.locker_via(&proxy).await;
+async fn long_blackhole_fires_lost_before_the_server_expiry<F: Proxied>() {
+    let target = Target::<F>::start().await;
+    let proxy = &target.proxy;
+    let locker = target.via_proxy().await;
     let guard = locker.lock("k").await.expect("lock");
     let lost = guard.lost();
     proxy.blackhole();
@@ -184,10 +108,10 @@ async fn long_blackhole_fires_lost_before_the_server_expiry<T: Target>() {
 }
 
 /// Scenario 3a: Every connection reset while held: the client reconnects and renewal goes on.
-async fn reset_while_held_keeps_the_lock<T: Target>() {
-    let target = T::start().await;
-    let proxy = support::Proxy::start(target.addr()).await;
-    let locker = target.locker_via(&proxy).await;
+async fn reset_while_held_keeps_the_lock<F: Proxied>() {
+    let target = Target::<F>::start().await;
+    let proxy = &target.proxy;
+    let locker = target.via_proxy().await;
     let rival = target.direct().await;
     let guard = locker.lock("k").await.expect("lock");
     for _ in 0..3 {
@@ -207,10 +131,10 @@ async fn reset_while_held_keeps_the_lock<T: Target>() {
 }
 
 /// Scenario 3b: Connections reset while a `lock()` waits: the waiter still acquires after the release.
-async fn reset_while_waiting_still_acquires<T: Target>() {
-    let target = T::start().await;
-    let proxy = support::Proxy::start(target.addr()).await;
-    let waiter = target.locker_via(&proxy).await;
+async fn reset_while_waiting_still_acquires<F: Proxied>() {
+    let target = Target::<F>::start().await;
+    let proxy = &target.proxy;
+    let waiter = target.via_proxy().await;
     let holder = target.direct().await;
     let held = holder.lock("k").await.expect("lock");
     let waiting = tokio::spawn(async move {
@@ -263,6 +187,15 @@ scenarios! {
 // ---------------------------------------------------------------------------------------
 // Redis only: data-losing restart, server down, blackholed server at lock time. (etcd keeps
 // its data across restarts; its dead-endpoint case is in tests/etcd.rs.)
+
+/// A locker on a server the test restarts or kills itself.
+async fn redis_direct(server: &support::RedisServer) -> Locker {
+    let conn = server.connection_manager().await;
+    Locker::builder(config(Driver::Redis))
+        .redis(conn)
+        .build()
+        .expect("build")
+}
 
 /// Scenario 4: Redis restarted without persistence while held: `lost()` at the next renewal, and the
 /// next holder's fencing token is still greater (the counter restarts from the server clock).
@@ -327,9 +260,9 @@ async fn redis_down_gives_a_typed_error_not_a_hang() {
 /// Scenario 5b: Blackholed server (accepts, never answers) when `lock()` is called: bounded by the TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_blackholed_lock_call_is_bounded() {
-    let target = Redis::start().await;
-    let proxy = support::Proxy::start(target.addr()).await;
-    let locker = target.locker_via(&proxy).await;
+    let target = Target::<Redis>::start().await;
+    let proxy = &target.proxy;
+    let locker = target.via_proxy().await;
     proxy.blackhole();
     let started = Instant::now();
     let outcome = timeout(TTL * 3, locker.lock("k"))

@@ -4,6 +4,9 @@
 #![allow(dead_code, unused_imports)]
 
 mod etcd_server;
+/// Needs the `testing` feature (the torture tool includes this harness without it).
+#[cfg(feature = "testing")]
+pub mod fixtures;
 mod proxy;
 mod redis_server;
 

@@ -1,0 +1,336 @@
+//! The crate's backends as `dlock::testing::Fixture`s: one server (or store) per test,
+//! lockers with connections of their own, and the server-side view. The conformance suite,
+//! the fault tests and the benchmarks all start their servers through these.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use ::redis::AsyncCommands;
+use dlock::testing::Fixture;
+use dlock::{Config, Driver, Locker};
+
+use super::Proxy;
+
+/// A Redis fixture that can build lockers with release notifications.
+pub trait WithPubsub: Fixture {
+    fn pubsub_client(&self) -> ::redis::Client;
+    fn locker_with_pubsub(
+        &self,
+        config: Config,
+        pubsub: ::redis::Client,
+    ) -> impl Future<Output = Locker> + Send;
+}
+
+/// A fixture whose server can be reached through a fault-injecting [`Proxy`].
+pub trait Proxied: Fixture {
+    /// Where the proxy forwards to.
+    fn addr(&self) -> SocketAddr;
+    /// A locker whose every connection (notifications included) goes through `proxy`.
+    fn locker_via(&self, proxy: &Proxy, config: Config) -> impl Future<Output = Locker> + Send;
+}
+
+/// The in-process store; "stopping the server" takes it offline.
+pub struct Memory {
+    store: dlock::MemoryStore,
+    counters: tokio::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Fixture for Memory {
+    const DRIVER: Driver = Driver::Memory;
+    async fn start() -> Self {
+        Memory {
+            store: dlock::MemoryStore::new(),
+            counters: Default::default(),
+        }
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        Locker::builder(config)
+            .memory(self.store.clone())
+            .build()
+            .expect("build")
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        self.store.contains(&format!("{prefix}{key}"))
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        self.store.remove(&format!("{prefix}{key}"));
+    }
+    async fn stop_server(&mut self) {
+        self.store.set_offline(true);
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        self.counters.lock().await.get(name).copied().unwrap_or(0)
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        self.counters.lock().await.insert(name.to_owned(), value);
+    }
+}
+
+/// The server-side view shared by the single-node and the cluster fixtures: a lock's key
+/// is `<prefix>{<key>}`, held while its value is not a release tombstone (`~<token>`).
+async fn redis_exists<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+    admin: &C,
+    prefix: &str,
+    key: &str,
+) -> bool {
+    let mut admin = admin.clone();
+    let value: Option<String> = admin.get(format!("{prefix}{{{key}}}")).await.expect("GET");
+    value.is_some_and(|v| !v.starts_with('~'))
+}
+
+async fn redis_delete<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+    admin: &C,
+    prefix: &str,
+    key: &str,
+) {
+    let mut admin = admin.clone();
+    let _: i64 = admin.del(format!("{prefix}{{{key}}}")).await.expect("DEL");
+}
+
+async fn redis_read<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+    admin: &C,
+    name: &str,
+) -> u64 {
+    let mut admin = admin.clone();
+    let value: Option<u64> = admin.get(name).await.expect("GET");
+    value.unwrap_or(0)
+}
+
+async fn redis_write<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+    admin: &C,
+    name: &str,
+    value: u64,
+) {
+    let mut admin = admin.clone();
+    let _: () = admin.set(name, value).await.expect("SET");
+}
+
+/// A `redis-server` of its own.
+pub struct Redis {
+    server: super::RedisServer,
+    admin: ::redis::aio::ConnectionManager,
+}
+
+impl Fixture for Redis {
+    const DRIVER: Driver = Driver::Redis;
+    async fn start() -> Self {
+        let server = super::RedisServer::start().await;
+        let admin = server.connection_manager().await;
+        Redis { server, admin }
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        let conn = self.server.connection_manager().await;
+        Locker::builder(config).redis(conn).build().expect("build")
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        redis_exists(&self.admin, prefix, key).await
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        redis_delete(&self.admin, prefix, key).await
+    }
+    async fn stop_server(&mut self) {
+        self.server.kill();
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        redis_read(&self.admin, name).await
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        redis_write(&self.admin, name, value).await
+    }
+}
+
+impl WithPubsub for Redis {
+    fn pubsub_client(&self) -> ::redis::Client {
+        ::redis::Client::open(self.server.url()).expect("redis url")
+    }
+    async fn locker_with_pubsub(&self, config: Config, pubsub: ::redis::Client) -> Locker {
+        let conn = self.server.connection_manager().await;
+        let builder = Locker::builder(config).redis(conn).redis_pubsub(pubsub);
+        builder.build().expect("build")
+    }
+}
+
+/// A `redis-server` of its own, reached through `MultiplexedConnection`s (no reconnect).
+pub struct RedisMultiplexed(Redis);
+
+impl RedisMultiplexed {
+    async fn connection(&self) -> ::redis::aio::MultiplexedConnection {
+        self.0
+            .pubsub_client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("multiplexed connection")
+    }
+}
+
+impl Fixture for RedisMultiplexed {
+    const DRIVER: Driver = Driver::Redis;
+    async fn start() -> Self {
+        RedisMultiplexed(Redis::start().await)
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        let conn = self.connection().await;
+        Locker::builder(config).redis(conn).build().expect("build")
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        self.0.exists(prefix, key).await
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        self.0.delete(prefix, key).await
+    }
+    async fn stop_server(&mut self) {
+        self.0.stop_server().await
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        self.0.read_counter(name).await
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        self.0.write_counter(name, value).await
+    }
+}
+
+impl WithPubsub for RedisMultiplexed {
+    fn pubsub_client(&self) -> ::redis::Client {
+        self.0.pubsub_client()
+    }
+    async fn locker_with_pubsub(&self, config: Config, pubsub: ::redis::Client) -> Locker {
+        let conn = self.connection().await;
+        let builder = Locker::builder(config).redis(conn).redis_pubsub(pubsub);
+        builder.build().expect("build")
+    }
+}
+
+/// An `etcd` of its own; a lock's keys are `<prefix><key>/<ulid>`, one per acquisition.
+pub struct Etcd {
+    server: super::EtcdServer,
+    admin: etcd_client::Client,
+}
+
+impl Etcd {
+    fn queue(prefix: &str, key: &str) -> String {
+        format!("{prefix}{key}/")
+    }
+}
+
+impl Fixture for Etcd {
+    const DRIVER: Driver = Driver::Etcd;
+    async fn start() -> Self {
+        let server = super::EtcdServer::start().await;
+        let admin = server.client().await;
+        Etcd { server, admin }
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        let client = self.server.client().await;
+        Locker::builder(config).etcd(client).build().expect("build")
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        let mut kv = self.admin.kv_client();
+        let reply = kv
+            .get(Self::queue(prefix, key), Some(options))
+            .await
+            .expect("get");
+        reply.count() > 0
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        let options = etcd_client::DeleteOptions::new().with_prefix();
+        let mut kv = self.admin.kv_client();
+        kv.delete(Self::queue(prefix, key), Some(options))
+            .await
+            .expect("delete");
+    }
+    async fn stop_server(&mut self) {
+        self.server.kill();
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        let mut kv = self.admin.kv_client();
+        let reply = kv.get(name, None).await.expect("get");
+        reply
+            .kvs()
+            .first()
+            .map(|kv| {
+                String::from_utf8_lossy(kv.value())
+                    .parse()
+                    .expect("a number")
+            })
+            .unwrap_or(0)
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        let mut kv = self.admin.kv_client();
+        kv.put(name, value.to_string(), None).await.expect("put");
+    }
+}
+
+/// A 3-master Redis Cluster of its own.
+pub struct RedisCluster {
+    cluster: super::RedisCluster,
+    admin: ::redis::cluster_async::ClusterConnection,
+}
+
+impl Fixture for RedisCluster {
+    const DRIVER: Driver = Driver::Redis;
+    async fn start() -> Self {
+        let cluster = super::RedisCluster::start(3).await;
+        let admin = cluster.cluster_connection().await;
+        RedisCluster { cluster, admin }
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        let conn = self.cluster.cluster_connection().await;
+        Locker::builder(config)
+            .redis_cluster(conn)
+            .build()
+            .expect("build")
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        redis_exists(&self.admin, prefix, key).await
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        redis_delete(&self.admin, prefix, key).await
+    }
+    async fn stop_server(&mut self) {
+        self.cluster.kill();
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        redis_read(&self.admin, name).await
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        redis_write(&self.admin, name, value).await
+    }
+}
+
+impl WithPubsub for RedisCluster {
+    /// Release notifications through one node: cluster PUBLISH reaches every node.
+    fn pubsub_client(&self) -> ::redis::Client {
+        ::redis::Client::open(self.cluster.urls()[0].clone()).expect("redis url")
+    }
+    async fn locker_with_pubsub(&self, config: Config, pubsub: ::redis::Client) -> Locker {
+        let conn = self.cluster.cluster_connection().await;
+        let builder = Locker::builder(config).redis(conn).redis_pubsub(pubsub);
+        builder.build().expect("build")
+    }
+}
+
+impl Proxied for Redis {
+    fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+    async fn locker_via(&self, proxy: &Proxy, config: Config) -> Locker {
+        let url = format!("redis://{}/", proxy.addr());
+        let conn = super::connection_manager_at(&url).await;
+        let pubsub = ::redis::Client::open(url).expect("redis url");
+        let builder = Locker::builder(config).redis(conn).redis_pubsub(pubsub);
+        builder.build().expect("build")
+    }
+}
+
+impl Proxied for Etcd {
+    fn addr(&self) -> SocketAddr {
+        self.server.client_addr()
+    }
+    async fn locker_via(&self, proxy: &Proxy, config: Config) -> Locker {
+        let client = super::client_at(&[format!("http://{}", proxy.addr())]).await;
+        Locker::builder(config).etcd(client).build().expect("build")
+    }
+}
