@@ -241,7 +241,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool>> + Send;
 }
 
-/// One lock request, as the backend sees it.
+/// One lock request, as the backend sees it. Used in the example on [`Backend`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Request<'a> {
@@ -287,7 +287,7 @@ impl Request<'_> {
     }
 }
 
-/// What a successful attempt returns.
+/// What a successful attempt returns. Used in the example on [`Backend`].
 #[derive(Debug)]
 pub struct Grant<H> {
     /// Strictly increasing per key (contract point 3).
@@ -298,7 +298,8 @@ pub struct Grant<H> {
     pub held: H,
 }
 
-/// A held lock, as every backend sees it; the backend's own state travels beside it.
+/// A held lock, as every backend sees it; the backend's own state travels beside it. Used
+/// in the example on [`Backend`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Lease {
@@ -329,7 +330,8 @@ impl Lease {
     }
 }
 
-/// The outcome of one [`Backend::renew`] that the server answered.
+/// The outcome of one [`Backend::renew`] that the server answered. Used in the example on
+/// [`Backend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {
     /// Still ours, extended by the TTL from the renewal's send time.

@@ -24,7 +24,8 @@ use crate::error::{BoxError, Error, Result};
 
 /// What the locker lends its backend: where background work runs (so that
 /// [`Locker::close`](crate::Locker::close) waits for it), when the locker shuts down, and
-/// how long one server call may take. Cheap to clone.
+/// how long one server call may take. Cheap to clone. Every [`Backend`] method receives it;
+/// see the example there.
 #[derive(Clone, Debug)]
 pub struct Context {
     tasks: TaskTracker,
