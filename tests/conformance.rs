@@ -1,6 +1,7 @@
 //! One behaviour suite, written once (`dlock::testing`, the suite any backend can run) and
 //! run here against every backend of this crate on a real server (the in-process store,
-//! `redis-server` through each redis-rs connection kind we claim, Redis Cluster, `etcd`),
+//! `redis-server` through each redis-rs connection kind we claim, with and without its
+//! default persistence, Redis Cluster, `etcd`),
 //! started by `tests/support`.
 //!
 //! Each backend supplies a [`Fixture`]: lockers with their own connections, plus the
@@ -19,6 +20,10 @@ use support::fixtures::{self, WithPubsub};
 
 conformance!(memory_backend, fixtures::Memory);
 conformance!(redis_backend, fixtures::Redis);
+conformance!(
+    redis_default_persistence_backend,
+    fixtures::RedisDefaultPersistence
+);
 conformance!(redis_multiplexed_backend, fixtures::RedisMultiplexed);
 conformance!(etcd_backend, fixtures::Etcd);
 conformance!(redis_cluster_backend, fixtures::RedisCluster);

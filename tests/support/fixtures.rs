@@ -334,3 +334,34 @@ impl Proxied for Etcd {
         Locker::builder(config).etcd(client).build().expect("build")
     }
 }
+
+/// Redis with its default persistence (RDB snapshots: `save 3600 1 300 100 60 10000`), as
+/// most deployments run it; [`Redis`] runs without persistence.
+pub struct RedisDefaultPersistence(Redis);
+
+impl Fixture for RedisDefaultPersistence {
+    const DRIVER: Driver = Driver::Redis;
+    async fn start() -> Self {
+        let server = super::RedisServer::start_with(&["--save", "3600 1 300 100 60 10000"]).await;
+        let admin = server.connection_manager().await;
+        RedisDefaultPersistence(Redis { server, admin })
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        self.0.locker(config).await
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        self.0.exists(prefix, key).await
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        self.0.delete(prefix, key).await
+    }
+    async fn stop_server(&mut self) {
+        self.0.stop_server().await
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        self.0.read_counter(name).await
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        self.0.write_counter(name, value).await
+    }
+}
