@@ -105,18 +105,28 @@ async fn redis_write<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
     let _: () = admin.set(name, value).await.expect("SET");
 }
 
-/// A `redis-server` of its own.
-pub struct Redis {
+/// A `redis-server` of its own, with or without its default persistence.
+pub struct RedisServerFixture<const DEFAULT_PERSISTENCE: bool> {
     server: super::RedisServer,
     admin: ::redis::aio::ConnectionManager,
 }
 
-impl Fixture for Redis {
+/// A `redis-server` of its own, without persistence.
+pub type Redis = RedisServerFixture<false>;
+/// Redis with its default persistence (RDB snapshots: `save 3600 1 300 100 60 10000`), as
+/// most deployments run it.
+pub type RedisDefaultPersistence = RedisServerFixture<true>;
+
+impl<const DEFAULT_PERSISTENCE: bool> Fixture for RedisServerFixture<DEFAULT_PERSISTENCE> {
     const DRIVER: Driver = Driver::Redis;
     async fn start() -> Self {
-        let server = super::RedisServer::start().await;
+        let server = if DEFAULT_PERSISTENCE {
+            super::RedisServer::start_with(&["--save", "3600 1 300 100 60 10000"]).await
+        } else {
+            super::RedisServer::start().await
+        };
         let admin = server.connection_manager().await;
-        Redis { server, admin }
+        RedisServerFixture { server, admin }
     }
     async fn locker(&self, config: Config) -> Locker {
         let conn = self.server.connection_manager().await;
@@ -332,36 +342,5 @@ impl Proxied for Etcd {
     async fn locker_via(&self, proxy: &Proxy, config: Config) -> Locker {
         let client = super::client_at(&[format!("http://{}", proxy.addr())]).await;
         Locker::builder(config).etcd(client).build().expect("build")
-    }
-}
-
-/// Redis with its default persistence (RDB snapshots: `save 3600 1 300 100 60 10000`), as
-/// most deployments run it; [`Redis`] runs without persistence.
-pub struct RedisDefaultPersistence(Redis);
-
-impl Fixture for RedisDefaultPersistence {
-    const DRIVER: Driver = Driver::Redis;
-    async fn start() -> Self {
-        let server = super::RedisServer::start_with(&["--save", "3600 1 300 100 60 10000"]).await;
-        let admin = server.connection_manager().await;
-        RedisDefaultPersistence(Redis { server, admin })
-    }
-    async fn locker(&self, config: Config) -> Locker {
-        self.0.locker(config).await
-    }
-    async fn exists(&self, prefix: &str, key: &str) -> bool {
-        self.0.exists(prefix, key).await
-    }
-    async fn delete(&self, prefix: &str, key: &str) {
-        self.0.delete(prefix, key).await
-    }
-    async fn stop_server(&mut self) {
-        self.0.stop_server().await
-    }
-    async fn read_counter(&self, name: &str) -> u64 {
-        self.0.read_counter(name).await
-    }
-    async fn write_counter(&self, name: &str, value: u64) {
-        self.0.write_counter(name, value).await
     }
 }
