@@ -88,6 +88,63 @@ async fn fencing_tokens_increase_across_a_restart_that_reloads_an_older_rdb_snap
     );
 }
 
+// Defect 1, across a failover: a replica that missed the last acquisitions is promoted, and
+// the tokens it issues are still above every token the old master handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_increase_across_a_failover_to_a_replica_that_missed_writes() {
+    // No 5 s delay before the replica's first sync.
+    let master = support::RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).await;
+    // The replication link goes through a proxy, so that the test can cut it.
+    let link = support::Proxy::start(master.addr()).await;
+    let port = link.port().to_string();
+    let replica = support::RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).await;
+    let locker = redis_locker(&master.url(), Duration::from_secs(5)).await;
+    token_of_one_lock(&locker, "k").await;
+    let mut admin = master.connection_manager().await;
+    // Wait until the replica has the first lock's writes, then cut it off. (WAIT counts
+    // acknowledgements of this connection's own last write, hence the marker.)
+    let _: () = redis::cmd("SET")
+        .arg("marker")
+        .arg(1)
+        .query_async(&mut admin)
+        .await
+        .expect("SET");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(500)
+            .query_async(&mut admin)
+            .await
+            .expect("WAIT");
+        if acked == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never caught up");
+    }
+    link.blackhole();
+    let mut issued = Vec::new();
+    for _ in 0..3 {
+        issued.push(token_of_one_lock(&locker, "k").await);
+    }
+    drop(master); // the master dies with writes the replica never saw...
+    drop(link); // ...and the bytes held on the link are lost
+    let mut promote = replica.connection_manager().await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut promote)
+        .await
+        .expect("REPLICAOF NO ONE");
+    let locker = redis_locker(&replica.url(), Duration::from_secs(5)).await;
+    let after = token_of_one_lock(&locker, "k").await;
+    let highest = *issued.iter().max().unwrap();
+    assert!(
+        after > highest,
+        "the promoted replica issued {after}, not above {highest} from the old master"
+    );
+}
+
 // Defect 1, with AOF (`appendfsync everysec`): tokens keep increasing across a kill and reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_increase_across_an_aof_restart() {
