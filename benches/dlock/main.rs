@@ -1,0 +1,117 @@
+//! dlock benchmarks against real servers, started through the same fixtures as the tests
+//! (`tests/support/fixtures.rs`). One module per section:
+//!
+//! 1. `throughput`: uncontended lock + release pairs/s (1 and 64 tasks, distinct keys);
+//! 2. `handoff`: latency to a waiter already blocked in `lock()` (p50/p99) when a second
+//!    locker, with its own connection, releases; a waiter polling every 100 ms beside it;
+//! 3. `contention`: one hot key, many tasks over 2 lockers: acquisitions/s and attempts per
+//!    acquisition;
+//! 4. `hold`: 10,000 locks held: memory per guard and CPU spent on renewal.
+//!
+//! No figure is set against our own protocol sent by hand: that measures nothing but the
+//! client. Where a section has no baseline yet its table says so (issue 12 adds the
+//! protocol floor and the peers); the comparison points kept (a 100 ms polling waiter,
+//! `tokio::sync::Mutex`) are other ways to do the job, not floors.
+//!
+//! ```sh
+//! cargo bench --all-features --bench dlock              # full run (~5 min)
+//! cargo bench --all-features --bench dlock -- --quick   # shorter windows, for a smoke test
+//! cargo bench --all-features --bench dlock -- hold  # or: throughput, handoff, contention, hold
+//! ```
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod contention;
+mod handoff;
+mod hold;
+mod measure;
+mod throughput;
+
+use std::time::Duration;
+
+use dlock::testing::Fixture;
+use support::fixtures::{Etcd, Memory, Redis};
+
+/// How long and how many: the full run, or `--quick`.
+pub struct Settings {
+    /// One measuring window of the throughput section (twice that for the hot key).
+    pub window: Duration,
+    /// Handoffs measured after the waiter waited 50 ms.
+    pub handoff_samples: usize,
+    /// Handoffs measured after the waiter waited 1 s.
+    pub long_wait_samples: usize,
+    /// Locks held at once in the hold section.
+    pub hold_locks: usize,
+    /// How long they are held while CPU is measured.
+    pub hold_for: Duration,
+}
+
+impl Settings {
+    fn full() -> Settings {
+        Settings {
+            window: Duration::from_secs(2),
+            handoff_samples: 40,
+            long_wait_samples: 6,
+            hold_locks: 10_000,
+            hold_for: Duration::from_secs(30),
+        }
+    }
+
+    fn quick() -> Settings {
+        Settings {
+            window: Duration::from_millis(500),
+            handoff_samples: 10,
+            long_wait_samples: 2,
+            hold_locks: 2_000,
+            hold_for: Duration::from_secs(5),
+        }
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let settings = if quick {
+        Settings::quick()
+    } else {
+        Settings::full()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(settings));
+}
+
+/// Sections named on the command line (`throughput`, `handoff`, `contention`, `hold`), or all.
+fn wanted(section: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    named.is_empty() || named.iter().any(|n| n == section)
+}
+
+async fn run(s: Settings) {
+    let redis = Redis::start().await;
+    let etcd = Etcd::start().await;
+    let memory = Memory::start().await;
+    println!(
+        "# dlock benchmarks ({} cores)\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    if wanted("throughput") {
+        throughput::run(&redis, &etcd, &memory, &s).await;
+    }
+    if wanted("handoff") {
+        handoff::run(&redis, &etcd, &memory, &s).await;
+    }
+    if wanted("contention") {
+        contention::run(&redis, &etcd, &s).await;
+    }
+    if wanted("hold") {
+        hold::run(&redis, &s).await;
+    }
+}
