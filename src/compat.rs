@@ -17,12 +17,9 @@ use crate::registry::Reservation;
 /// Every method is cancel-safe: a dropped `lock` leaves no lock and no registry entry; a
 /// dropped `unlock` still releases the lock in the background.
 ///
-/// | Go | Rust |
-/// |---|---|
-/// | `locker.Lock(ctx, k)` | `go.lock(k).await?` |
-/// | `locker.Lock(ctx, k, dlock.WithTTL(d))` | `go.lock_with(k, LockOptions::new().ttl(d)).await?` |
-/// | `ok, err := locker.TryLock(ctx, k)` | `let ok = go.try_lock(k).await?;` |
-/// | `locker.Unlock(ctx, k)` | `go.unlock(k).await?` |
+/// Go's `Lock`, `TryLock` and `Unlock` are [`Compat::lock`], [`Compat::try_lock`] and
+/// [`Compat::unlock`] (`WithTTL` is [`LockOptions::ttl`] through the `_with` variants); the
+/// whole Go → Rust mapping is one table in the README ("Go → Rust").
 ///
 /// ```
 /// use dlock::{Config, Error, Locker};
