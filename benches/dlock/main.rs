@@ -22,6 +22,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod baselines;
 mod contention;
 mod handoff;
 mod hold;

@@ -50,16 +50,6 @@ where
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The better of two windows (as the comparisons before kept the better of each pair).
-pub async fn best_of_two<F, Fut>(tasks: usize, window: Duration, op: F) -> f64
-where
-    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let first = rate(tasks, window, op.clone()).await;
-    first.max(rate(tasks, window, op).await)
-}
-
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]

@@ -2,30 +2,57 @@
 
 use std::sync::Arc;
 
-use dlock::testing::Fixture;
 use dlock::Locker;
 
-use super::measure::{best_of_two, locker, rate};
+use super::baselines::{self, Op};
+use super::measure::{locker, rate};
 use super::support::fixtures::{Etcd, Memory, Redis};
 use super::Settings;
 
 pub async fn run(redis: &Redis, etcd: &Etcd, memory: &Memory, s: &Settings) {
     println!("## 1. Uncontended lock + release pairs/s (distinct keys)\n");
-    println!("Redis and etcd: baseline: none yet; issue 12 adds the floor and peers.");
+    println!("Floor: the least the job needs on that server; peer: what a user would pick");
+    println!("instead (see benches/dlock/baselines.rs). Measured alternately, twice each, in");
+    println!("this run on the same server; the better window of each is kept.");
     println!("In-process: `tokio::sync::Mutex` as a comparison point, not a floor.\n");
-    println!("| backend | tasks | dlock pairs/s | comparison point | its pairs/s | dlock / it |");
-    println!("|---|---|---|---|---|---|");
+    println!("| backend | tasks | dlock pairs/s | floor pairs/s | dlock / floor | peer | peer pairs/s | dlock / peer |");
+    println!("|---|---|---|---|---|---|---|---|");
     for tasks in [1, 64] {
-        alone("redis", redis, tasks, s).await;
-        alone("etcd", etcd, tasks, s).await;
+        let dlock = boxed(lock_release(locker(redis).await));
+        let (floor, peer) = (
+            baselines::redis_floor(redis).await,
+            baselines::redis_peer(redis),
+        );
+        against("redis", "rslock 0.10", tasks, s, [dlock, floor, peer]).await;
+        let dlock = boxed(lock_release(locker(etcd).await));
+        let (floor, peer) = (
+            baselines::etcd_floor(etcd).await,
+            baselines::etcd_peer(etcd).await,
+        );
+        against("etcd", "etcd lock service", tasks, s, [dlock, floor, peer]).await;
         against_mutex(memory, tasks, s).await;
     }
 }
 
-/// dlock's figure alone: the better of two windows.
-async fn alone<F: Fixture>(name: &str, fx: &F, tasks: usize, s: &Settings) {
-    let pairs = best_of_two(tasks, s.window, lock_release(locker(fx).await)).await;
-    println!("| {name} | {tasks} | {pairs:.0} | none yet | | |");
+/// dlock, its floor and its peer, alternated twice; the better window of each.
+async fn against(name: &str, peer_name: &str, tasks: usize, s: &Settings, ops: [Op; 3]) {
+    let mut best = [0f64; 3];
+    for _ in 0..2 {
+        for (op, best) in ops.iter().zip(best.iter_mut()) {
+            let op = op.clone();
+            *best = best.max(rate(tasks, s.window, move |t, i| op(t, i)).await);
+        }
+    }
+    let [d, f, p] = best;
+    println!(
+        "| {name} | {tasks} | {d:.0} | {f:.0} | {:.2}x | {peer_name} | {p:.0} | {:.2}x |",
+        d / f,
+        d / p
+    );
+}
+
+fn boxed(op: impl Fn(usize, u64) -> BoxedUnit + Send + Sync + 'static) -> Op {
+    std::sync::Arc::new(op)
 }
 
 /// The in-process store beside a bare `tokio::sync::Mutex` per key, alternated twice.
@@ -45,7 +72,7 @@ async fn against_mutex(memory: &Memory, tasks: usize, s: &Settings) {
         d = d.max(rate(tasks, s.window, dlock.clone()).await);
     }
     println!(
-        "| memory | {tasks} | {d:.0} | tokio::sync::Mutex | {m:.0} | {:.2}x |",
+        "| memory | {tasks} | {d:.0} | | | tokio::sync::Mutex (comparison point) | {m:.0} | {:.2}x |",
         d / m
     );
 }

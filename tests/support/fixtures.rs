@@ -352,3 +352,22 @@ impl Redis {
         self.admin.clone()
     }
 }
+
+impl Redis {
+    /// A new connection of its own to the server, for baselines that are not dlock.
+    pub async fn connection(&self) -> ::redis::aio::ConnectionManager {
+        self.server.connection_manager().await
+    }
+
+    /// The server's URL, for clients other than dlock (a peer library).
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+}
+
+impl Etcd {
+    /// A new client of its own to the server, for baselines that are not dlock.
+    pub async fn client(&self) -> etcd_client::Client {
+        self.server.client().await
+    }
+}
