@@ -71,10 +71,16 @@ pub fn redis_peer(redis: &Redis) -> Op {
     })
 }
 
-/// Put-if-absent on a shared lease + delete: two writes per pair.
-pub async fn etcd_floor(etcd: &Etcd) -> Op {
+/// A client of its own and one lease, long enough for the run, that every pair shares.
+async fn shared_lease(etcd: &Etcd) -> (etcd_client::Client, i64) {
     let client = etcd.client().await;
     let lease = client.lease_client().grant(60, None).await.unwrap().id();
+    (client, lease)
+}
+
+/// Put-if-absent on a shared lease + delete: two writes per pair.
+pub async fn etcd_floor(etcd: &Etcd) -> Op {
+    let (client, lease) = shared_lease(etcd).await;
     Arc::new(move |task, _| {
         let mut kv = client.kv_client();
         Box::pin(async move {
@@ -97,8 +103,7 @@ pub async fn etcd_floor(etcd: &Etcd) -> Op {
 
 /// etcd's lock service (`Lock`/`Unlock`) on a shared lease.
 pub async fn etcd_peer(etcd: &Etcd) -> Op {
-    let client = etcd.client().await;
-    let lease = client.lease_client().grant(60, None).await.unwrap().id();
+    let (client, lease) = shared_lease(etcd).await;
     Arc::new(move |task, _| {
         let mut lock_client = client.lock_client();
         Box::pin(async move {
