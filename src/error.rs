@@ -148,7 +148,8 @@ impl Error {
     pub(crate) fn backend(backend: &'static str, key: &str, source: impl Into<BoxError>) -> Self {
         Error::Backend {
             backend,
-            key: Some(display_key(key)),
+            // "": a call for no one lock (an etcd session's renewal).
+            key: (!key.is_empty()).then(|| display_key(key)),
             source: source.into(),
         }
     }

@@ -39,8 +39,9 @@
 //! - **Redis** ([`Driver::Redis`], feature `redis`): `SET NX PX` with a ULID token in a Lua
 //!   script that also draws the fencing token; a watchdog renews every TTL/3; releases are
 //!   published so waiters retry at once. Single node or Cluster.
-//! - **etcd** ([`Driver::Etcd`], feature `etcd`): a key attached to a lease kept alive;
-//!   waiters queue by revision (FIFO); the fencing token is the key's create revision.
+//! - **etcd** ([`Driver::Etcd`], feature `etcd`): a key per acquisition, attached to the
+//!   locker's session lease (one per TTL, one keep-alive stream); waiters queue by revision
+//!   (FIFO); the fencing token is the key's create revision.
 //! - **Memory** ([`Driver::Memory`]): the same semantics inside one process, for tests.
 //! - **Your own** ([`Driver::Custom`]): implement `dlock::backend::Backend` (feature
 //!   `unstable-backend`; its `# Contract` says what a backend must guarantee), give it to

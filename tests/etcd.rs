@@ -241,3 +241,154 @@ async fn failover_keeps_the_lock_and_quorum_loss_fires_lost() {
         "lost() after {after:?}"
     );
 }
+
+async fn lease_count(client: &etcd_client::Client) -> usize {
+    let mut leases = client.lease_client();
+    leases.leases().await.expect("leases").leases().len()
+}
+
+async fn revision(client: &etcd_client::Client) -> i64 {
+    let mut kv = client.kv_client();
+    let reply = kv.get("no-such-key", None).await.expect("get");
+    reply.header().expect("header").revision()
+}
+
+/// One locker holding 50 locks and queueing 5 waiters keeps one lease on the server (its
+/// session), not one per lock; closing it revokes that lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locker_attaches_all_its_locks_to_one_session_lease() {
+    let server = support::EtcdServer::start().await;
+    let admin = server.client().await;
+    let holder = locker(server.client().await, Duration::from_secs(5)).await;
+    let mut held = Vec::new();
+    for i in 0..50 {
+        held.push(holder.lock(&format!("many-{i}")).await.expect("lock"));
+    }
+    let mut waiters = Vec::new();
+    for i in 0..5 {
+        let holder = holder.clone();
+        waiters.push(tokio::spawn(async move {
+            holder.lock(&format!("many-{i}")).await
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue_len(&admin, "many-4").await < 2 {
+        assert!(Instant::now() < deadline, "the waiters never queued");
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        lease_count(&admin).await,
+        1,
+        "50 held locks and 5 waiters of one locker"
+    );
+    drop(held);
+    for waiter in waiters {
+        let guard = timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("a waiter was not granted after the release")
+            .unwrap()
+            .expect("waiter lock");
+        drop(guard);
+    }
+    holder.close().await.expect("close");
+    assert_eq!(
+        lease_count(&admin).await,
+        0,
+        "close() left the session lease"
+    );
+}
+
+/// `try_lock` on a held key writes nothing: the store's revision does not move.
+#[tokio::test]
+async fn try_lock_on_a_held_key_writes_nothing() {
+    let server = support::EtcdServer::start().await;
+    let admin = server.client().await;
+    let a = locker(server.client().await, Duration::from_secs(5)).await;
+    let b = locker(server.client().await, Duration::from_secs(5)).await;
+    let _held = a.lock("k").await.expect("lock");
+    // b's session lease is granted by its first call; count from the second.
+    assert!(b.try_lock("k").await.expect("try_lock").is_none());
+    let before = revision(&admin).await;
+    for _ in 0..5 {
+        assert!(b.try_lock("k").await.expect("try_lock").is_none());
+    }
+    assert_eq!(
+        revision(&admin).await,
+        before,
+        "try_lock on a held key wrote"
+    );
+}
+
+/// The session lease revoked behind the locker's back: every guard attached to it reports
+/// the loss, its waiter fails at once instead of waiting for its turn (etcd issue 19597),
+/// and the next lock call starts a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_session_lease_fires_lost_on_every_guard_and_fails_its_waiters() {
+    let ttl = Duration::from_secs(3);
+    let server = support::EtcdServer::start().await;
+    let admin = server.client().await;
+    let rival = locker(server.client().await, ttl).await;
+    let holder = locker(server.client().await, ttl).await;
+    let guards: Vec<_> = futures_lock_all(&holder, &["a", "b", "c"]).await;
+    let lost: Vec<_> = guards.iter().map(|g| g.lost()).collect();
+    let _rivals = rival.lock("d").await.expect("rival lock");
+    let waiter = {
+        let holder = holder.clone();
+        tokio::spawn(async move { holder.lock("d").await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue_len(&admin, "d").await < 2 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        sleep(Duration::from_millis(5)).await;
+    }
+    // The holder's session is the lease that is not the rival's: revoke both of the
+    // holder's keys' lease.
+    let mut kv = admin.kv_client();
+    let a_key = kv
+        .get(
+            "etcd-test:a/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("get");
+    let session = a_key.kvs()[0].lease();
+    let mut leases = admin.lease_client();
+    leases.revoke(session).await.expect("revoke");
+    let revoked = Instant::now();
+
+    let outcome = timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("the waiter kept waiting after its session was revoked")
+        .unwrap();
+    assert!(
+        matches!(outcome, Err(Error::OwnershipLost { .. })),
+        "a waiter whose session is gone must fail, got {outcome:?}"
+    );
+    for (i, lost) in lost.iter().enumerate() {
+        timeout(ttl / 3 + Duration::from_millis(500), lost.cancelled())
+            .await
+            .unwrap_or_else(|_| panic!("guard {i}: lost() did not fire after the revoke"));
+    }
+    let noticed = revoked.elapsed();
+    for guard in guards {
+        assert!(
+            matches!(guard.release().await, Err(Error::OwnershipLost { .. })),
+            "release after the session was revoked ({noticed:?})"
+        );
+    }
+    let again = holder.lock("a").await.expect("a lock on a new session");
+    assert!(!again.is_lost());
+    assert_eq!(
+        lease_count(&admin).await,
+        2,
+        "the rival's session and the new one"
+    );
+}
+
+async fn futures_lock_all(locker: &Locker, keys: &[&str]) -> Vec<dlock::LockGuard> {
+    let mut guards = Vec::new();
+    for key in keys {
+        guards.push(locker.lock(key).await.expect("lock"));
+    }
+    guards
+}

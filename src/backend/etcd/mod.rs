@@ -1,0 +1,235 @@
+//! The etcd backend: each acquisition is a key of its own in the lock's queue, attached to
+//! the locker's session lease; waiters queue by create revision.
+//!
+//! Keys: `<prefix><key>/<ulid>`, where `<key>` has `%` and `/` percent-encoded so that the
+//! queue of lock `a` (`<prefix>a/`) never contains the waiters of lock `a/b`. Every
+//! acquisition gets its own key (and so its own place in the queue), even from one locker.
+//!
+//! - **One session lease per locker and TTL** (`session.rs`), kept alive by one stream, as
+//!   in etcd's own concurrency package: a lock and its release are two writes, and holding
+//!   10,000 locks costs the server one lease. The coupling: if the session's lease is lost
+//!   (a partition longer than the TTL, a revoke), every lock and waiter attached to it is
+//!   lost at once. A locker per fate separates them.
+//! - **Uncontended in one write.** The first put is conditional on an empty queue; only
+//!   when someone holds the lock does `lock()` queue its key, and `try_lock()` writes
+//!   nothing at all.
+//! - **Fair, watch-based waiting.** A queued waiter waits for the deletion of the key
+//!   created just before its own (no polling, no thundering herd): the lock is granted in
+//!   request order. The watch is opened *from now* and the predecessor re-checked after it is
+//!   created, so the handoff does not wait for etcd's periodic sync of watchers that start
+//!   at a past revision.
+//! - **Ownership checks.** Before a waiter is granted the lock it confirms, in the same read,
+//!   that its own key still exists; while held, the session checks all its keys at once on
+//!   every renewal (`session.rs`, invariant 3). The fencing token is the key's create
+//!   revision.
+//! - **Release** deletes the key only if its create revision is ours (one transaction): a
+//!   stale guard can never delete a newer holder's key.
+
+mod queue;
+mod session;
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, LeaseTimeToLiveOptions, Txn, TxnOp};
+use tokio::time::{sleep_until, Instant};
+
+use super::{Backend, Context, Grant, Lease, Loss, Renewal, Request};
+use crate::config::Driver;
+use crate::error::Result;
+use queue::Entry;
+use session::{Attachment, Sessions};
+
+pub(crate) struct EtcdBackend {
+    client: Client,
+    sessions: Sessions,
+}
+
+/// What a held etcd lock keeps: its key, attached to its session.
+pub(crate) struct EtcdHeld {
+    attachment: Attachment,
+}
+
+/// `%` and `/` percent-encoded: injective, and no key's queue contains another's.
+fn escape(key: &str) -> String {
+    key.replace('%', "%25").replace('/', "%2F")
+}
+
+impl EtcdBackend {
+    pub fn new(client: Client) -> Self {
+        EtcdBackend {
+            sessions: Sessions::new(client.clone()),
+            client,
+        }
+    }
+
+    /// Whether our key still exists with our create revision, on our session's lease.
+    async fn still_ours(&self, cx: &Context, lease: &Lease, held: &EtcdHeld) -> Result<bool> {
+        let mut kv = self.client.kv_client();
+        let get = kv.get(held.attachment.own_key.as_bytes(), None);
+        let reply = cx.call("etcd", &lease.key, lease.ttl, get).await?;
+        Ok(reply.kvs().first().is_some_and(|kv| {
+            kv.create_revision() as u64 == lease.fencing_token
+                && kv.lease() == held.attachment.session.lease_id
+        }))
+    }
+
+    /// Puts a key for `request` in its queue (only if the queue is empty when `wait` is
+    /// false: `Ok(None)` then says the lock is held), on the live session. A session whose
+    /// lease turns out to be gone is ended, and the put tried once more on a new one.
+    async fn enqueue<'a>(
+        &self,
+        cx: &Context,
+        request: &'a Request<'a>,
+        wait: bool,
+    ) -> Result<Option<Entry<'a>>> {
+        let limit = request.useful_for();
+        let session = self
+            .sessions
+            .get(cx, request.key, request.ttl, limit)
+            .await?;
+        match queue::enqueue(&self.client, cx, request, session, wait).await {
+            Err(queue::Enqueue::LeaseGone(session)) => {
+                session.end(Loss::NotHeld("the session lease expired or was revoked"));
+                let session = self
+                    .sessions
+                    .get(cx, request.key, request.ttl, limit)
+                    .await?;
+                queue::enqueue(&self.client, cx, request, session, wait)
+                    .await
+                    .map_err(queue::Enqueue::into_error)
+            }
+            other => other.map_err(queue::Enqueue::into_error),
+        }
+    }
+}
+
+impl Backend for EtcdBackend {
+    type Held = EtcdHeld;
+
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn driver(&self) -> Driver {
+        Driver::Etcd
+    }
+
+    /// etcd leases take whole seconds.
+    fn check_ttl(&self, ttl: Duration) -> std::result::Result<(), String> {
+        if ttl.subsec_nanos() != 0 || ttl < Duration::from_secs(1) {
+            return Err(format!(
+                "is {ttl:?}; etcd leases take whole seconds (>= 1s)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lock's queue, `<prefix><escaped key>/`: each acquisition puts its own key in it.
+    fn storage_key(&self, prefix: &str, key: &str) -> String {
+        format!("{prefix}{}/", escape(key))
+    }
+
+    /// One conditional put: nothing is written when the lock is held.
+    async fn try_acquire(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+    ) -> Result<Option<Grant<EtcdHeld>>> {
+        let undo = cx.undo_on_drop(|| queue::delete(&self.client, cx, request));
+        let entry = self.enqueue(cx, request, false).await?;
+        undo.disarm();
+        Ok(entry.map(Entry::grant))
+    }
+
+    /// FIFO: a waiter keeps its key in the queue and watches the key created just before
+    /// its own.
+    async fn acquire(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+        _retry_interval: Duration,
+    ) -> Result<Option<Grant<EtcdHeld>>> {
+        // Armed until the outcome is known: a waiter dropped anywhere leaves no key.
+        let undo = cx.undo_on_drop(|| queue::delete(&self.client, cx, request));
+        let entry = self
+            .enqueue(cx, request, true)
+            .await?
+            .expect("a waiting put always queues its key");
+        if !entry.head_is_ours {
+            queue::wait_for_turn(&self.client, cx, &entry).await?;
+        }
+        undo.disarm();
+        Ok(Some(entry.grant()))
+    }
+
+    /// A one-off renewal, for completeness: [`Backend::keep`] below renews every lock of a
+    /// session at once instead.
+    async fn renew(&self, cx: &Context, lease: &Lease, held: &mut EtcdHeld) -> Result<Renewal> {
+        let session = &held.attachment.session;
+        let mut leases = self.client.lease_client();
+        let ttl = leases.time_to_live(session.lease_id, Some(LeaseTimeToLiveOptions::new()));
+        if cx.call("etcd", &lease.key, lease.ttl, ttl).await?.ttl() <= 0 {
+            return Ok(Renewal::Lost("the session lease expired or was revoked"));
+        }
+        Ok(Renewal::still_ours(self.still_ours(cx, lease, held).await?))
+    }
+
+    /// Follows the session: each of its renewals confirms this lock too, and the lock is
+    /// lost when the session ends or the key alone is gone.
+    async fn keep(
+        &self,
+        _cx: &Context,
+        lease: &Lease,
+        held: &mut EtcdHeld,
+        confirmed: &mut Instant,
+    ) -> Loss {
+        let mut confirmations = held.attachment.session.confirmations();
+        loop {
+            *confirmed = (*confirmed).max(*confirmations.borrow_and_update());
+            tokio::select! {
+                _ = held.attachment.gone() => return held.attachment.loss(),
+                _ = confirmations.changed() => {}
+                // The session ends at this deadline too; this holds even if it is late.
+                _ = sleep_until(lease.deadline(*confirmed)) => {
+                    return Loss::Unconfirmed { last_error: None };
+                }
+            }
+        }
+    }
+
+    async fn release(
+        &self,
+        cx: &Context,
+        lease: &Lease,
+        held: EtcdHeld,
+        limit: Duration,
+    ) -> Result<bool> {
+        let own_key = held.attachment.own_key.as_bytes();
+        let delete_if_ours = Txn::new()
+            .when([Compare::create_revision(
+                own_key,
+                CompareOp::Equal,
+                lease.fencing_token as i64,
+            )])
+            .and_then([TxnOp::delete(own_key, None)]);
+        let mut kv = self.client.kv_client();
+        Ok(cx
+            .call("etcd", &lease.key, limit, kv.txn(delete_if_ours))
+            .await?
+            .succeeded())
+    }
+}
+
+impl Entry<'_> {
+    /// The key is ours and exists: it lives at least a TTL after its session's last
+    /// confirmation (a waiter may have waited through many).
+    fn grant(self) -> Grant<EtcdHeld> {
+        Grant {
+            fencing_token: self.revision as u64,
+            confirmed_at: self.attachment.session.confirmed(),
+            held: EtcdHeld {
+                attachment: self.attachment,
+            },
+        }
+    }
+}

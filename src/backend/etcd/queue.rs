@@ -1,0 +1,208 @@
+//! A lock's queue: putting an acquisition's key in it, waiting for the keys before it to
+//! go, and taking it out.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, WatchStream,
+};
+
+use super::super::{Context, Request};
+use super::session::{lease_not_found, Attachment, Session};
+use crate::error::{Error, Result};
+
+/// One acquisition's key in its lock's queue.
+pub(super) struct Entry<'a> {
+    pub key: &'a str,
+    pub queue: &'a str,
+    /// The key's create revision: its place in the queue, and the fencing token.
+    pub revision: i64,
+    pub ttl: Duration,
+    /// Whether no key was in the queue before ours.
+    pub head_is_ours: bool,
+    pub attachment: Attachment,
+}
+
+/// Why a put did not queue a key.
+pub(super) enum Enqueue {
+    /// The session's lease no longer exists on the server.
+    LeaseGone(Arc<Session>),
+    Failed(Error),
+}
+
+impl Enqueue {
+    pub fn into_error(self) -> Error {
+        match self {
+            Enqueue::LeaseGone(session) => Error::backend(
+                "etcd",
+                "",
+                format!("session lease {:x} not found", session.lease_id),
+            ),
+            Enqueue::Failed(e) => e,
+        }
+    }
+}
+
+/// `<queue><token>`: the key of one acquisition.
+pub(super) fn own_key(request: &Request<'_>) -> String {
+    format!("{}{}", request.storage_key, request.token)
+}
+
+/// Puts our key in the queue: always when `wait`, otherwise only if the queue is empty (then
+/// nothing is written when the lock is held, and `Ok(None)` says so).
+pub(super) async fn enqueue<'a>(
+    client: &Client,
+    cx: &Context,
+    request: &'a Request<'a>,
+    session: Arc<Session>,
+    wait: bool,
+) -> std::result::Result<Option<Entry<'a>>, Enqueue> {
+    let queue = request.storage_key;
+    let own_key = own_key(request);
+    let put = TxnOp::put(
+        own_key.as_str(),
+        "",
+        Some(PutOptions::new().with_lease(session.lease_id)),
+    );
+    let queue_is_empty = Compare::create_revision(queue, CompareOp::Equal, 0).with_prefix();
+    let txn = Txn::new()
+        .when([queue_is_empty])
+        .and_then([put.clone()])
+        .or_else(if wait { vec![put] } else { vec![] });
+    let mut kv = client.kv_client();
+    let reply = match cx
+        .call("etcd", request.key, request.useful_for(), kv.txn(txn))
+        .await
+    {
+        Ok(reply) => reply,
+        Err(e) if lease_not_found(&e) => return Err(Enqueue::LeaseGone(session)),
+        Err(e) => return Err(Enqueue::Failed(e)),
+    };
+    let head_is_ours = reply.succeeded();
+    if !head_is_ours && !wait {
+        return Ok(None);
+    }
+    Ok(Some(Entry {
+        key: request.key,
+        queue,
+        revision: reply.header().map(|h| h.revision()).unwrap_or_default(),
+        ttl: request.ttl,
+        head_is_ours,
+        attachment: session.attach(own_key.into()),
+    }))
+}
+
+/// Deletes an acquisition's key, whatever it holds, for the background: the undo of an
+/// attempt whose outcome is unknown. If it fails, the key goes with its session.
+pub(super) fn delete(
+    client: &Client,
+    cx: &Context,
+    request: &Request<'_>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (mut kv, cx) = (client.kv_client(), cx.clone());
+    let (key, own_key, ttl) = (request.key.to_owned(), own_key(request), request.ttl);
+    async move {
+        if let Err(e) = cx.call("etcd", &key, ttl, kv.delete(own_key, None)).await {
+            tracing::debug!(component = "dlock", backend = "etcd", key = %key, error = %e,
+                "deleting an abandoned queue key failed; it goes with its session");
+        }
+    }
+}
+
+/// Waits until every key created before ours is gone, or ours is.
+pub(super) async fn wait_for_turn(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<()> {
+    let mut watching: Option<(Vec<u8>, WatchStream)> = None;
+    loop {
+        let Some(predecessor) = predecessor(client, cx, entry).await? else {
+            return Ok(());
+        };
+        match &mut watching {
+            Some((watched, stream)) if *watched == predecessor => {
+                let deleted = tokio::select! {
+                    event = stream.message() => event,
+                    _ = entry.attachment.gone() => {
+                        tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
+                            reason = %entry.attachment.loss(), "a waiter's own key is gone");
+                        return Err(Error::lost(entry.key));
+                    }
+                };
+                match deleted {
+                    Ok(Some(reply)) if reply.canceled() => watching = None,
+                    Ok(Some(reply)) => {
+                        if reply
+                            .events()
+                            .iter()
+                            .any(|e| e.event_type() == EventType::Delete)
+                        {
+                            watching = None;
+                        }
+                    }
+                    // The watch broke (a member went away): open another.
+                    Ok(None) | Err(_) => watching = None,
+                }
+            }
+            _ => {
+                // Watch from now, then loop: the predecessor is checked again after the
+                // watch exists, so a deletion in between is not missed.
+                let mut watch_client = client.watch_client();
+                let watch = watch_client.watch(predecessor.clone(), None);
+                let mut stream = cx.call("etcd", entry.key, entry.ttl, watch).await?;
+                let created = cx
+                    .call("etcd", entry.key, entry.ttl, stream.message())
+                    .await?;
+                if created.is_some_and(|r| r.created() && !r.canceled()) {
+                    watching = Some((predecessor, stream));
+                } else {
+                    // Refused or closed at once (a member going away): do not spin.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+/// In one read: fails if our own key is gone; otherwise the key just before ours, if any.
+async fn predecessor(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<Option<Vec<u8>>> {
+    let own_key = entry.attachment.own_key.as_bytes();
+    let read = Txn::new().and_then([
+        TxnOp::get(own_key, None),
+        TxnOp::get(
+            entry.queue,
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_max_create_revision(entry.revision - 1)
+                    .with_sort(SortTarget::Create, SortOrder::Descend)
+                    .with_limit(1),
+            ),
+        ),
+    ]);
+    let mut kv = client.kv_client();
+    let reply = cx.call("etcd", entry.key, entry.ttl, kv.txn(read)).await?;
+    let gets: Vec<_> = reply
+        .op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get),
+            _ => None,
+        })
+        .collect();
+    let own_exists = gets.first().is_some_and(|g| {
+        g.kvs().first().is_some_and(|kv| {
+            kv.create_revision() == entry.revision
+                && kv.lease() == entry.attachment.session.lease_id
+        })
+    });
+    if !own_exists {
+        tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
+            "the waiter's own key or lease disappeared while waiting");
+        return Err(Error::lost(entry.key));
+    }
+    Ok(gets
+        .get(1)
+        .and_then(|g| g.kvs().first())
+        .map(|kv| kv.key().to_vec()))
+}

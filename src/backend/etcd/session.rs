@@ -1,0 +1,380 @@
+//! Sessions: one lease per locker and TTL, kept alive by one task over one keep-alive stream.
+//! Every key the locker queues or holds with that TTL is attached to it.
+//!
+//! Invariants:
+//! 1. A session's `confirmed` is the send time of the last keep-alive the server answered
+//!    with TTL > 0: every attached key lives at least until `confirmed + ttl`.
+//! 2. A session ends exactly once ([`Session::end`]), when its lease is proven gone (a
+//!    keep-alive answered TTL 0, a put found no lease) or could not be confirmed before the
+//!    safety deadline; ending fires every attachment. An ended session is never handed out
+//!    again: the next acquisition grants a new lease.
+//! 3. Ownership of attached keys is checked once per renewal for the whole session (the
+//!    lease's key list, `LeaseTimeToLive` with keys), not once per key; a key missing from it
+//!    is confirmed gone with a read of that key before its attachment fires.
+//! 4. The lease is revoked when the locker closes (once nothing is attached any more) or
+//!    its backend is dropped; otherwise, if the process dies, it expires after one TTL.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions};
+use tokio::sync::{watch, Notify};
+use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::super::{recover, safety_margin, Context, Loss, TAKEN};
+use crate::error::{Error, Result};
+
+/// The sessions of one backend (one locker), by TTL in whole seconds.
+pub(super) struct Sessions {
+    client: Client,
+    live: Mutex<HashMap<u64, Arc<Session>>>,
+    /// Held while a lease is granted, so that concurrent first acquisitions share one.
+    granting: tokio::sync::Mutex<()>,
+    /// Cancelled when the backend is dropped: every session revokes its lease and stops.
+    dropped: CancellationToken,
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        self.dropped.cancel();
+    }
+}
+
+impl Sessions {
+    pub fn new(client: Client) -> Self {
+        Sessions {
+            client,
+            live: Mutex::default(),
+            granting: tokio::sync::Mutex::new(()),
+            dropped: CancellationToken::new(),
+        }
+    }
+
+    /// The live session for `ttl`, granting its lease first if there is none (`limit`
+    /// bounds that call).
+    pub async fn get(
+        &self,
+        cx: &Context,
+        key: &str,
+        ttl: Duration,
+        limit: Duration,
+    ) -> Result<Arc<Session>> {
+        if let Some(session) = self.live(ttl) {
+            return Ok(session);
+        }
+        let _granting = self.granting.lock().await;
+        if let Some(session) = self.live(ttl) {
+            return Ok(session);
+        }
+        let sent = Instant::now();
+        let mut leases = self.client.lease_client();
+        let grant = leases.grant(ttl.as_secs() as i64, None);
+        let lease_id = cx.call("etcd", key, limit, grant).await?.id();
+        let session = Arc::new(Session::new(lease_id, ttl, sent));
+        cx.spawn(keep_alive(
+            self.client.clone(),
+            cx.clone(),
+            session.clone(),
+            self.dropped.clone(),
+        ));
+        recover(self.live.lock()).insert(ttl.as_secs(), session.clone());
+        tracing::debug!(
+            component = "dlock",
+            backend = "etcd",
+            lease_id,
+            ?ttl,
+            "session started"
+        );
+        Ok(session)
+    }
+
+    fn live(&self, ttl: Duration) -> Option<Arc<Session>> {
+        recover(self.live.lock())
+            .get(&ttl.as_secs())
+            .filter(|session| !session.ended.is_cancelled())
+            .cloned()
+    }
+}
+
+/// One lease and what is attached to it.
+pub(super) struct Session {
+    pub lease_id: i64,
+    ttl: Duration,
+    /// Invariant 1.
+    confirmed: watch::Sender<Instant>,
+    /// Invariant 2: cancelled once, when the session ends; attachments are its children.
+    ended: CancellationToken,
+    why_ended: OnceLock<Loss>,
+    attached: Mutex<Attached>,
+    /// Signalled when the last attachment goes.
+    emptied: Notify,
+}
+
+#[derive(Default)]
+struct Attached {
+    /// Own key → (generation at which it was attached, fired when the key is gone).
+    keys: HashMap<Arc<str>, (u64, CancellationToken)>,
+    generation: u64,
+}
+
+impl Session {
+    fn new(lease_id: i64, ttl: Duration, confirmed: Instant) -> Self {
+        Session {
+            lease_id,
+            ttl,
+            confirmed: watch::Sender::new(confirmed),
+            ended: CancellationToken::new(),
+            why_ended: OnceLock::new(),
+            attached: Mutex::default(),
+            emptied: Notify::new(),
+        }
+    }
+
+    /// Invariant 1: the send time of the last confirmed keep-alive.
+    pub fn confirmed(&self) -> Instant {
+        *self.confirmed.borrow()
+    }
+
+    /// Follows [`Session::confirmed`].
+    pub fn confirmations(&self) -> watch::Receiver<Instant> {
+        self.confirmed.subscribe()
+    }
+
+    /// Ends the session (invariant 2); the first reason given is kept.
+    pub fn end(&self, why: Loss) {
+        let attached = recover(self.attached.lock()).keys.len();
+        if self.why_ended.set(why.clone()).is_ok() && attached > 0 {
+            tracing::warn!(component = "dlock", backend = "etcd", lease_id = self.lease_id,
+                attached, reason = %why,
+                "session lease lost: every lock and waiter attached to it is lost");
+        }
+        self.ended.cancel();
+    }
+
+    /// Attaches `own_key` (just put with this session's lease).
+    pub fn attach(self: &Arc<Self>, own_key: Arc<str>) -> Attachment {
+        let gone = self.ended.child_token();
+        let mut attached = recover(self.attached.lock());
+        let generation = attached.generation;
+        attached
+            .keys
+            .insert(own_key.clone(), (generation, gone.clone()));
+        Attachment {
+            session: self.clone(),
+            own_key,
+            gone,
+        }
+    }
+
+    /// Resolves once nothing is attached.
+    async fn emptied(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if recover(self.attached.lock()).keys.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
+    /// Starts a key check: the keys attached so far must appear in the lease's key list.
+    fn next_generation(&self) -> u64 {
+        let mut attached = recover(self.attached.lock());
+        attached.generation += 1;
+        attached.generation
+    }
+
+    /// Attached keys of an earlier generation than `generation` that `listed` lacks.
+    fn missing(
+        &self,
+        generation: u64,
+        listed: &HashSet<&[u8]>,
+    ) -> Vec<(Arc<str>, CancellationToken)> {
+        recover(self.attached.lock())
+            .keys
+            .iter()
+            .filter(|(key, (attached_at, _))| {
+                *attached_at < generation && !listed.contains(key.as_bytes())
+            })
+            .map(|(key, (_, gone))| (key.clone(), gone.clone()))
+            .collect()
+    }
+}
+
+/// A key attached to a session: its holder or waiter learns from `gone` that the key is no
+/// longer there (or that the whole session ended). Dropping it detaches the key.
+pub(super) struct Attachment {
+    pub session: Arc<Session>,
+    pub own_key: Arc<str>,
+    gone: CancellationToken,
+}
+
+impl Attachment {
+    /// Resolves when the key is gone.
+    pub async fn gone(&self) {
+        self.gone.cancelled().await
+    }
+
+    /// Why the key is gone: its session ended, or the key alone was deleted.
+    pub fn loss(&self) -> Loss {
+        self.session
+            .why_ended
+            .get()
+            .cloned()
+            .unwrap_or(Loss::NotHeld(TAKEN))
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let mut attached = recover(self.session.attached.lock());
+        attached.keys.remove(&self.own_key);
+        if attached.keys.is_empty() {
+            self.session.emptied.notify_waiters();
+        }
+    }
+}
+
+/// The session's task: renews every TTL/3 and checks the attached keys (invariants 1–3),
+/// retries errors every TTL/10 until the safety deadline, and revokes the lease at the end
+/// (invariant 4).
+async fn keep_alive(
+    client: Client,
+    cx: Context,
+    session: Arc<Session>,
+    dropped: CancellationToken,
+) {
+    let ttl = session.ttl;
+    let (period, retry) = (ttl / 3, (ttl / 10).max(Duration::from_millis(5)));
+    let shutdown = async {
+        tokio::select! {
+            _ = dropped.cancelled() => {}
+            _ = async { cx.closing().cancelled().await; session.emptied().await } => {}
+        }
+    };
+    tokio::pin!(shutdown);
+    let mut renewer = Renewer {
+        client: &client,
+        cx: &cx,
+        session: &session,
+        stream: None,
+    };
+    let mut next = session.confirmed() + period;
+    let mut last_error = None;
+    loop {
+        let deadline = session.confirmed() + ttl - safety_margin(ttl);
+        tokio::select! {
+            biased;
+            _ = session.ended.cancelled() => return,
+            _ = &mut shutdown => {
+                session.end(Loss::NotHeld("the locker was closed"));
+                let mut leases = client.lease_client();
+                let revoke = leases.revoke(session.lease_id);
+                if let Err(e) = cx.call("etcd", "", ttl, revoke).await {
+                    tracing::debug!(component = "dlock", backend = "etcd", lease_id = session.lease_id,
+                        error = %e, "revoking the session lease failed; it expires after its TTL");
+                }
+                return;
+            }
+            _ = sleep_until(next.min(deadline)) => {}
+        }
+        let sent = Instant::now();
+        if sent >= deadline {
+            return session.end(Loss::Unconfirmed { last_error });
+        }
+        match timeout_at(deadline, renewer.renew()).await {
+            Ok(Ok(true)) => {
+                session.confirmed.send_replace(sent);
+                next = sent + period;
+                last_error = None;
+            }
+            Ok(Ok(false)) => {
+                return session.end(Loss::NotHeld("the session lease expired or was revoked"))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(component = "dlock", backend = "etcd", lease_id = session.lease_id,
+                    error = %e, "session renewal failed; retrying until its locks can no longer be proven held");
+                last_error = Some(e.to_string());
+                renewer.stream = None;
+                next = sent + retry;
+            }
+            Err(_) => return session.end(Loss::Unconfirmed { last_error }),
+        }
+    }
+}
+
+/// Whether etcd answered that the lease does not exist (a put on it, a keep-alive of it).
+pub(super) fn lease_not_found(e: &Error) -> bool {
+    e.to_string().contains("lease not found")
+}
+
+/// One renewal of a session: a keep-alive on the session's stream, then the key check.
+struct Renewer<'a> {
+    client: &'a Client,
+    cx: &'a Context,
+    session: &'a Session,
+    stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+impl Renewer<'_> {
+    /// `Ok(true)`: renewed; `Ok(false)`: the lease is gone; `Err`: unknown.
+    async fn renew(&mut self) -> Result<bool> {
+        let (lease_id, ttl) = (self.session.lease_id, self.session.ttl);
+        let (client, stream) = (self.client, &mut self.stream);
+        let reply = self
+            .cx
+            .call("etcd", "", ttl, async {
+                if stream.is_none() {
+                    *stream = Some(client.lease_client().keep_alive(lease_id).await?);
+                }
+                let (keeper, replies) = stream.as_mut().expect("opened above");
+                keeper.keep_alive().await?;
+                replies.message().await
+            })
+            .await;
+        let reply = match reply {
+            Err(e) if lease_not_found(&e) => return Ok(false),
+            other => other?,
+        };
+        match reply {
+            Some(reply) if reply.ttl() > 0 => {
+                self.check_keys().await?;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => Err(Error::backend("etcd", "", "keep-alive stream closed")),
+        }
+    }
+
+    /// Invariant 3: fires the attachment of every key the lease no longer carries.
+    async fn check_keys(&self) -> Result<()> {
+        let generation = self.session.next_generation();
+        let mut leases = self.client.lease_client();
+        let list = leases.time_to_live(
+            self.session.lease_id,
+            Some(LeaseTimeToLiveOptions::new().with_keys()),
+        );
+        let reply = self.cx.call("etcd", "", self.session.ttl, list).await?;
+        let listed: HashSet<&[u8]> = reply.keys().iter().map(Vec::as_slice).collect();
+        for (own_key, gone) in self.session.missing(generation, &listed) {
+            let mut kv = self.client.kv_client();
+            let read = kv.get(own_key.as_bytes(), None);
+            let reply = self
+                .cx
+                .call("etcd", &own_key, self.session.ttl, read)
+                .await?;
+            let still_attached = reply
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.lease() == self.session.lease_id);
+            if !still_attached {
+                gone.cancel();
+            }
+        }
+        Ok(())
+    }
+}
