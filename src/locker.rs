@@ -580,7 +580,7 @@ impl Locker {
     fn failed(&self, call: &Call<'_>, e: Error) -> Error {
         let name = self.inner.backend.name();
         self.inner.metrics.failed(name, call.key);
-        if matches!(e, Error::Backend { .. }) {
+        if matches!(e, Error::Backend { .. } | Error::PermissionDenied { .. }) {
             tracing::error!(component = "dlock", backend = name, key = %call.key, error = %e,
                 "lock attempt failed");
         } else {
