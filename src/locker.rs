@@ -638,6 +638,23 @@ fn check_key(key: &str) -> Result<()> {
     })
 }
 
+/// Shows the config and which connector was given, never the connector itself: an injected
+/// client's own `Debug` can include its password (redis-rs prints its `ConnectionInfo`).
+impl std::fmt::Debug for LockerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("LockerBuilder");
+        out.field("config", &self.config)
+            .field("backend", &self.backend.as_ref().map(|b| b.name()))
+            .field("call_timeout", &self.call_timeout);
+        #[cfg(feature = "redis")]
+        out.field(
+            "redis_pubsub",
+            &crate::backend::recover(self.redis_pubsub.lock()).is_some(),
+        );
+        out.finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Locker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Locker")

@@ -10,7 +10,7 @@ mod tls;
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dlock::testing::{conformance, Fixture};
@@ -541,4 +541,439 @@ async fn a_refused_subscribe_logs_one_warning_and_waiters_poll() {
         "the warning should name the refused command: {}",
         warnings[0]
     );
+}
+
+/// An etcd user whose role covers another prefix gets `Error::PermissionDenied`, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_etcd_right_is_a_typed_error() {
+    let certs = Certs::new();
+    let server = SecureEtcd::start(&certs).await;
+    server
+        .add_prefix_user("dlock-other", PASSWORD, "other:")
+        .await;
+    let client = server.client_as("dlock-other", PASSWORD).await;
+    let config = dlock::testing::config(Driver::Etcd, "mine:", Duration::from_secs(5));
+    let locker = Locker::builder(config).etcd(client).build().unwrap();
+    match tokio::time::timeout(Duration::from_secs(30), locker.try_lock("k"))
+        .await
+        .expect("no hang")
+    {
+        Err(Error::PermissionDenied {
+            backend: "etcd",
+            key: Some(key),
+            detail,
+        }) => {
+            assert_eq!(key, "k");
+            assert!(
+                detail.contains("permission denied"),
+                "the detail should be etcd's words: {detail}"
+            );
+        }
+        other => panic!("a key outside the user's role: expected PermissionDenied, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis Cluster over TLS.
+// ---------------------------------------------------------------------------------------
+
+/// What a Cluster user needs beyond the README's line: redis-rs's cluster client asks for the
+/// topology (CLUSTER SLOTS) and checks its node connections with PING.
+const CLUSTER_EXTRA: &str = " +cluster|slots +ping";
+
+/// Lock, renewal, release and a release notification on a 3-master cluster whose client
+/// and bus connections are all TLS, as the README's ACL user (plus the topology query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_over_tls_locks_renews_releases_and_notifies() {
+    let certs = Certs::new();
+    let cluster = TlsRedisCluster::start(&certs).await;
+    let prefix = "tlsc:";
+    for mut admin in cluster.admins().await {
+        let line = readme_acl("dlock-c", PASSWORD, prefix) + CLUSTER_EXTRA;
+        tls::redis_set_user(&mut admin, &line).await;
+    }
+    let mut config = dlock::testing::config(Driver::Redis, prefix, Duration::from_secs(1));
+    config.retry_interval = Duration::from_secs(3600); // a waiter can only be woken
+    let holder = Locker::builder(config.clone())
+        .redis_cluster(cluster.connection_as(&certs, "dlock-c", PASSWORD).await)
+        .build()
+        .unwrap();
+    let waiter = Locker::builder(config)
+        .redis_cluster(cluster.connection_as(&certs, "dlock-c", PASSWORD).await)
+        .redis_pubsub(cluster.pubsub_client_as(&certs, "dlock-c", PASSWORD))
+        .build()
+        .unwrap();
+    for i in 0..6 {
+        let key = format!("job-{i}");
+        let held = holder.lock(&key).await.expect("lock over TLS");
+        let lost = held.lost();
+        let waiting = {
+            let (waiter, key) = (waiter.clone(), key.clone());
+            tokio::spawn(async move { waiter.lock(&key).await })
+        };
+        // Past the 1 s TTL: only renewals over TLS keep the lock.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !lost.is_cancelled(),
+            "renewal over TLS failed: the lock was lost"
+        );
+        assert!(
+            !waiting.is_finished(),
+            "the waiter got a lock that renewal should have kept"
+        );
+        held.release().await.expect("release over TLS");
+        let next = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the waiter (polling every hour) was never notified of the release")
+            .unwrap()
+            .expect("the waiter's lock");
+        next.release().await.expect("release");
+    }
+    for mut admin in cluster.admins().await {
+        let denials = acl_denials(&mut admin).await;
+        assert!(
+            denials.is_empty(),
+            "a cluster node refused a right: {denials:#?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile keys stay inside the prefix.
+// ---------------------------------------------------------------------------------------
+
+/// Keys a caller might pass: glob and hash-tag characters, the etcd separator and escape,
+/// control bytes, 1 KiB, and keys that look like another key's storage key plus a suffix.
+fn hostile_keys(prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = [
+        "k",
+        "*",
+        "?",
+        "[",
+        "]",
+        "[a-z]*",
+        "{",
+        "}",
+        "{}",
+        "}{",
+        "{k}",
+        "k}",
+        "k}:released",
+        ":released",
+        "/",
+        "k/",
+        "/k",
+        "a/b",
+        "%",
+        "%2F",
+        "a%2Fb",
+        "k%",
+        "\0",
+        "k\0x",
+        "\n",
+        "k\r\nFLUSHALL\r\n",
+        "..",
+        "../..",
+        "*{*}?[/]%\0\n",
+        "k/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+    ]
+    .map(String::from)
+    .to_vec();
+    keys.push("é".repeat(512)); // 1 KiB, multi-byte
+    keys.push("\u{1}".repeat(1024));
+    keys.push(format!("{prefix}{{k}}")); // another key's Redis storage key
+    keys.push(format!("{prefix}k/")); // another key's etcd queue
+    keys
+}
+
+/// Keys outside the prefix that exist before, with names dlock might produce by mistake.
+fn outside_keys(prefix: &str) -> Vec<String> {
+    let bare = prefix.trim_end_matches(':');
+    ["*", "k", "{k}", "k/", "{k}:released", "\0"]
+        .map(String::from)
+        .into_iter()
+        .chain([bare.to_owned(), format!("{bare}{{k}}"), format!("{bare}k/")])
+        .collect()
+}
+
+/// try_lock, contention, a waiter woken by the release, for every hostile key; `channels`
+/// is asked while each waiter waits and must name only channels inside the prefix.
+async fn exercise_hostile_keys<F, Fut>(a: &Locker, b: &Locker, prefix: &str, channels: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    for key in hostile_keys(prefix) {
+        let shown = format!("{:?}", key.chars().take(40).collect::<String>());
+        let held = a
+            .try_lock(&key)
+            .await
+            .unwrap_or_else(|e| panic!("try_lock {shown}: {e}"));
+        let held = held.unwrap_or_else(|| panic!("try_lock {shown} found it held"));
+        assert!(
+            b.try_lock(&key).await.expect("try_lock").is_none(),
+            "two holders of {shown}"
+        );
+        let waiting = {
+            let (b, key) = (b.clone(), key.clone());
+            tokio::spawn(async move {
+                b.lock_with(
+                    &key,
+                    LockOptions::new().wait_timeout(Duration::from_secs(20)),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for channel in channels().await {
+            assert!(
+                channel.starts_with(prefix),
+                "channel {channel:?} outside the prefix, waiting on {shown}"
+            );
+        }
+        held.release()
+            .await
+            .unwrap_or_else(|e| panic!("release {shown}: {e}"));
+        let next = waiting
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("waiter on {shown}: {e}"));
+        next.release().await.expect("release");
+    }
+}
+
+async fn redis_keys(admin: &mut redis::aio::ConnectionManager) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(admin)
+            .await
+            .expect("SCAN");
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// Every key the server holds after the hostile keys is inside the prefix, and the keys
+/// that were outside before are untouched (same value, no TTL).
+async fn assert_redis_keys_inside(admins: &mut [redis::aio::ConnectionManager], prefix: &str) {
+    let outside = outside_keys(prefix);
+    for admin in admins.iter_mut() {
+        for key in redis_keys(admin).await {
+            let text = String::from_utf8_lossy(&key);
+            if outside.iter().any(|o| o.as_bytes() == key) {
+                let value: String = admin.get(&key).await.expect("GET");
+                let ttl: i64 = admin.pttl(&key).await.expect("PTTL");
+                assert_eq!(
+                    (value.as_str(), ttl),
+                    ("outside", -1),
+                    "the outside key {text:?} was touched"
+                );
+                continue;
+            }
+            assert!(
+                key.starts_with(prefix.as_bytes()),
+                "key {text:?} outside the prefix {prefix:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_keys_stay_inside_the_prefix_on_redis() {
+    let fx = RedisTlsAcl::start().await;
+    let prefix = "hk:";
+    let mut admin = fx.admin.clone();
+    for key in outside_keys(prefix) {
+        let () = admin.set(&key, "outside").await.expect("SET");
+    }
+    let config = dlock::testing::config(Driver::Redis, prefix, Duration::from_secs(5));
+    let (a, b) = (fx.locker(config.clone()).await, fx.locker(config).await);
+    exercise_hostile_keys(&a, &b, prefix, || {
+        let mut admin = admin.clone();
+        async move {
+            redis::cmd("PUBSUB")
+                .arg("CHANNELS")
+                .query_async(&mut admin)
+                .await
+                .expect("PUBSUB CHANNELS")
+        }
+    })
+    .await;
+    assert_redis_keys_inside(&mut [admin.clone()], prefix).await;
+    // The fixture's drop also asserts that Redis refused the ACL user nothing.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_keys_stay_inside_the_prefix_on_etcd() {
+    let fx = EtcdTlsAuth::start().await;
+    let prefix = "hk:";
+    let mut kv = fx.admin.kv_client();
+    for key in outside_keys(prefix) {
+        kv.put(key, "outside", None).await.expect("put");
+    }
+    let config = dlock::testing::config(Driver::Etcd, prefix, Duration::from_secs(5));
+    let (a, b) = (fx.locker(config.clone()).await, fx.locker(config).await);
+    exercise_hostile_keys(&a, &b, prefix, || async { Vec::new() }).await;
+    let all = kv
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await
+        .expect("range over all keys");
+    let outside = outside_keys(prefix);
+    for entry in all.kvs() {
+        let key = entry.key();
+        let text = String::from_utf8_lossy(key);
+        if outside.iter().any(|o| o.as_bytes() == key) {
+            assert_eq!(
+                entry.value(),
+                b"outside",
+                "the outside key {text:?} was changed"
+            );
+            assert_eq!(
+                entry.version(),
+                1,
+                "the outside key {text:?} was written again"
+            );
+            continue;
+        }
+        assert!(
+            key.starts_with(prefix.as_bytes()) || key == b"dlock-test-probe",
+            "key {text:?} outside the prefix"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets stay secret.
+// ---------------------------------------------------------------------------------------
+
+const WRONG_PASSWORD: &str = "wrong-Secret-0d1e2f";
+
+/// Passwords (in Redis URLs, in etcd's connect options) appear in no log line, error or
+/// `Debug` output of dlock: normal operation, a refused password, a server that dies.
+#[tokio::test(flavor = "current_thread")]
+async fn secrets_never_appear_in_logs_errors_or_debug() {
+    let (logs, _guard) = Captured::start();
+    let mut shown = Vec::new(); // every error and Debug text dlock produced
+
+    // Redis over TLS, the password in the URL of both the connection and the pubsub client.
+    let certs = Certs::new();
+    let mut server = TlsRedis::start(&certs).await;
+    let mut admin = server.admin().await;
+    tls::redis_set_user(&mut admin, &readme_acl("dlock-s", PASSWORD, "sec:")).await;
+    let client = server.client_as(&certs, "dlock-s", PASSWORD);
+    // (redis-rs 1.8 redacts the password in its Client's Debug; older ones printed it, and
+    // etcd-client's ConnectOptions still does: dlock must never print what it was given.)
+    let config = dlock::testing::config(Driver::Redis, "sec:", Duration::from_secs(1));
+    let builder = Locker::builder(config.clone())
+        .redis(manager(client.clone()).await)
+        .redis_pubsub(client.clone());
+    shown.push(format!("{builder:?}"));
+    let holder = builder.build().unwrap();
+    // A notification client with a refused password: its failure is logged.
+    let refused = server.client_as(&certs, "dlock-s", WRONG_PASSWORD);
+    let waiter = Locker::builder(config)
+        .redis(manager(client).await)
+        .redis_pubsub(refused)
+        .build()
+        .unwrap();
+    shown.push(format!("{holder:?} {waiter:?}"));
+    let held = holder.lock("k").await.expect("lock");
+    let waiting = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move {
+            waiter
+                .lock_with(
+                    "k",
+                    LockOptions::new().wait_timeout(Duration::from_secs(20)),
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held.release().await.expect("release");
+    waiting
+        .await
+        .unwrap()
+        .expect("waiter")
+        .release()
+        .await
+        .expect("release");
+    // The server dies under a held lock: renewal warnings, a lost lock, failed calls.
+    let held = holder.lock("k").await.expect("lock");
+    server.kill();
+    held.lost().cancelled().await;
+    shown.push(format!("{:?}", held.release().await));
+    for result in [
+        holder.try_lock("k").await.map(|_| ()),
+        waiter.lock("k2").await.map(|_| ()),
+    ] {
+        let err = result.expect_err("the server is down");
+        shown.push(format!("{err} {err:?}"));
+    }
+
+    // etcd over TLS, the password in etcd-client's connect options.
+    let etcd = SecureEtcd::start(&certs).await;
+    etcd.add_prefix_user("dlock-s", PASSWORD, "sec:").await;
+    let Err(refused) = etcd.try_client_as("dlock-s", WRONG_PASSWORD).await else {
+        panic!("etcd accepted a wrong password");
+    };
+    shown.push(format!("{refused} {refused:?}"));
+    let builder = Locker::builder(dlock::testing::config(
+        Driver::Etcd,
+        "sec:",
+        Duration::from_secs(2),
+    ))
+    .etcd(etcd.client_as("dlock-s", PASSWORD).await);
+    shown.push(format!("{builder:?}"));
+    let locker = builder.build().unwrap();
+    shown.push(format!("{locker:?}"));
+    locker
+        .lock("k")
+        .await
+        .expect("lock")
+        .release()
+        .await
+        .expect("release");
+    let mut etcd = etcd;
+    let held = locker.lock("k").await.expect("lock");
+    etcd.kill();
+    held.lost().cancelled().await;
+    shown.push(format!("{:?}", held.release().await));
+    let err = locker.try_lock("k").await.expect_err("etcd is down");
+    shown.push(format!("{err} {err:?}"));
+
+    let text = logs.text();
+    for expected in [
+        "lock acquired",
+        "AuthenticationFailed",
+        "renewal failed",
+        "lock attempt failed",
+    ] {
+        assert!(
+            text.contains(expected),
+            "the captured logs lack {expected:?}: the capture is broken\n{text}"
+        );
+    }
+    for secret in [PASSWORD, WRONG_PASSWORD, tls::ETCD_ROOT_PASSWORD] {
+        let leaks: Vec<&str> = text.lines().filter(|l| l.contains(secret)).collect();
+        assert!(
+            leaks.is_empty(),
+            "a password in the logs:\n{}",
+            leaks.join("\n")
+        );
+        for output in &shown {
+            assert!(
+                !output.contains(secret),
+                "a password in dlock's output: {output}"
+            );
+        }
+    }
 }
