@@ -289,7 +289,7 @@ conformance!(etcd_tls_prefix_user, EtcdTlsAuth);
 /// unsubscribe after it. Returns the first error, if any.
 async fn one_of_everything(locker: &Locker, waiter: &Locker) -> Result<(), Error> {
     let ttl = LockOptions::new().ttl(Duration::from_millis(300));
-    let held = locker.lock_with("k", ttl.clone()).await?;
+    let held = locker.lock_with("k", ttl).await?;
     let waiting = {
         let waiter = waiter.clone();
         tokio::spawn(async move {
