@@ -123,6 +123,33 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+
+    /// The server refused a right the backend needs: a Redis ACL user without a command,
+    /// key or channel (`NOPERM`), an etcd user whose role does not cover the prefix
+    /// (`permission denied`). Not transient: retrying cannot help until an operator grants
+    /// the right, so it is reported as it is instead of being retried or hidden behind
+    /// polling.
+    ///
+    /// ```
+    /// let err = dlock::Error::PermissionDenied {
+    ///     backend: "redis",
+    ///     key: Some("job".into()),
+    ///     detail: "this user has no permissions to run the 'publish' command".into(),
+    /// };
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "dlock: redis refused a right for \"job\": this user has no permissions to run the 'publish' command"
+    /// );
+    /// ```
+    #[error("dlock: {backend} refused a right{}: {detail}", key_suffix(key))]
+    PermissionDenied {
+        /// `"redis"` or `"etcd"`.
+        backend: &'static str,
+        /// The key, when the refused call concerned one lock.
+        key: Option<String>,
+        /// The server's own words: which command, key or channel it refused.
+        detail: String,
+    },
 }
 
 fn key_suffix(key: &Option<String>) -> String {
@@ -174,7 +201,9 @@ impl Error {
             | Error::LockAlreadyHeld { key }
             | Error::OwnershipLost { key }
             | Error::Timeout { key, .. } => Some(key),
-            Error::InvalidTtl { key, .. } | Error::Backend { key, .. } => key.as_deref(),
+            Error::InvalidTtl { key, .. }
+            | Error::Backend { key, .. }
+            | Error::PermissionDenied { key, .. } => key.as_deref(),
             Error::InvalidConfig { .. } | Error::ConnectorMissing { .. } | Error::Closed => None,
         }
     }

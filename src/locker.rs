@@ -580,7 +580,7 @@ impl Locker {
     fn failed(&self, call: &Call<'_>, e: Error) -> Error {
         let name = self.inner.backend.name();
         self.inner.metrics.failed(name, call.key);
-        if matches!(e, Error::Backend { .. }) {
+        if matches!(e, Error::Backend { .. } | Error::PermissionDenied { .. }) {
             tracing::error!(component = "dlock", backend = name, key = %call.key, error = %e,
                 "lock attempt failed");
         } else {
@@ -636,6 +636,23 @@ fn check_key(key: &str) -> Result<()> {
         key: display_key(key),
         reason,
     })
+}
+
+/// Shows the config and which connector was given, never the connector itself: an injected
+/// client's own `Debug` can include its password (redis-rs prints its `ConnectionInfo`).
+impl std::fmt::Debug for LockerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("LockerBuilder");
+        out.field("config", &self.config)
+            .field("backend", &self.backend.as_ref().map(|b| b.name()))
+            .field("call_timeout", &self.call_timeout);
+        #[cfg(feature = "redis")]
+        out.field(
+            "redis_pubsub",
+            &crate::backend::recover(self.redis_pubsub.lock()).is_some(),
+        );
+        out.finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Locker {

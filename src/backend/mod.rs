@@ -24,6 +24,7 @@ pub(crate) mod erased;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd;
 pub(crate) mod memory;
+pub(crate) mod permission;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 mod support;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
+use super::permission::refused_right;
 use super::{Backend, Grant, Lease, Loss, Renewal, Request};
 use crate::error::{BoxError, Error, Result};
 
@@ -59,7 +60,9 @@ impl Context {
 
     /// Runs one server call of backend `backend` for `key`, bounded by [`Context::bound`]
     /// of `limit`: its error, or a missing answer, becomes
-    /// [`Error::Backend`](crate::Error::Backend).
+    /// [`Error::Backend`](crate::Error::Backend), or
+    /// [`Error::PermissionDenied`](crate::Error::PermissionDenied) when the server refused a
+    /// right (a Redis ACL, an etcd role).
     pub async fn call<T, E: Into<BoxError>>(
         &self,
         backend: &'static str,
@@ -70,7 +73,7 @@ impl Context {
         let limit = self.bound(limit);
         match timeout(limit, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(Error::backend(backend, key, e)),
+            Ok(Err(e)) => Err(refused_right(Error::backend(backend, key, e))),
             Err(_) => Err(Error::backend(
                 backend,
                 key,

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::super::permission::redis_noperm;
 use super::super::{recover, Context, Wakeups};
 
 /// Suffix of a lock's release channel.
@@ -149,6 +150,8 @@ impl Drop for Subscription {
 /// The maintainer: (re)connects while someone waits, and serves the connection.
 async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
     let mut retry = FIRST_RETRY;
+    // A refused SUBSCRIBE (an ACL without the right) is said once, not at every retry.
+    let mut refusal_told = false;
     loop {
         let changed = shared.changed.notified();
         tokio::pin!(changed);
@@ -165,16 +168,33 @@ async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
         };
         match connected {
             Ok(Ok(pubsub)) => {
-                retry = FIRST_RETRY;
                 shared.state().down = false;
                 let (sink, stream) = pubsub.split();
-                serve(&shared, sink, stream, &stop).await;
+                let refused = serve(&shared, sink, stream, &stop).await;
                 shared.state().active.clear();
-                tracing::debug!(
-                    component = "dlock",
-                    backend = "redis",
-                    "release-notification connection closed; reconnecting while anyone waits"
-                );
+                let Some(refusal) = refused else {
+                    retry = FIRST_RETRY;
+                    tracing::debug!(
+                        component = "dlock",
+                        backend = "redis",
+                        "release-notification connection closed; reconnecting while anyone waits"
+                    );
+                    continue;
+                };
+                // Not transient: waiters poll, and the server is asked again with back-off
+                // (an operator may grant the right), never in a loop of reconnections.
+                shared.state().down = true;
+                shared.settled.send_replace(());
+                if !std::mem::replace(&mut refusal_told, true) {
+                    tracing::warn!(component = "dlock", backend = "redis", error = %refusal,
+                        "the server refused to subscribe to release channels (grant the \
+                         user +subscribe, +unsubscribe and &<prefix>*); waiters poll until it allows it");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = sleep(retry) => {}
+                }
+                retry = (retry * 2).min(LAST_RETRY);
             }
             failed => {
                 let first_failure = !std::mem::replace(&mut shared.state().down, true);
@@ -198,13 +218,14 @@ async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 /// Steers the connection's channels towards `wanted` and wakes waiters on messages; returns
-/// when the connection fails or the locker stops.
+/// when the connection fails or the locker stops, with the server's words when it refused
+/// the subscription for want of a right.
 async fn serve(
     shared: &Shared,
     mut sink: PubSubSink,
     mut stream: PubSubStream,
     stop: &CancellationToken,
-) {
+) -> Option<String> {
     loop {
         let changed = shared.changed.notified();
         tokio::pin!(changed);
@@ -221,7 +242,8 @@ async fn serve(
         if !add.is_empty() {
             match timeout(COMMAND_TIMEOUT, sink.subscribe(&add)).await {
                 Ok(Ok(())) => shared.state().active.extend(add),
-                _ => return,
+                Ok(Err(e)) => return redis_noperm(&e),
+                Err(_) => return None,
             }
         }
         if !remove.is_empty() {
@@ -232,16 +254,17 @@ async fn serve(
                         state.active.remove(channel);
                     }
                 }
-                _ => return,
+                Ok(Err(e)) => return redis_noperm(&e),
+                Err(_) => return None,
             }
         }
         shared.settled.send_replace(());
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return None,
             _ = changed => {}
             message = stream.next() => match message {
                 Some(message) => on_message(shared, &message),
-                None => return,
+                None => return None,
             },
         }
     }
