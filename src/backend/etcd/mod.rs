@@ -22,15 +22,15 @@
 //!   that its own key still exists; while held, the session checks all its keys at once on
 //!   every renewal (`session.rs`, invariant 3). The fencing token is the key's create
 //!   revision.
-//! - **Release** deletes the key only if its create revision is ours (one transaction): a
-//!   stale guard can never delete a newer holder's key.
+//! - **Release** deletes the acquisition's own key, whose name carries its token: a stale
+//!   guard can never delete a newer holder's key.
 
 mod queue;
 mod session;
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, LeaseTimeToLiveOptions, Txn, TxnOp};
+use etcd_client::{Client, LeaseTimeToLiveOptions};
 use tokio::time::{sleep_until, Instant};
 
 use super::{Backend, Context, Grant, Lease, Loss, Renewal, Request};
@@ -204,19 +204,11 @@ impl Backend for EtcdBackend {
         held: EtcdHeld,
         limit: Duration,
     ) -> Result<bool> {
-        let own_key = held.attachment.own_key.as_bytes();
-        let delete_if_ours = Txn::new()
-            .when([Compare::create_revision(
-                own_key,
-                CompareOp::Equal,
-                lease.fencing_token as i64,
-            )])
-            .and_then([TxnOp::delete(own_key, None)]);
+        // The key's name carries this acquisition's token: deleting it can only ever
+        // delete our own acquisition, so no compare is needed (a txn costs etcd more).
         let mut kv = self.client.kv_client();
-        Ok(cx
-            .call("etcd", &lease.key, limit, kv.txn(delete_if_ours))
-            .await?
-            .succeeded())
+        let delete = kv.delete(held.attachment.own_key.as_bytes(), None);
+        Ok(cx.call("etcd", &lease.key, limit, delete).await?.deleted() == 1)
     }
 }
 
