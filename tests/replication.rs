@@ -247,13 +247,26 @@ struct Measured {
     recovery: Option<Duration>,
 }
 
-/// Four holders on two keys lock, hold 10-50 ms and release at a steady rate, each through
-/// its own Sentinel connection. Replication is cut, so the master takes writes no replica
-/// sees; 300 ms later it is killed, the sentinels promote a replica, and the old master is
+/// How long a holder keeps a lock: mostly 10-50 ms, one time in three 2.5 s (longer than the
+/// failover, so that some locks are held across it and renewed on the new master).
+fn hold() -> Duration {
+    if fastrand::u8(0..3) == 0 {
+        ms(2500)
+    } else {
+        ms(10 + fastrand::u64(0..40))
+    }
+}
+
+/// Four holders on four keys lock, hold (see [`hold`]) and release at a steady rate, each
+/// through its own Sentinel connection. Replication is cut, so the master takes writes no replica
+/// sees; 800 ms later it is killed, the sentinels promote a replica, and the old master is
 /// restarted (it comes back as a replica).
+/// Replication is cut for 800 ms before the kill.
 async fn failover_under_load(ack: Option<ReplicaAck>) -> Measured {
     let mut group = support::SentinelGroup::start(2).await;
-    let ttl = Duration::from_secs(2);
+    // Longer than the failover: with a shorter TTL every holder is told of the loss (its
+    // renewals go unconfirmed) before a replica is even promoted, and nothing is measured.
+    let ttl = Duration::from_secs(6);
     let checker = Arc::new(Checker::default());
     let stop = CancellationToken::new();
     let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
@@ -263,7 +276,7 @@ async fn failover_under_load(ack: Option<ReplicaAck>) -> Measured {
         let (checker, stop, killed_at) = (checker.clone(), stop.clone(), killed_at.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.is_cancelled() {
-                let key = format!("k{}", fastrand::usize(0..2));
+                let key = format!("k{}", fastrand::usize(0..4));
                 let options = LockOptions::new().wait_timeout(ms(500));
                 let guard = match locker.lock_with(&key, options).await {
                     Ok(guard) => guard,
@@ -286,7 +299,7 @@ async fn failover_under_load(ack: Option<ReplicaAck>) -> Measured {
                 let lost = guard.lost();
                 tokio::select! {
                     _ = lost.cancelled() => {}
-                    _ = sleep(ms(10 + fastrand::u64(0..40))) => {}
+                    _ = sleep(hold()) => {}
                 }
                 checker.giving_back(&key, holder);
                 if guard.is_lost()
@@ -300,7 +313,7 @@ async fn failover_under_load(ack: Option<ReplicaAck>) -> Measured {
     }
     sleep(Duration::from_secs(1)).await;
     group.redis.cut_replication();
-    sleep(ms(300)).await;
+    sleep(ms(800)).await;
     *killed_at.lock().unwrap() = Some(Instant::now());
     let killed = Instant::now();
     group.kill_master_and_wait_for_promotion().await;
@@ -366,5 +379,100 @@ async fn sentinel_failover_without_replica_ack_is_measured() {
     assert!(
         m.recovery.is_some(),
         "locking never worked again after the failover"
+    );
+}
+
+/// On a Cluster, `WAIT` must reach the master that owns the lock's key: redis-rs would send
+/// a lone `WAIT` to every primary, so dlock pipelines it behind the script, which is routed
+/// by the key. With one master's replica gone, only that master's keys are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_ack_on_a_cluster_waits_on_the_master_that_owns_the_key() {
+    let mut cluster = support::RedisCluster::start_with_replicas(3, 1).await;
+    cluster.wait_for_replicas(1).await;
+    let locker = Locker::builder(config(
+        Duration::from_secs(5),
+        Some(ReplicaAck::new(1, ms(100))),
+    ))
+    .redis_cluster(cluster.cluster_connection().await)
+    .build()
+    .expect("build");
+    let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    let mut guards = Vec::new();
+    for key in &keys {
+        let guard = locker
+            .try_lock(key)
+            .await
+            .expect("acknowledged on a replicated cluster");
+        guards.push(guard.expect("free"));
+    }
+    // One replica, and the master it follows.
+    let mut victim = None;
+    for (index, node) in cluster.nodes().iter().enumerate() {
+        let mut conn = node.connection_manager().await;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .expect("INFO");
+        if let Some(port) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_port:"))
+            .and_then(|p| p.trim().parse::<u16>().ok())
+        {
+            victim = Some((index, port));
+            break;
+        }
+    }
+    let (replica, master_port) = victim.expect("a replica in the cluster");
+    // Which keys that master owns: it answers GET for them (and MOVED for the others).
+    let master_url = format!("redis://127.0.0.1:{master_port}/");
+    let mut master = support::connection_manager_at(&master_url).await;
+    let mut owned = Vec::new();
+    let mut elsewhere = Vec::new();
+    for key in &keys {
+        let got: redis::RedisResult<Option<String>> = redis::cmd("GET")
+            .arg(format!("repl:{{{key}}}"))
+            .query_async(&mut master)
+            .await;
+        match got {
+            Ok(Some(_)) => owned.push(key.clone()),
+            _ => elsewhere.push(key.clone()),
+        }
+    }
+    assert!(
+        !owned.is_empty() && !elsewhere.is_empty(),
+        "12 keys all on one side: {owned:?}"
+    );
+    for guard in guards {
+        guard.release().await.expect("release");
+    }
+    cluster.nodes_mut()[replica].kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut master)
+            .await
+            .expect("INFO");
+        if info.contains("connected_slaves:0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the master still counts its killed replica"
+        );
+        sleep(ms(20)).await;
+    }
+    match locker.try_lock(&owned[0]).await {
+        Err(e @ Error::Backend { .. }) => assert!(
+            e.to_string().contains("only 0 of 1 replicas acknowledged"),
+            "unclear error: {e}"
+        ),
+        other => panic!("a key of the master without replica was granted: {other:?}"),
+    }
+    let other = locker.try_lock(&elsewhere[0]).await;
+    assert!(
+        matches!(other, Ok(Some(_))),
+        "a key of a master that has its replica was refused (WAIT sent elsewhere?): {other:?}"
     );
 }
