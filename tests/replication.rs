@@ -154,7 +154,7 @@ async fn sentinel_locker(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sentinel_locker_keeps_its_lock_across_a_failover_and_locks_on_the_new_master() {
+async fn a_sentinel_locker_follows_a_failover_and_locks_on_the_new_master() {
     let mut group = support::SentinelGroup::start(2).await;
     let ttl = Duration::from_secs(5);
     let locker = sentinel_locker(&group, ttl, Some(ReplicaAck::new(1, ms(200)))).await;
@@ -181,8 +181,9 @@ async fn a_sentinel_locker_keeps_its_lock_across_a_failover_and_locks_on_the_new
         );
         println!("failover took {promoted:?}; the lock was renewed on the new master");
     }
-    // New locks work on the new master, and the held one still excludes others.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // New locks work on the new master once it has a replica to acknowledge them again (the
+    // sentinels re-point the other replica; slow on a loaded machine: a generous bound).
+    let deadline = Instant::now() + Duration::from_secs(40);
     let other = loop {
         match locker.try_lock("after").await {
             Ok(Some(g)) => break g,

@@ -148,8 +148,7 @@ where
                     request.useful_for(),
                     &OBTAIN,
                     obtain,
-                    ack.replicas,
-                    wait,
+                    crate::config::ReplicaAck::new(ack.replicas, wait),
                 )
                 .await?;
             if fence != 0 && acked < i64::from(ack.replicas) {
@@ -222,8 +221,7 @@ where
                     lease.ttl,
                     &REFRESH,
                     refresh,
-                    ack.replicas,
-                    wait,
+                    crate::config::ReplicaAck::new(ack.replicas, wait),
                 )
                 .await?;
             if renewed == 1 && acked < i64::from(ack.replicas) {

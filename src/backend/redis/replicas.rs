@@ -61,8 +61,9 @@ pub(super) fn too_few(
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync> Scripts<C> {
-    /// Runs `script` (as `evalsha`, with its arguments) and `WAIT` in one pipeline, bounded
-    /// like [`Scripts::call`]: the script's answer and how many replicas acknowledged.
+    /// Runs `script` (as `evalsha`, with its arguments) and `WAIT` for `wait` (its timeout
+    /// already cut by [`wait_timeout`]) in one pipeline, bounded like [`Scripts::call`]: the
+    /// script's answer and how many replicas acknowledged.
     pub(super) async fn call_acknowledged<T: FromRedisValue>(
         &self,
         cx: &Context,
@@ -70,14 +71,13 @@ impl<C: ConnectionLike + Clone + Send + Sync> Scripts<C> {
         limit: Duration,
         script: &Script,
         evalsha: Cmd,
-        replicas: u32,
-        wait: Duration,
+        wait: ReplicaAck,
     ) -> Result<(T, i64)> {
         let mut pipe = redis::pipe();
         pipe.add_command(evalsha)
             .cmd("WAIT")
-            .arg(replicas)
-            .arg(millis(wait));
+            .arg(wait.replicas)
+            .arg(millis(wait.timeout));
         let mut conn = self.conn.clone();
         let call = async {
             match pipe.query_async(&mut conn).await {
