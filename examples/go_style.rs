@@ -16,6 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         prefix: "myapp:lock:".into(),
         default_ttl: Duration::from_secs(10),
         retry_interval: Duration::from_millis(100),
+        ..Default::default()
     };
     let locker = Locker::builder(config).build()?.compat();
 

@@ -120,7 +120,53 @@ pub struct Config {
     /// the safety net for expiries and lost notifications. Jittered by ±20 %.
     #[serde(default = "default_retry_interval", with = "humantime_serde")]
     pub retry_interval: Duration,
+    /// Redis only: after each acquisition and renewal, wait until this many replicas have
+    /// the write (`WAIT`), or treat it as failed. Off (`None`) by default: with no replica,
+    /// no acknowledgement can ever come. See [`ReplicaAck`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_ack: Option<ReplicaAck>,
 }
+
+/// How many Redis replicas must acknowledge a lock before it counts as acquired (or renewed),
+/// and how long to wait for them: `WAIT <replicas> <timeout>`, sent with the lock's script.
+///
+/// If fewer replicas acknowledge within `timeout`, an acquisition is undone (token-checked
+/// release) and the attempt fails with [`Error::Backend`](crate::Error::Backend) ("only 0 of
+/// 1 replicas acknowledged ..."); a renewal counts as unconfirmed, so the watchdog retries it
+/// until the lock's safety deadline and then fires `lost()`. A lock is safe from a failover
+/// only if the replica that gets promoted is one that acknowledged it: ask for as many
+/// replicas as can be promoted.
+///
+/// In YAML: `replica_ack: { replicas: 1, timeout: 100ms }`.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = dlock::Config::from_yaml(
+///     "driver: redis\nreplica_ack:\n  replicas: 2\n  timeout: 100ms\n",
+/// )
+/// .unwrap();
+/// assert_eq!(config.replica_ack, Some(dlock::ReplicaAck::new(2, Duration::from_millis(100))));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaAck {
+    /// How many replicas must have the write: 1 ..= [`MAX_REPLICA_ACKS`].
+    pub replicas: u32,
+    /// How long to wait for them: 1 ms up to the useful time of an attempt (90 % of
+    /// `default_ttl`); also cut to what is left of each call's useful time.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl ReplicaAck {
+    /// `replicas` acknowledgements within `timeout`.
+    pub fn new(replicas: u32, timeout: Duration) -> Self {
+        ReplicaAck { replicas, timeout }
+    }
+}
+
+/// Most replica acknowledgements [`ReplicaAck::replicas`] may ask for; more is a typo.
+pub const MAX_REPLICA_ACKS: u32 = 64;
 
 fn default_prefix() -> String {
     "dlock:".to_owned()
@@ -140,6 +186,7 @@ impl Default for Config {
             prefix: default_prefix(),
             default_ttl: default_ttl(),
             retry_interval: default_retry_interval(),
+            replica_ack: None,
         }
     }
 }
@@ -222,8 +269,40 @@ impl Config {
                 ),
             ));
         }
+        if let Some(ack) = &self.replica_ack {
+            check_replica_ack(self.driver, self.default_ttl, ack)
+                .map_err(|reason| invalid("replica_ack", reason))?;
+        }
         Ok(())
     }
+}
+
+fn check_replica_ack(
+    driver: Driver,
+    default_ttl: Duration,
+    ack: &ReplicaAck,
+) -> std::result::Result<(), String> {
+    if !matches!(driver, Driver::Redis) {
+        return Err(format!(
+            "applies to the redis driver only (driver is {driver}); remove it"
+        ));
+    }
+    if ack.replicas == 0 || ack.replicas > MAX_REPLICA_ACKS {
+        return Err(format!(
+            "replicas is {}; must be between 1 and {MAX_REPLICA_ACKS} (omit replica_ack to turn it off)",
+            ack.replicas
+        ));
+    }
+    // An acknowledgement that may come after the safety deadline (90 % of the TTL, see
+    // `Request::useful_for`) could not give a guard.
+    let useful = default_ttl - default_ttl / 10;
+    if ack.timeout < Duration::from_millis(1) || ack.timeout >= useful {
+        return Err(format!(
+            "timeout is {:?}; must be at least 1ms and less than 90% of default_ttl ({useful:?})",
+            ack.timeout
+        ));
+    }
+    Ok(())
 }
 
 /// The TTL rule shared by the config and per-lock options.
@@ -274,6 +353,7 @@ mod tests {
                 prefix: "app:".into(),
                 default_ttl: Duration::from_secs(30),
                 retry_interval: Duration::from_millis(250),
+                replica_ack: None,
             }
         );
     }
@@ -323,6 +403,7 @@ mod tests {
             prefix: "p:".into(),
             default_ttl: Duration::from_millis(1500),
             retry_interval: Duration::from_millis(20),
+            replica_ack: Some(ReplicaAck::new(2, Duration::from_millis(50))),
         };
         let yaml = serde_yaml_ng::to_string(&c).unwrap();
         assert_eq!(Config::from_yaml(&yaml).unwrap(), c, "{yaml}");
@@ -376,5 +457,60 @@ mod tests {
             }
         }
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn replica_ack_is_off_unless_given() {
+        let c = Config::from_yaml("driver: redis\n").unwrap();
+        assert_eq!(
+            c.replica_ack, None,
+            "existing configs must keep parsing, with it off"
+        );
+        let c = Config::from_json(
+            r#"{"driver":"redis","replica_ack":{"replicas":1,"timeout":"250ms"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.replica_ack,
+            Some(ReplicaAck::new(1, Duration::from_millis(250)))
+        );
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn absurd_replica_acks_name_the_field() {
+        let redis = |replicas, timeout| Config {
+            replica_ack: Some(ReplicaAck::new(replicas, timeout)),
+            ..Config::new(Driver::Redis)
+        };
+        let ms = Duration::from_millis;
+        let cases = [
+            (redis(0, ms(100)), "between 1 and"),
+            (redis(MAX_REPLICA_ACKS + 1, ms(100)), "between 1 and"),
+            (redis(1, Duration::ZERO), "at least 1ms"),
+            // 90 % of the default 10 s TTL: an acknowledgement after it is useless.
+            (redis(1, ms(9_000)), "less than 90% of default_ttl"),
+            (
+                Config {
+                    replica_ack: Some(ReplicaAck::new(1, ms(100))),
+                    ..Config::new(Driver::Etcd)
+                },
+                "redis driver only",
+            ),
+        ];
+        for (config, expected) in cases {
+            match config.validate() {
+                Err(Error::InvalidConfig { field, reason }) => {
+                    assert_eq!(field, "replica_ack", "{reason}");
+                    assert!(reason.contains(expected), "{reason}");
+                }
+                other => panic!("expected InvalidConfig(replica_ack), got {other:?}"),
+            }
+        }
+        let err = Config::from_yaml("driver: redis\nreplica_ack: {replicas: 1, timeout: soon}\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("replica_ack"), "{err}");
+        let err = Config::from_yaml("driver: redis\nreplica_ack: {replicas: 1}\n").unwrap_err();
+        assert!(err.to_string().contains("timeout"), "{err}");
     }
 }

@@ -81,8 +81,11 @@ mod registry;
 pub mod testing;
 
 pub use backend::memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use backend::redis::SentinelConnection;
 pub use compat::Compat;
-pub use config::{Config, Driver, MAX_KEY_LEN, MAX_TTL, MIN_TTL};
+pub use config::{Config, Driver, ReplicaAck, MAX_KEY_LEN, MAX_REPLICA_ACKS, MAX_TTL, MIN_TTL};
 pub use error::{BoxError, Error, Result};
 pub use guard::{LockGuard, Run};
 pub use locker::{Locker, LockerBuilder, DEFAULT_CALL_TIMEOUT};

@@ -69,6 +69,8 @@ pub struct LockerBuilder {
     call_timeout: Duration,
     #[cfg(feature = "redis")]
     redis_pubsub: crate::backend::redis::PubsubSlot,
+    #[cfg(feature = "redis")]
+    redis_replica_ack: crate::backend::redis::AckSlot,
 }
 
 /// The default of [`LockerBuilder::call_timeout`].
@@ -127,8 +129,8 @@ impl LockerBuilder {
     where
         C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
     {
-        let pubsub = self.redis_pubsub.clone();
-        self.install(crate::backend::redis::RedisBackend::new(conn, pubsub))
+        let (pubsub, ack) = (self.redis_pubsub.clone(), self.redis_replica_ack.clone());
+        self.install(crate::backend::redis::RedisBackend::new(conn, pubsub, ack))
     }
 
     /// A Redis Cluster connection for [`Driver::Redis`]. All keys of one lock share a hash
@@ -167,6 +169,43 @@ impl LockerBuilder {
     #[cfg(feature = "redis")]
     pub fn redis_pubsub(self, client: redis::Client) -> Self {
         *crate::backend::recover(self.redis_pubsub.lock()) = Some(client);
+        self
+    }
+
+    /// Redis only: a lock counts as acquired, and a renewal as confirmed, only once
+    /// `replicas` replicas have it (`WAIT replicas timeout`, sent with the lock's script), so
+    /// that a failover to one of them cannot grant it again. Sets the config's
+    /// [`replica_ack`](Config::replica_ack); off by default, because a Redis without replicas
+    /// could then never grant a lock. With too few acknowledgements, an acquisition is undone
+    /// and the call fails with [`Error::Backend`]; a renewal is retried until the lock's
+    /// safety deadline, then `lost()` fires. `build()` checks the values (`replica_ack`:
+    /// 1 ..= [`MAX_REPLICA_ACKS`](crate::MAX_REPLICA_ACKS) replicas, a timeout under 90 % of
+    /// the default TTL).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use dlock::{Config, Driver, Error, Locker};
+    ///
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// let builder = Locker::builder(Config::new(Driver::Redis))
+    ///     .redis(redis::aio::ConnectionManager::new_lazy_with_config(client, Default::default())?);
+    /// let locker = builder.replica_ack(2, Duration::from_millis(100)).build()?;
+    /// assert_eq!(locker.config().replica_ack.map(|ack| ack.replicas), Some(2));
+    ///
+    /// // No replica can acknowledge more than the lock's useful time:
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// let err = Locker::builder(Config::new(Driver::Redis))
+    ///     .redis(redis::aio::ConnectionManager::new_lazy_with_config(client, Default::default())?)
+    ///     .replica_ack(1, Duration::from_secs(60))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(matches!(err, Error::InvalidConfig { ref field, .. } if field == "replica_ack"), "{err}");
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn replica_ack(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.config.replica_ack = Some(crate::config::ReplicaAck::new(replicas, timeout));
         self
     }
 
@@ -257,6 +296,10 @@ impl LockerBuilder {
     pub fn build(self) -> Result<Locker> {
         let config = self.config;
         config.validate()?;
+        #[cfg(feature = "redis")]
+        if let Some(ack) = config.replica_ack {
+            let _ = self.redis_replica_ack.set(ack);
+        }
         if self.call_timeout < Duration::from_millis(1) {
             return Err(Error::InvalidConfig {
                 field: "call_timeout".into(),
@@ -326,6 +369,8 @@ impl Locker {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             #[cfg(feature = "redis")]
             redis_pubsub: Default::default(),
+            #[cfg(feature = "redis")]
+            redis_replica_ack: Default::default(),
         }
     }
 

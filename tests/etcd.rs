@@ -15,6 +15,7 @@ fn config(ttl: Duration) -> Config {
         prefix: "etcd-test:".into(),
         default_ttl: ttl,
         retry_interval: Duration::from_millis(20),
+        ..Default::default()
     }
 }
 

@@ -15,6 +15,7 @@ fn config() -> Config {
         prefix: "note:".into(),
         default_ttl: Duration::from_secs(10),
         retry_interval: Duration::from_millis(50),
+        ..Default::default()
     }
 }
 

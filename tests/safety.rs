@@ -16,6 +16,7 @@ fn config(driver: Driver, ttl: Duration) -> Config {
         prefix: "safe:".into(),
         default_ttl: ttl,
         retry_interval: Duration::from_millis(20),
+        ..Default::default()
     }
 }
 

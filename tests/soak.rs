@@ -31,6 +31,7 @@ fn config(driver: Driver) -> Config {
         prefix: "soak:".into(),
         default_ttl: TTL,
         retry_interval: Duration::from_millis(20),
+        ..Default::default()
     }
 }
 

@@ -55,6 +55,7 @@ pub fn config(driver: Driver, prefix: &str, ttl: Duration) -> Config {
         prefix: prefix.to_owned(),
         default_ttl: ttl,
         retry_interval: Duration::from_millis(20),
+        ..Default::default()
     }
 }
 

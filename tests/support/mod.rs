@@ -9,10 +9,12 @@ mod etcd_server;
 pub mod fixtures;
 mod proxy;
 mod redis_server;
+mod sentinel;
 
 pub use etcd_server::{client_at, EtcdCluster, EtcdServer};
 pub use proxy::Proxy;
 pub use redis_server::{connection_manager_at, RedisCluster, RedisServer};
+pub use sentinel::{ReplicatedRedis, SentinelGroup, SERVICE as SENTINEL_SERVICE};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -152,11 +152,29 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start(masters: usize) -> RedisCluster {
+        Self::start_with_replicas(masters, 0).await
+    }
+
+    /// `masters` masters with `replicas` replicas each (`redis-cli --cluster create
+    /// --cluster-replicas`); a failed master is replaced within about a second
+    /// (`cluster-node-timeout 1000`).
+    pub async fn start_with_replicas(masters: usize, replicas: usize) -> RedisCluster {
         require_binary("redis-cli", "redis-tools");
         let mut nodes = Vec::new();
-        for _ in 0..masters {
-            nodes.push(RedisServer::start_with(&["--cluster-enabled", "yes"]).await);
+        for _ in 0..masters * (1 + replicas) {
+            nodes.push(
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+                .await,
+            );
         }
+        let replicas_arg = replicas.to_string();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -164,7 +182,7 @@ impl RedisCluster {
         let output = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas_arg, "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
@@ -204,6 +222,34 @@ impl RedisCluster {
 
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+
+    /// Waits until every master has `count` replicas online (a cluster just created syncs
+    /// its replicas in the background).
+    pub async fn wait_for_replicas(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for node in &self.nodes {
+            let mut conn = node.connection_manager().await;
+            loop {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if !info.contains("role:master") || info.matches("state=online").count() >= count {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a cluster master has not got {count} replicas online: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     pub fn urls(&self) -> Vec<String> {

@@ -12,6 +12,8 @@
 //! locker's call timeout. Scripts live beside this file, one per operation, each idempotent.
 
 mod notifications;
+mod replicas;
+mod sentinel;
 
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
@@ -27,6 +29,9 @@ use super::{
 use crate::config::Driver;
 use crate::error::Result;
 
+pub(crate) use self::replicas::AckSlot;
+pub use self::sentinel::SentinelConnection;
+
 static OBTAIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("obtain.lua")));
 static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("refresh.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
@@ -41,6 +46,8 @@ pub(crate) struct RedisBackend<C> {
     scripts: Scripts<C>,
     pubsub: PubsubSlot,
     notifications: OnceLock<Option<Notifications>>,
+    /// Replica acknowledgement of acquisitions and renewals (`replicas.rs`), if configured.
+    replica_ack: AckSlot,
 }
 
 /// What running a script needs; cheap to clone into a background clean-up.
@@ -62,7 +69,8 @@ where
 {
     /// `pubsub`: where the release-notification client may be left; without one, waiters
     /// of other processes learn of releases by polling.
-    pub fn new(conn: C, pubsub: PubsubSlot) -> Self {
+    /// `replica_ack`: where the builder leaves the acknowledgement setting, if any.
+    pub fn new(conn: C, pubsub: PubsubSlot, replica_ack: AckSlot) -> Self {
         RedisBackend {
             scripts: Scripts {
                 conn,
@@ -70,6 +78,7 @@ where
             },
             pubsub,
             notifications: OnceLock::new(),
+            replica_ack,
         }
     }
 
@@ -126,16 +135,47 @@ where
             }
         });
         let sent = Instant::now();
-        let mut obtain = OBTAIN.prepare_invoke();
-        obtain
-            .key(request.storage_key)
-            .arg(request.token)
-            .arg(millis(request.ttl));
         // A reply after the safety deadline could not give a usable guard.
-        let fence: u64 = self
-            .scripts
-            .call(cx, request.key, request.useful_for(), &obtain)
-            .await?;
+        let fence: u64 = if let Some(ack) = self.replica_ack.get() {
+            let mut obtain = replicas::evalsha(&OBTAIN, request.storage_key);
+            obtain.arg(request.token).arg(millis(request.ttl));
+            let wait = replicas::wait_timeout(cx, ack, request.useful_for());
+            let (fence, acked): (u64, i64) = self
+                .scripts
+                .call_acknowledged(
+                    cx,
+                    request.key,
+                    request.useful_for(),
+                    &OBTAIN,
+                    obtain,
+                    crate::config::ReplicaAck::new(ack.replicas, wait),
+                )
+                .await?;
+            if fence != 0 && acked < i64::from(ack.replicas) {
+                // Undone before the error returns, so that a retry finds the key free; if
+                // this release fails, the armed undo retries it in the background.
+                let (key, lock_key, token) = (request.key, request.storage_key, request.token);
+                if self
+                    .scripts
+                    .release(cx, key, lock_key, token, request.ttl)
+                    .await
+                    .is_ok()
+                {
+                    undo.disarm();
+                }
+                return Err(replicas::too_few(key, "lock", acked, ack, wait));
+            }
+            fence
+        } else {
+            let mut obtain = OBTAIN.prepare_invoke();
+            obtain
+                .key(request.storage_key)
+                .arg(request.token)
+                .arg(millis(request.ttl));
+            self.scripts
+                .call(cx, request.key, request.useful_for(), &obtain)
+                .await?
+        };
         undo.disarm();
         Ok((fence != 0).then(|| Grant {
             fencing_token: fence,
@@ -167,6 +207,28 @@ where
     }
 
     async fn renew(&self, cx: &Context, lease: &Lease, token: &mut String) -> Result<Renewal> {
+        if let Some(ack) = self.replica_ack.get() {
+            // Unacknowledged, the new expiry may be missing on the replica that gets
+            // promoted: an `Err`, which the watchdog retries until the safety deadline.
+            let mut refresh = replicas::evalsha(&REFRESH, &lease.storage_key);
+            refresh.arg(&*token).arg(millis(lease.ttl));
+            let wait = replicas::wait_timeout(cx, ack, lease.ttl / 10);
+            let (renewed, acked): (i64, i64) = self
+                .scripts
+                .call_acknowledged(
+                    cx,
+                    &lease.key,
+                    lease.ttl,
+                    &REFRESH,
+                    refresh,
+                    crate::config::ReplicaAck::new(ack.replicas, wait),
+                )
+                .await?;
+            if renewed == 1 && acked < i64::from(ack.replicas) {
+                return Err(replicas::too_few(&lease.key, "renewal", acked, ack, wait));
+            }
+            return Ok(Renewal::still_ours(renewed == 1));
+        }
         let mut refresh = REFRESH.prepare_invoke();
         refresh
             .key(&lease.storage_key)

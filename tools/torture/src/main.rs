@@ -337,6 +337,7 @@ async fn connect_locker(backend: &str, endpoints: &[String]) -> Locker {
         prefix: PREFIX.into(),
         default_ttl: TTL,
         retry_interval: Duration::from_millis(50),
+        ..Default::default()
     };
     match backend {
         "etcd" => {
