@@ -23,6 +23,8 @@
 //! let guard = locker.lock_with("inventory:42", options).await?;
 //! let busy = locker.try_lock("inventory:42").await?;         // never waits
 //! assert!(busy.is_none());
+//! let holder = locker.holder("inventory:42").await?;         // who holds it: token, TTL left
+//! assert_eq!(holder.map(|h| h.fencing_token), Some(guard.fencing_token()));
 //! drop(guard);
 //!
 //! let go = locker.compat();                                   // the Go-style API
@@ -72,6 +74,7 @@ mod compat;
 mod config;
 mod error;
 mod guard;
+mod holder;
 mod locker;
 pub mod metrics;
 mod options;
@@ -88,5 +91,6 @@ pub use compat::Compat;
 pub use config::{Config, Driver, ReplicaAck, MAX_KEY_LEN, MAX_REPLICA_ACKS, MAX_TTL, MIN_TTL};
 pub use error::{BoxError, Error, Result};
 pub use guard::{LockGuard, Run};
+pub use holder::Holder;
 pub use locker::{Locker, LockerBuilder, DEFAULT_CALL_TIMEOUT};
 pub use options::LockOptions;

@@ -13,9 +13,11 @@ use crate::backend::{Context, Request};
 use crate::config::{check_ttl, Config, Driver, MAX_KEY_LEN};
 use crate::error::{display_key, Error, Result};
 use crate::guard::LockGuard;
+use crate::holder::MAX_VALUE;
 use crate::metrics::Metrics;
 use crate::options::LockOptions;
 use crate::registry::Registry;
+use crate::Holder;
 
 /// A handle to distributed locks on one backend. Cheap to clone; clones share everything
 /// (backend connection, held locks, the compat registry).
@@ -423,7 +425,38 @@ impl Locker {
     /// # drop(held); Ok(()) }
     /// ```
     pub async fn lock_with(&self, key: &str, options: LockOptions) -> Result<LockGuard> {
-        let call = self.begin(key, &options)?;
+        self.lock_call(key, options, None).await
+    }
+
+    /// [`Locker::lock_with`] that also publishes `value` for [`Locker::holder`] readers.
+    #[allow(dead_code)] // until the election module (issue 14) lands
+    pub(crate) async fn lock_publishing(
+        &self,
+        key: &str,
+        options: LockOptions,
+        value: &str,
+    ) -> Result<LockGuard> {
+        self.lock_call(key, options, Some(value)).await
+    }
+
+    /// [`Locker::try_lock_with`] that also publishes `value` for [`Locker::holder`] readers.
+    #[allow(dead_code)] // until the election module (issue 14) lands
+    pub(crate) async fn try_lock_publishing(
+        &self,
+        key: &str,
+        options: LockOptions,
+        value: &str,
+    ) -> Result<Option<LockGuard>> {
+        self.try_lock_call(key, options, Some(value)).await
+    }
+
+    async fn lock_call(
+        &self,
+        key: &str,
+        options: LockOptions,
+        value: Option<&str>,
+    ) -> Result<LockGuard> {
+        let call = self.begin(key, &options, value)?;
         let (backend, cx, request) = (&self.inner.backend, &self.inner.context, &call.request());
         // A zero wait_timeout means "one attempt", then Timeout rather than `None`.
         let attempt = if options.get_wait_timeout() == Some(Duration::ZERO) {
@@ -470,7 +503,16 @@ impl Locker {
         key: &str,
         options: LockOptions,
     ) -> Result<Option<LockGuard>> {
-        let call = self.begin(key, &options)?;
+        self.try_lock_call(key, options, None).await
+    }
+
+    async fn try_lock_call(
+        &self,
+        key: &str,
+        options: LockOptions,
+        value: Option<&str>,
+    ) -> Result<Option<LockGuard>> {
+        let call = self.begin(key, &options, value)?;
         let (backend, cx, request) = (&self.inner.backend, &self.inner.context, &call.request());
         match self
             .attempt(&call, backend.try_acquire(cx, request))
@@ -479,6 +521,37 @@ impl Locker {
             Some(acquired) => self.start_guard(&call, acquired).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Who holds `key` now, as the server says (`Ok(None)`: nobody): its fencing token, what
+    /// remains of its TTL, and the value it published, if any. A snapshot, for showing or
+    /// observing ownership; only a [`LockGuard`] proves it. Every built-in backend answers;
+    /// a backend of your own may not (`Error::Backend`).
+    ///
+    /// Cancel-safe: it only reads.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// # let locker = dlock::Locker::builder(dlock::Config::default()).memory(dlock::MemoryStore::new()).build()?;
+    /// let guard = locker.lock("nightly").await?;
+    /// let holder = locker.holder("nightly").await?;
+    /// assert_eq!(holder.map(|h| h.fencing_token), Some(guard.fencing_token()));
+    /// guard.release().await?;
+    /// assert_eq!(locker.holder("nightly").await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn holder(&self, key: &str) -> Result<Option<Holder>> {
+        let inner = &*self.inner;
+        let _in_flight = inner.context.in_flight();
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        check_key(key)?;
+        let storage_key = inner.backend.storage_key(&inner.config.prefix, key);
+        inner
+            .backend
+            .holder(&inner.context, key, &storage_key)
+            .await
     }
 
     /// Stops all renewal and releases every lock held through this locker (guards and the
@@ -519,7 +592,12 @@ impl Locker {
     }
 
     /// Validates one lock call before anything is sent.
-    fn begin<'a>(&self, key: &'a str, options: &LockOptions) -> Result<Call<'a>> {
+    fn begin<'a>(
+        &self,
+        key: &'a str,
+        options: &LockOptions,
+        value: Option<&'a str>,
+    ) -> Result<Call<'a>> {
         let inner = &*self.inner;
         // Taken before anything else, dropped when the call returns (after the guard's task
         // was spawned): `close()` waits for calls in flight too.
@@ -528,6 +606,14 @@ impl Locker {
             return Err(Error::Closed);
         }
         check_key(key)?;
+        // An empty value publishes nothing, the same on every backend.
+        let value = value.filter(|v| !v.is_empty());
+        if let Some(value) = value.filter(|v| v.len() > MAX_VALUE) {
+            return Err(Error::InvalidConfig {
+                field: "value".into(),
+                reason: format!("is {} bytes; at most {MAX_VALUE}", value.len()),
+            });
+        }
         let ttl = options.get_ttl().unwrap_or(inner.config.default_ttl);
         check_ttl(ttl)
             .and_then(|()| inner.backend.check_ttl(ttl))
@@ -549,6 +635,7 @@ impl Locker {
                 .get_wait_timeout()
                 .filter(|w| !w.is_zero())
                 .map(|w| deadline_after(started, w)),
+            value,
             _in_flight: in_flight,
         })
     }
@@ -646,12 +733,14 @@ struct Call<'a> {
     started: Instant,
     /// From `wait_timeout`; `None`: no deadline.
     deadline: Option<Instant>,
+    /// Published with the lock, for [`Locker::holder`].
+    value: Option<&'a str>,
     _in_flight: TaskTrackerToken,
 }
 
 impl Call<'_> {
     fn request(&self) -> Request<'_> {
-        Request::new(self.key, &self.storage_key, &self.token, self.ttl)
+        Request::new(self.key, &self.storage_key, &self.token, self.ttl).with_value(self.value)
     }
 
     fn timeout(&self) -> Error {

@@ -13,13 +13,21 @@ use std::time::Duration;
 
 use dlock::backend::{Backend, Context, Grant, Lease, Renewal, Request, Wakeups};
 use dlock::testing::{conformance, Fixture};
-use dlock::{Config, Driver, Error, Locker};
+use dlock::{Config, Driver, Error, Holder, Locker};
 use tokio::time::Instant;
 
-/// The "server": storage key -> (token, expiry), a fencing counter, and whether it is down.
+/// One held lock of the table.
+struct Row {
+    token: String,
+    expiry: Instant,
+    fence: u64,
+    value: Option<String>,
+}
+
+/// The "server": storage key -> row, a fencing counter, and whether it is down.
 #[derive(Default)]
 struct Table {
-    locks: Mutex<HashMap<String, (String, Instant)>>,
+    locks: Mutex<HashMap<String, Row>>,
     last_fence: Mutex<u64>,
     down: AtomicBool,
     wakeups: Arc<Wakeups>,
@@ -27,10 +35,7 @@ struct Table {
 
 impl Table {
     /// The table, or the error a real server outage would give.
-    fn reach(
-        &self,
-        key: &str,
-    ) -> dlock::Result<MutexGuard<'_, HashMap<String, (String, Instant)>>> {
+    fn reach(&self, key: &str) -> dlock::Result<MutexGuard<'_, HashMap<String, Row>>> {
         if self.down.load(Ordering::SeqCst) {
             return Err(Error::Backend {
                 backend: "table",
@@ -45,8 +50,8 @@ impl Table {
 /// One locker's handle on the shared table.
 struct TableBackend(Arc<Table>);
 
-fn is_live(entry: Option<&(String, Instant)>, token: &str) -> bool {
-    entry.is_some_and(|(held, expiry)| held == token && *expiry > Instant::now())
+fn is_live(row: Option<&Row>, token: &str) -> bool {
+    row.is_some_and(|row| row.token == token && row.expiry > Instant::now())
 }
 
 impl Backend for TableBackend {
@@ -69,21 +74,23 @@ impl Backend for TableBackend {
         let mut locks = self.0.reach(request.key)?;
         if locks
             .get(request.storage_key)
-            .is_some_and(|(_, expiry)| *expiry > now)
+            .is_some_and(|row| row.expiry > now)
         {
             return Ok(None);
         }
-        let token = request.token.to_owned();
-        locks.insert(
-            request.storage_key.to_owned(),
-            (token.clone(), now + request.ttl),
-        );
         let mut fence = self.0.last_fence.lock().unwrap();
         *fence += 1;
+        let row = Row {
+            token: request.token.to_owned(),
+            expiry: now + request.ttl,
+            fence: *fence,
+            value: request.value.map(str::to_owned),
+        };
+        locks.insert(request.storage_key.to_owned(), row);
         Ok(Some(Grant {
             fencing_token: *fence,
             confirmed_at: now,
-            held: token,
+            held: request.token.to_owned(),
         }))
     }
 
@@ -94,14 +101,27 @@ impl Backend for TableBackend {
         token: &mut String,
     ) -> dlock::Result<Renewal> {
         let mut locks = self.0.reach(&lease.key)?;
-        if !is_live(locks.get(&lease.storage_key), token) {
-            return Ok(Renewal::Lost("the row was deleted or taken"));
+        match locks.get_mut(&lease.storage_key) {
+            Some(row) if is_live(Some(row), token) => {
+                row.expiry = Instant::now() + lease.ttl;
+                Ok(Renewal::Renewed)
+            }
+            _ => Ok(Renewal::Lost("the row was deleted or taken")),
         }
-        locks.insert(
-            lease.storage_key.clone(),
-            (token.clone(), Instant::now() + lease.ttl),
-        );
-        Ok(Renewal::Renewed)
+    }
+
+    async fn holder(
+        &self,
+        _: &Context,
+        key: &str,
+        storage_key: &str,
+    ) -> dlock::Result<Option<Holder>> {
+        let now = Instant::now();
+        let locks = self.0.reach(key)?;
+        Ok(locks
+            .get(storage_key)
+            .filter(|row| row.expiry > now)
+            .map(|row| Holder::new(row.fence, row.expiry - now, row.value.clone())))
     }
 
     async fn release(
@@ -149,7 +169,7 @@ impl Fixture for TableFixture {
         let locks = self.table.locks.lock().unwrap();
         locks
             .get(&format!("{prefix}{key}"))
-            .is_some_and(|(_, expiry)| *expiry > Instant::now())
+            .is_some_and(|row| row.expiry > Instant::now())
     }
 
     async fn delete(&self, prefix: &str, key: &str) {

@@ -290,6 +290,10 @@ conformance!(etcd_tls_prefix_user, EtcdTlsAuth);
 async fn one_of_everything(locker: &Locker, waiter: &Locker) -> Result<(), Error> {
     let ttl = LockOptions::new().ttl(Duration::from_millis(300));
     let held = locker.lock_with("k", ttl).await?;
+    assert!(
+        waiter.holder("k").await?.is_some(),
+        "holder() sees the lock"
+    );
     let waiting = {
         let waiter = waiter.clone();
         tokio::spawn(async move {

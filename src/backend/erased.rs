@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::{Backend, Context, Lease, Loss, Request};
 use crate::config::Driver;
 use crate::error::Result;
+use crate::Holder;
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -49,6 +50,12 @@ pub(crate) trait DynBackend: Send + Sync {
         request: &'a Request<'a>,
         retry_interval: Duration,
     ) -> BoxFuture<'a, Result<Option<Acquired>>>;
+    fn holder<'a>(
+        &'a self,
+        cx: &'a Context,
+        key: &'a str,
+        storage_key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Holder>>>;
 }
 
 /// A held lock's backend and state, object-safe: what the guard's lifecycle task owns.
@@ -131,6 +138,15 @@ impl<B: Backend> DynBackend for Seam<B> {
             let grant = self.0.acquire(cx, request, retry_interval).await?;
             Ok(self.acquired(request, grant))
         })
+    }
+
+    fn holder<'a>(
+        &'a self,
+        cx: &'a Context,
+        key: &'a str,
+        storage_key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Holder>>> {
+        Box::pin(self.0.holder(cx, key, storage_key))
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::{recover, Backend, Context, Grant, Lease, Renewal, Request, Wakeups, TAKEN};
 use crate::config::Driver;
 use crate::error::{Error, Result};
+use crate::Holder;
 
 /// An in-process lock server for [`Driver::Memory`](crate::Driver::Memory): the same TTL,
 /// token, fencing and loss semantics as Redis, without a network.
@@ -72,6 +73,9 @@ const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 struct Entry {
     token: String,
     expires_at: Instant,
+    fence: u64,
+    /// [`Request::value`], for [`Backend::holder`].
+    value: Option<Box<str>>,
 }
 
 impl State {
@@ -233,12 +237,14 @@ impl Backend for MemoryBackend {
         if state.live(request.storage_key, now).is_some() {
             return Ok(None);
         }
+        state.last_fence += 1;
         let entry = Entry {
             token: request.token.to_owned(),
             expires_at: now + request.ttl,
+            fence: state.last_fence,
+            value: request.value.map(Into::into),
         };
         state.insert(request.storage_key.to_owned(), entry, now);
-        state.last_fence += 1;
         Ok(Some(Grant {
             fencing_token: state.last_fence,
             confirmed_at: now,
@@ -258,6 +264,16 @@ impl Backend for MemoryBackend {
             }
             _ => Ok(Renewal::Lost(TAKEN)),
         }
+    }
+
+    async fn holder(&self, _: &Context, key: &str, storage_key: &str) -> Result<Option<Holder>> {
+        let store = &self.0;
+        store.online(key)?;
+        let now = Instant::now();
+        Ok(store.state().live(storage_key, now).map(|entry| {
+            let value = entry.value.as_deref().map(str::to_owned);
+            Holder::new(entry.fence, entry.expires_at - now, value)
+        }))
     }
 
     async fn release(

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::Driver;
 use crate::error::Result;
+use crate::Holder;
 
 pub(crate) mod erased;
 #[cfg(feature = "etcd")]
@@ -230,6 +231,25 @@ pub trait Backend: Send + Sync + 'static {
         support::watchdog(self, cx, lease, held, confirmed)
     }
 
+    /// Who holds the lock at `storage_key` now (`Ok(None)`: free), with the value its
+    /// holder published ([`Request::value`]); `key` is the user's key, for errors. Backs
+    /// [`Locker::holder`](crate::Locker::holder). The default answers that this backend
+    /// cannot tell.
+    fn holder(
+        &self,
+        cx: &Context,
+        key: &str,
+        storage_key: &str,
+    ) -> impl Future<Output = Result<Option<Holder>>> + Send {
+        let _ = (cx, storage_key);
+        let refusal = crate::Error::backend(
+            self.name(),
+            key,
+            "this backend cannot tell who holds a lock",
+        );
+        async move { Err(refusal) }
+    }
+
     /// Releases the lock if it is still this acquisition's: `Ok(true)` released (now, or by
     /// an earlier copy of this call), `Ok(false)` it was not ours any more. `limit`: the
     /// server forgets the lock by then anyway, so no call is worth waiting longer.
@@ -254,6 +274,9 @@ pub struct Request<'a> {
     pub token: &'a str,
     /// The lock's TTL, already checked against [`Backend::check_ttl`].
     pub ttl: Duration,
+    /// What the holder publishes with the lock, for [`Backend::holder`] readers (an
+    /// election's leader identity; at most 4 KiB). `None` for a plain lock.
+    pub value: Option<&'a str>,
 }
 
 impl Request<'_> {
@@ -284,7 +307,22 @@ impl Request<'_> {
             storage_key,
             token,
             ttl,
+            value: None,
         }
+    }
+}
+
+impl<'a> Request<'a> {
+    /// The same request, publishing `value` with the lock.
+    ///
+    /// ```
+    /// # #[cfg(feature = "unstable-backend")] {
+    /// let request = dlock::backend::Request::new("k", "dlock:k", "01J", std::time::Duration::from_secs(10));
+    /// assert_eq!(request.with_value(Some("host-1:8080")).value, Some("host-1:8080"));
+    /// # }
+    /// ```
+    pub fn with_value(self, value: Option<&'a str>) -> Request<'a> {
+        Request { value, ..self }
     }
 }
 

@@ -36,6 +36,7 @@ use tokio::time::{sleep_until, Instant};
 use super::{Backend, Context, Grant, Lease, Loss, Renewal, Request};
 use crate::config::Driver;
 use crate::error::Result;
+use crate::Holder;
 use queue::Entry;
 use session::{Attachment, Sessions};
 
@@ -195,6 +196,20 @@ impl Backend for EtcdBackend {
                 }
             }
         }
+    }
+
+    /// The head of the queue; its lease's remaining TTL is what remains of the lock's.
+    async fn holder(&self, cx: &Context, key: &str, queue: &str) -> Result<Option<Holder>> {
+        let Some((revision, value, lease_id)) = queue::head(&self.client, cx, key, queue).await?
+        else {
+            return Ok(None);
+        };
+        let mut leases = self.client.lease_client();
+        let ttl = leases.time_to_live(lease_id, None);
+        let remaining = cx.call("etcd", key, Duration::MAX, ttl).await?.ttl();
+        let value = (!value.is_empty()).then_some(value);
+        let expires_in = Duration::from_secs(remaining.max(0) as u64);
+        Ok(Some(Holder::new(revision as u64, expires_in, value)))
     }
 
     async fn release(

@@ -64,7 +64,7 @@ pub(super) async fn enqueue<'a>(
     let own_key = own_key(request);
     let put = TxnOp::put(
         own_key.as_str(),
-        "",
+        request.value.unwrap_or_default(),
         Some(PutOptions::new().with_lease(session.lease_id)),
     );
     let queue_is_empty = Compare::create_revision(queue, CompareOp::Equal, 0).with_prefix();
@@ -92,6 +92,27 @@ pub(super) async fn enqueue<'a>(
         ttl: request.ttl,
         head_is_ours,
         attachment: session.attach(own_key.into()),
+    }))
+}
+
+/// The head of `queue` (the holder's key), if any: its create revision, value and lease.
+pub(super) async fn head(
+    client: &Client,
+    cx: &Context,
+    key: &str,
+    queue: &str,
+) -> Result<Option<(i64, String, i64)>> {
+    let first = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1);
+    let mut kv = client.kv_client();
+    let reply = cx
+        .call("etcd", key, Duration::MAX, kv.get(queue, Some(first)))
+        .await?;
+    Ok(reply.kvs().first().map(|kv| {
+        let value = String::from_utf8_lossy(kv.value()).into_owned();
+        (kv.create_revision(), value, kv.lease())
     }))
 }
 

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::config::Driver;
 use crate::error::Result;
+use crate::Holder;
 
 pub(crate) use self::replicas::AckSlot;
 pub use self::sentinel::SentinelConnection;
@@ -35,6 +36,7 @@ pub use self::sentinel::SentinelConnection;
 static OBTAIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("obtain.lua")));
 static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("refresh.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
+static HOLDER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("holder.lua")));
 
 /// Where `LockerBuilder::redis_pubsub` leaves the notification client, whether it is called
 /// before or after `.redis(..)`; the backend takes it when a first waiter needs it.
@@ -138,7 +140,10 @@ where
         // A reply after the safety deadline could not give a usable guard.
         let fence: u64 = if let Some(ack) = self.replica_ack.get() {
             let mut obtain = replicas::evalsha(&OBTAIN, request.storage_key);
-            obtain.arg(request.token).arg(millis(request.ttl));
+            obtain
+                .arg(request.token)
+                .arg(millis(request.ttl))
+                .arg(published(request.value));
             let wait = replicas::wait_timeout(cx, ack, request.useful_for());
             let (fence, acked): (u64, i64) = self
                 .scripts
@@ -171,7 +176,8 @@ where
             obtain
                 .key(request.storage_key)
                 .arg(request.token)
-                .arg(millis(request.ttl));
+                .arg(millis(request.ttl))
+                .arg(published(request.value));
             self.scripts
                 .call(cx, request.key, request.useful_for(), &obtain)
                 .await?
@@ -241,6 +247,17 @@ where
         Ok(Renewal::still_ours(renewed == 1))
     }
 
+    async fn holder(&self, cx: &Context, key: &str, lock_key: &str) -> Result<Option<Holder>> {
+        let mut holder = HOLDER.prepare_invoke();
+        holder.key(lock_key);
+        let reply: Option<(String, i64)> =
+            self.scripts.call(cx, key, Duration::MAX, &holder).await?;
+        Ok(reply.and_then(|(value, pttl)| {
+            let expires_in = Duration::from_millis(pttl.max(0) as u64);
+            parse_holder(&value, expires_in)
+        }))
+    }
+
     async fn release(
         &self,
         cx: &Context,
@@ -293,6 +310,62 @@ impl<C: ConnectionLike + Clone + Send + Sync> Scripts<C> {
     }
 }
 
+/// The obtain script's `#<hex>` field for a published value, or nothing.
+fn published(value: Option<&str>) -> String {
+    let Some(value) = value else {
+        return String::new();
+    };
+    let mut field = String::with_capacity(1 + 2 * value.len());
+    field.push('#');
+    for byte in value.bytes() {
+        field.push_str(&format!("{byte:02x}"));
+    }
+    field
+}
+
+/// A held value `<token>:<fence>[#<hex>][!...][~...]` read back as a [`Holder`].
+fn parse_holder(value: &str, expires_in: Duration) -> Option<Holder> {
+    let (_token, rest) = value.split_once(':')?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let fence = rest[..digits].parse().ok()?;
+    let published = rest[digits..].strip_prefix('#').map(|hex| {
+        let hex = &hex.as_bytes()[..hex.bytes().take_while(u8::is_ascii_hexdigit).count()];
+        let bytes: Vec<u8> = hex
+            .chunks(2)
+            .filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    Some(Holder::new(fence, expires_in, published))
+}
+
 fn millis(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_values_read_back_whatever_they_hold() {
+        let ttl = Duration::from_secs(3);
+        for value in [
+            "host-a:8080",
+            "",
+            "~!:#",
+            "é ünïcode\n\0",
+            "a".repeat(4096).as_str(),
+        ] {
+            let stored = format!(
+                "01JTOKEN:1795616126328485{}~01JPREV",
+                published(Some(value))
+            );
+            let holder = parse_holder(&stored, ttl).expect("parsed");
+            assert_eq!(holder.fencing_token, 1795616126328485);
+            assert_eq!(holder.value.as_deref(), Some(value), "{stored}");
+        }
+        let plain = parse_holder("01JTOKEN:42!~01JPREV", ttl).expect("parsed");
+        assert_eq!((plain.fencing_token, plain.value), (42, None));
+    }
 }
