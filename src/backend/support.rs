@@ -168,17 +168,35 @@ pub(crate) fn safety_margin(ttl: Duration) -> Duration {
     ttl / 10
 }
 
-/// [`Backend::acquire`]'s default: retries until acquired. Between attempts it sleeps
-/// `retry_interval` ±20 %, or less when the backend's wake-ups announce a release of the
-/// storage key. The wake-up is registered before each attempt, so a release that lands
-/// between a failed attempt and the sleep is not missed.
+/// [`Backend::acquire`]'s default: [`retry_until_acquired`] with the backend's attempts.
 pub(crate) async fn poll_until_acquired<B: Backend + ?Sized>(
     backend: &B,
     cx: &Context,
     request: &Request<'_>,
     retry_interval: Duration,
 ) -> Result<Option<Grant<B::Held>>> {
-    let waiter = backend.wakeups().map(|w| w.wait_for(request.storage_key));
+    let wakeups = backend.wakeups();
+    retry_until_acquired(wakeups, request.storage_key, retry_interval, || {
+        backend.try_acquire(cx, request)
+    })
+    .await
+}
+
+/// Runs `attempt` until it acquires. Between attempts it sleeps `retry_interval` ±20 %, or
+/// less when `wakeups` announce a release of `storage_key`. The wake-up is registered
+/// before each attempt, so a release that lands between a failed attempt and the sleep is
+/// not missed.
+pub(crate) async fn retry_until_acquired<H, F, Fut>(
+    wakeups: Option<&std::sync::Arc<super::Wakeups>>,
+    storage_key: &str,
+    retry_interval: Duration,
+    mut attempt: F,
+) -> Result<Option<Grant<H>>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<Grant<H>>>>,
+{
+    let waiter = wakeups.map(|w| w.wait_for(storage_key));
     let no_wakeups = Notify::new();
     loop {
         let released = match &waiter {
@@ -187,7 +205,7 @@ pub(crate) async fn poll_until_acquired<B: Backend + ?Sized>(
         };
         tokio::pin!(released);
         released.as_mut().enable();
-        if let Some(grant) = backend.try_acquire(cx, request).await? {
+        if let Some(grant) = attempt().await? {
             return Ok(Some(grant));
         }
         tokio::select! {

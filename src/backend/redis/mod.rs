@@ -7,6 +7,12 @@
 //! so nothing leaks and no restored snapshot can roll tokens back. The `{..}` hash tag keeps
 //! room for keys of the same lock on Redis Cluster.
 //!
+//! Waiters announce themselves on the lock: an attempt made while subscribed to the lock's
+//! release channel marks a held value with `!`, and only a release that sees the mark
+//! publishes on `<lock key>:released`. Nobody waiting, nothing published; the mark lives
+//! and dies with the holder's value, so a waiter that dies costs at most one needless
+//! `PUBLISH`.
+//!
 //! Bounds: an acquire attempt is useless once its reply could come after the safety
 //! deadline, a release once the key has expired; every call is also bounded by the
 //! locker's call timeout. Scripts live beside this file, one per operation, each idempotent.
@@ -22,7 +28,7 @@ use tokio::time::Instant;
 
 use self::notifications::Notifications;
 use super::{
-    poll_until_acquired, recover, Backend, Context, Grant, Lease, Renewal, Request, Wakeups,
+    recover, retry_until_acquired, Backend, Context, Grant, Lease, Renewal, Request, Wakeups,
 };
 use crate::config::Driver;
 use crate::error::Result;
@@ -73,6 +79,46 @@ where
         }
     }
 
+    /// One acquire attempt; `announce`: mark a held lock so that its release publishes.
+    async fn attempt(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+        announce: bool,
+    ) -> Result<Option<Grant<String>>> {
+        // Until the server answers, the script may or may not have run: if this future is
+        // dropped or the call fails, release whatever our token may hold.
+        let undo = cx.undo_on_drop(|| {
+            let (scripts, cx) = (self.scripts.clone(), cx.clone());
+            let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
+            let (token, ttl) = (request.token.to_owned(), request.ttl);
+            async move {
+                if let Err(e) = scripts.release(&cx, &key, &lock_key, &token, ttl).await {
+                    tracing::debug!(component = "dlock", backend = "redis", key = %key, error = %e,
+                        "cleanup of an interrupted acquire failed; the TTL will remove it");
+                }
+            }
+        });
+        let sent = Instant::now();
+        let mut obtain = OBTAIN.prepare_invoke();
+        obtain
+            .key(request.storage_key)
+            .arg(request.token)
+            .arg(millis(request.ttl))
+            .arg(if announce { "1" } else { "0" });
+        // A reply after the safety deadline could not give a usable guard.
+        let fence: u64 = self
+            .scripts
+            .call(cx, request.key, request.useful_for(), &obtain)
+            .await?;
+        undo.disarm();
+        Ok((fence != 0).then(|| Grant {
+            fencing_token: fence,
+            confirmed_at: sent,
+            held: request.token.to_owned(),
+        }))
+    }
+
     fn notifications(&self) -> Option<&Notifications> {
         self.notifications
             .get_or_init(|| {
@@ -112,36 +158,7 @@ where
         cx: &Context,
         request: &Request<'_>,
     ) -> Result<Option<Grant<String>>> {
-        // Until the server answers, the script may or may not have run: if this future is
-        // dropped or the call fails, release whatever our token may hold.
-        let undo = cx.undo_on_drop(|| {
-            let (scripts, cx) = (self.scripts.clone(), cx.clone());
-            let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
-            let (token, ttl) = (request.token.to_owned(), request.ttl);
-            async move {
-                if let Err(e) = scripts.release(&cx, &key, &lock_key, &token, ttl).await {
-                    tracing::debug!(component = "dlock", backend = "redis", key = %key, error = %e,
-                        "cleanup of an interrupted acquire failed; the TTL will remove it");
-                }
-            }
-        });
-        let sent = Instant::now();
-        let mut obtain = OBTAIN.prepare_invoke();
-        obtain
-            .key(request.storage_key)
-            .arg(request.token)
-            .arg(millis(request.ttl));
-        // A reply after the safety deadline could not give a usable guard.
-        let fence: u64 = self
-            .scripts
-            .call(cx, request.key, request.useful_for(), &obtain)
-            .await?;
-        undo.disarm();
-        Ok((fence != 0).then(|| Grant {
-            fencing_token: fence,
-            confirmed_at: sent,
-            held: request.token.to_owned(),
-        }))
+        self.attempt(cx, request, false).await
     }
 
     async fn acquire(
@@ -151,19 +168,26 @@ where
         retry_interval: Duration,
     ) -> Result<Option<Grant<String>>> {
         // Uncontended fast path: no subscription for a lock that is free.
-        if let Some(grant) = self.try_acquire(cx, request).await? {
+        if let Some(grant) = self.attempt(cx, request, false).await? {
             return Ok(Some(grant));
         }
         // Waits at most one poll interval for the subscription: a release announced before
         // it is active is caught by the next attempt or poll.
-        let _subscription = match self.notifications() {
+        let subscription = match self.notifications() {
             Some(n) => Some(
                 n.subscribe(cx, release_channel(request.storage_key), retry_interval)
                     .await,
             ),
             None => None,
         };
-        poll_until_acquired(self, cx, request, retry_interval).await
+        // With a subscription, every later attempt that finds the lock held marks it, so
+        // that its release publishes (obtain.lua); without one, nobody would hear it.
+        let announce = subscription.is_some();
+        let wakeups = Some(&self.scripts.wakeups);
+        retry_until_acquired(wakeups, request.storage_key, retry_interval, || {
+            self.attempt(cx, request, announce)
+        })
+        .await
     }
 
     async fn renew(&self, cx: &Context, lease: &Lease, token: &mut String) -> Result<Renewal> {
@@ -207,7 +231,6 @@ impl<C: ConnectionLike + Clone + Send + Sync> Scripts<C> {
             .key(lock_key)
             .arg(token)
             .arg(millis(limit).max(1))
-            .arg(release_channel(lock_key))
             .arg(self.wakeups.id());
         let released = self.call::<i64>(cx, key, limit, &release).await? == 1;
         if released {
