@@ -222,45 +222,50 @@ fn jittered(interval: Duration) -> Duration {
 /// [`Backend::keep`]'s default: renews every TTL/3. Transient errors are retried every
 /// TTL/10 until the safety deadline, measured from the send time of the last confirmed
 /// command (`confirmed`, kept current); then the lock is declared lost.
-pub(crate) async fn watchdog<B: Backend + ?Sized>(
-    backend: &B,
-    cx: &Context,
-    lease: &Lease,
-    held: &mut B::Held,
-    confirmed: &mut Instant,
-) -> Loss {
-    let period = lease.ttl / 3;
-    let retry = (lease.ttl / 10).max(Duration::from_millis(5));
-    let mut next = *confirmed + period;
-    let mut last_error = None;
-    loop {
-        let deadline = lease.deadline(*confirmed);
-        sleep_until(next.min(deadline)).await;
-        let sent = Instant::now();
-        if sent >= deadline {
-            return Loss::Unconfirmed { last_error };
-        }
-        // Boxed: a guard sleeps far more than it renews, so keep its resident state small.
-        match timeout_at(deadline, Box::pin(backend.renew(cx, lease, held))).await {
-            Ok(Ok(Renewal::Renewed)) => {
-                *confirmed = sent;
-                next = sent + period;
-                last_error = None;
+pub(crate) fn watchdog<'b, 'c, 'l, 'h, 'i, B: Backend + ?Sized>(
+    backend: &'b B,
+    cx: &'c Context,
+    lease: &'l Lease,
+    held: &'h mut B::Held,
+    confirmed: &'i mut Instant,
+) -> impl Future<Output = Loss> + Send + use<'b, 'c, 'l, 'h, 'i, B> {
+    // An `async` block rather than an `async fn`: the latter would keep a second copy of
+    // the arguments in the future, which lives as long as the guard.
+    async move {
+        let period = lease.ttl / 3;
+        let retry = (lease.ttl / 10).max(Duration::from_millis(5));
+        let mut next = *confirmed + period;
+        let mut last_error = None;
+        loop {
+            let deadline = lease.deadline(*confirmed);
+            sleep_until(next.min(deadline)).await;
+            let sent = Instant::now();
+            if sent >= deadline {
+                return Loss::Unconfirmed { last_error };
             }
-            Ok(Ok(Renewal::Lost(reason))) => return Loss::NotHeld(reason),
-            Ok(Err(e)) => {
-                tracing::warn!(
-                    component = "dlock",
-                    backend = backend.name(),
-                    key = %lease.key,
-                    fencing_token = lease.fencing_token,
-                    error = %e,
-                    "renewal failed; retrying until the lock can no longer be proven held"
-                );
-                last_error = Some(e.to_string());
-                next = sent + retry;
+            // Boxed with its timer: a guard sleeps far more than it renews, so keep its
+            // resident state small.
+            match Box::pin(timeout_at(deadline, backend.renew(cx, lease, held))).await {
+                Ok(Ok(Renewal::Renewed)) => {
+                    *confirmed = sent;
+                    next = sent + period;
+                    last_error = None;
+                }
+                Ok(Ok(Renewal::Lost(reason))) => return Loss::NotHeld(reason),
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        component = "dlock",
+                        backend = backend.name(),
+                        key = %lease.key,
+                        fencing_token = lease.fencing_token,
+                        error = %e,
+                        "renewal failed; retrying until the lock can no longer be proven held"
+                    );
+                    last_error = Some(e.to_string());
+                    next = sent + retry;
+                }
+                Err(_) => return Loss::Unconfirmed { last_error },
             }
-            Err(_) => return Loss::Unconfirmed { last_error },
         }
     }
 }
