@@ -219,7 +219,24 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
-/// [`Backend::keep`]'s default: renews every TTL/3. Transient errors are retried every
+/// The renewal time `due` moved back onto a grid of 1/32 of the renewal period (at most
+/// 100 ms) shared by the whole process: guards with the same TTL then renew together, in
+/// one timer tick and one write to the server, instead of each waking the runtime on its
+/// own. Renewing up to a grid step early is always safe.
+fn on_renewal_grid(due: Instant, period: Duration) -> Instant {
+    static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    let step = (period / 32).min(Duration::from_millis(100));
+    let origin = *ORIGIN;
+    if step.is_zero() || due <= origin {
+        return due;
+    }
+    let step = step.as_nanos() as u64; // at most 100 ms
+    let since = u64::try_from((due - origin).as_nanos()).unwrap_or(u64::MAX);
+    origin + Duration::from_nanos(since - since % step)
+}
+
+/// [`Backend::keep`]'s default: renews every TTL/3 (a little earlier, see
+/// [`on_renewal_grid`]). Transient errors are retried every
 /// TTL/10 until the safety deadline, measured from the send time of the last confirmed
 /// command (`confirmed`, kept current); then the lock is declared lost.
 pub(crate) fn watchdog<'b, 'c, 'l, 'h, 'i, B: Backend + ?Sized>(
@@ -234,7 +251,7 @@ pub(crate) fn watchdog<'b, 'c, 'l, 'h, 'i, B: Backend + ?Sized>(
     async move {
         let period = lease.ttl / 3;
         let retry = (lease.ttl / 10).max(Duration::from_millis(5));
-        let mut next = *confirmed + period;
+        let mut next = on_renewal_grid(*confirmed + period, period);
         let mut last_error = None;
         loop {
             let deadline = lease.deadline(*confirmed);
@@ -248,7 +265,7 @@ pub(crate) fn watchdog<'b, 'c, 'l, 'h, 'i, B: Backend + ?Sized>(
             match Box::pin(timeout_at(deadline, backend.renew(cx, lease, held))).await {
                 Ok(Ok(Renewal::Renewed)) => {
                     *confirmed = sent;
-                    next = sent + period;
+                    next = on_renewal_grid(sent + period, period);
                     last_error = None;
                 }
                 Ok(Ok(Renewal::Lost(reason))) => return Loss::NotHeld(reason),
@@ -267,5 +284,33 @@ pub(crate) fn watchdog<'b, 'c, 'l, 'h, 'i, B: Backend + ?Sized>(
                 Err(_) => return Loss::Unconfirmed { last_error },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::on_renewal_grid;
+
+    #[test]
+    fn renewals_move_earlier_by_less_than_a_grid_step_and_line_up() {
+        let period = Duration::from_millis(3333);
+        let step = period / 32;
+        let now = Instant::now();
+        for offset_ms in [0, 1, 50, 103, 104, 2000, 3333] {
+            let due = now + period + Duration::from_millis(offset_ms);
+            let renew_at = on_renewal_grid(due, period);
+            assert!(renew_at <= due, "a renewal moved later than it was due");
+            assert!(due - renew_at < step, "a renewal moved earlier by a step or more");
+        }
+        let (a, b) = (now + period, now + period + step / 4);
+        assert!(
+            on_renewal_grid(a, period) == on_renewal_grid(b, period)
+                || on_renewal_grid(b, period) - on_renewal_grid(a, period) == step,
+            "renewals due close together did not share a grid point"
+        );
     }
 }
