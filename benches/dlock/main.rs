@@ -56,7 +56,7 @@ impl Settings {
             handoff_samples: 40,
             long_wait_samples: 6,
             hold_locks: 10_000,
-            hold_for: Duration::from_secs(30),
+            hold_for: Duration::from_secs(60),
         }
     }
 
