@@ -260,6 +260,10 @@ impl<F: Future> Future for Run<F> {
 /// `lost` fires no later than the safety deadline measured from the last confirmed renewal,
 /// whatever the release is doing: a release that hangs must not let the holder believe it
 /// still holds a lock that a rival may already have taken.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of its arguments for the guard's life"
+)]
 fn lifecycle(
     name: &'static str,
     mut acquired: Acquired,
