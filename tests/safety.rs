@@ -318,11 +318,7 @@ async fn resent_scripts_answer_as_if_sent_once() {
     let mut conn = server.connection_manager().await;
     let mut release_as = async |token: &str| -> i64 {
         let mut call = release.prepare_invoke();
-        call.key(lock)
-            .arg(token)
-            .arg(5000)
-            .arg("safe:{k}:released")
-            .arg("me");
+        call.key(lock).arg(token).arg(5000).arg("me");
         call.invoke_async(&mut conn).await.expect("release")
     };
     assert_eq!(release_as("01TOKENA").await, 1);
