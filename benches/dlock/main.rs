@@ -6,8 +6,8 @@
 //!    locker, with its own connection, releases; a waiter polling every 100 ms beside it;
 //! 3. `contention`: one hot key, many tasks over 2 lockers: acquisitions/s, attempts per
 //!    acquisition and the fewest/most acquisitions one task got, against rslock;
-//! 4. `hold`: 10,000 locks held: memory per guard and the CPU the client and redis-server
-//!    spend on renewal.
+//! 4. `hold`: 10,000 locks held, on Redis and on etcd: memory per guard and the CPU the
+//!    client and the server spend on renewal (and etcd's lease count).
 //!
 //! No figure is set against our own protocol sent by hand: that measures nothing but the
 //! client. Where a section has no baseline yet its table says so (issue 12 adds the
@@ -114,6 +114,6 @@ async fn run(s: Settings) {
         contention::run(&redis, &etcd, &s).await;
     }
     if wanted("hold") {
-        hold::run(&redis, &s).await;
+        hold::run(&redis, &etcd, &s).await;
     }
 }

@@ -109,6 +109,12 @@ impl EtcdServer {
         self.member.kill();
     }
 
+    /// The etcd process's id, while it runs (for measuring its CPU).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.member.child.as_ref().map(Child::id)
+    }
+
     /// Starts again on the same ports with the same data.
     pub async fn restart(&mut self) {
         self.member.kill();

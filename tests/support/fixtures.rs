@@ -370,4 +370,10 @@ impl Etcd {
     pub async fn client(&self) -> etcd_client::Client {
         self.server.client().await
     }
+
+    /// The server's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.server.pid().expect("the etcd fixture's server runs")
+    }
 }
