@@ -201,131 +201,195 @@ async fn a_sentinel_locker_follows_a_failover_and_locks_on_the_new_master() {
     other.release().await.expect("release on the new master");
 }
 
-/// What the checker saw during one failover run.
+/// Holder tasks and keys of the failover runs: more keys than holders, so that some keys are
+/// free when replication is cut and are then granted by the master alone.
+const HOLDERS: usize = 16;
+const KEYS: usize = 24;
+
+/// One guard's life as its holder saw it: from the grant until `lost()` fired or the holder
+/// let go (recorded before the release is sent: until then the server still holds the lock).
+struct Held {
+    key: String,
+    token: u64,
+    from: Instant,
+    until: Instant,
+    /// `lost()` fired, or the release answered that the lock was no longer ours.
+    lost: bool,
+}
+
+/// What the holders saw during one failover run.
 #[derive(Default)]
 struct Checker {
-    /// Key -> guards handed out and not yet given back, with their `lost()` tokens.
-    holders: Mutex<HashMap<String, Vec<(usize, CancellationToken)>>>,
-    tokens: Mutex<HashSet<(String, u64)>>,
-    grants: AtomicU64,
-    double_grants: AtomicU64,
-    repeated_tokens: AtomicU64,
-    losses: AtomicU64,
+    held: Mutex<Vec<Held>>,
     failed_attempts: AtomicU64,
-    /// Milliseconds after the kill of the first grant after it (0: none yet).
-    recovered_ms: AtomicU64,
+    /// Keys whose grants show that locking works again (the failed master's, on a cluster).
+    affected: Mutex<Option<HashSet<String>>>,
+    cut_at: Mutex<Option<Instant>>,
+    killed_at: Mutex<Option<Instant>>,
+    /// From the kill to the first grant of an affected key asked for after the kill.
+    recovered_after: Mutex<Option<Duration>>,
 }
 
 impl Checker {
-    fn granted(&self, key: &str, holder: usize, lost: CancellationToken, token: u64) {
-        self.grants.fetch_add(1, Ordering::Relaxed);
-        let mut holders = self.holders.lock().unwrap();
-        let same_key = holders.entry(key.to_owned()).or_default();
-        if same_key.iter().any(|(_, other)| !other.is_cancelled()) {
-            self.double_grants.fetch_add(1, Ordering::Relaxed);
-        }
-        same_key.push((holder, lost));
-        if !self.tokens.lock().unwrap().insert((key.to_owned(), token)) {
-            self.repeated_tokens.fetch_add(1, Ordering::Relaxed);
+    fn cut_now(&self) {
+        *self.cut_at.lock().unwrap() = Some(Instant::now());
+    }
+
+    /// Grants of affected keys made after the cut and before the kill: the promoted
+    /// replica never saw them.
+    fn granted_during_cut(&self, held: &[Held]) -> usize {
+        let (Some(cut), Some(killed)) = (
+            *self.cut_at.lock().unwrap(),
+            *self.killed_at.lock().unwrap(),
+        ) else {
+            return 0;
+        };
+        let affected = self.affected.lock().unwrap();
+        held.iter()
+            .filter(|h| h.from >= cut && h.from < killed)
+            .filter(|h| affected.as_ref().is_none_or(|keys| keys.contains(&h.key)))
+            .count()
+    }
+
+    fn kill_now(&self) -> Instant {
+        let now = Instant::now();
+        *self.killed_at.lock().unwrap() = Some(now);
+        now
+    }
+
+    fn granted(&self, key: &str, asked: Instant, at: Instant) {
+        let Some(killed) = *self.killed_at.lock().unwrap() else {
+            return;
+        };
+        let affected = self
+            .affected
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_none_or(|keys| keys.contains(key));
+        if asked >= killed && affected {
+            self.recovered_after
+                .lock()
+                .unwrap()
+                .get_or_insert(at - killed);
         }
     }
 
-    /// Before the release is sent: until then the server still holds the lock.
-    fn giving_back(&self, key: &str, holder: usize) {
-        if let Some(same_key) = self.holders.lock().unwrap().get_mut(key) {
-            same_key.retain(|(h, _)| *h != holder);
-        }
+    fn recovered(&self) -> Option<Duration> {
+        *self.recovered_after.lock().unwrap()
     }
 }
 
+/// How long a holder keeps a lock: two times in three 10-100 ms, else 1.5-4 s (longer than
+/// TTL/3, so renewed; and than the failover, so held across it).
+fn hold() -> Duration {
+    if fastrand::u8(0..3) == 0 {
+        ms(1500 + fastrand::u64(0..2500))
+    } else {
+        ms(10 + fastrand::u64(0..90))
+    }
+}
+
+/// One holder: `try_lock` on a random key, hold (see [`hold`]), release, again, until `stop`.
+fn spawn_holder(
+    locker: Locker,
+    keys: Arc<Vec<String>>,
+    checker: Arc<Checker>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let key = &keys[fastrand::usize(0..keys.len())];
+            let asked = Instant::now();
+            match locker.try_lock(key).await {
+                Ok(Some(guard)) => {
+                    let from = Instant::now();
+                    checker.granted(key, asked, from);
+                    let lost = guard.lost();
+                    let fired = tokio::select! {
+                        _ = lost.cancelled() => true,
+                        _ = sleep(hold()) => false,
+                        _ = stop.cancelled() => false,
+                    };
+                    let until = Instant::now();
+                    let token = guard.fencing_token();
+                    let released = guard.release().await;
+                    let lost = fired || matches!(released, Err(Error::OwnershipLost { .. }));
+                    checker.held.lock().unwrap().push(Held {
+                        key: key.clone(),
+                        token,
+                        from,
+                        until,
+                        lost,
+                    });
+                }
+                Ok(None) => sleep(ms(5 + fastrand::u64(0..15))).await,
+                Err(_) => {
+                    checker.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    sleep(ms(20)).await;
+                }
+            }
+        }
+        locker.close().await.ok();
+    })
+}
+
 struct Measured {
-    grants: u64,
-    double_grants: u64,
-    repeated_tokens: u64,
-    losses: u64,
+    grants: usize,
+    /// Grants of the failed master's keys between the cut and the kill.
+    unreplicated: usize,
+    /// Grants made while another guard of the same key still believed it held the lock.
+    double_grants: usize,
+    /// The longest such overlap.
+    longest_overlap: Duration,
+    repeated_tokens: usize,
+    /// Grants whose fencing token is not above every earlier grant's on the same key.
+    tokens_out_of_order: usize,
+    losses: usize,
     failed_attempts: u64,
     promotion: Duration,
     recovery: Option<Duration>,
 }
 
-/// How long a holder keeps a lock: mostly 10-50 ms, one time in three 2.5 s (longer than the
-/// failover, so that some locks are held across it and renewed on the new master).
-fn hold() -> Duration {
-    if fastrand::u8(0..3) == 0 {
-        ms(2500)
-    } else {
-        ms(10 + fastrand::u64(0..40))
+/// Per key, the believed-held intervals in grant order: overlaps and token order.
+fn analyse(held: &[Held]) -> (usize, Duration, usize, usize) {
+    let mut by_key: HashMap<&str, Vec<&Held>> = HashMap::new();
+    for h in held {
+        by_key.entry(&h.key).or_default().push(h);
     }
+    let (mut doubles, mut longest, mut out_of_order) = (0, Duration::ZERO, 0);
+    let mut tokens = HashSet::new();
+    for list in by_key.values_mut() {
+        list.sort_by_key(|h| h.from);
+        let mut open_until: Option<Instant> = None;
+        let mut top_token = 0;
+        for h in list.iter() {
+            if let Some(until) = open_until.filter(|&u| u > h.from) {
+                doubles += 1;
+                longest = longest.max(until.min(h.until) - h.from);
+            }
+            open_until = Some(open_until.map_or(h.until, |u| u.max(h.until)));
+            if h.token <= top_token {
+                out_of_order += 1;
+            }
+            top_token = top_token.max(h.token);
+        }
+    }
+    let repeated = held.len()
+        - held
+            .iter()
+            .filter(|h| tokens.insert((h.key.as_str(), h.token)))
+            .count();
+    (doubles, longest, repeated, out_of_order)
 }
 
-/// Four holders on four keys lock, hold (see [`hold`]) and release at a steady rate, each
-/// through its own Sentinel connection. Replication is cut, so the master takes writes no replica
-/// sees; 800 ms later it is killed, the sentinels promote a replica, and the old master is
-/// restarted (it comes back as a replica).
-/// Replication is cut for 800 ms before the kill.
-async fn failover_under_load(ack: Option<ReplicaAck>) -> Measured {
-    let mut group = support::SentinelGroup::start(2).await;
-    // Longer than the failover: with a shorter TTL every holder is told of the loss (its
-    // renewals go unconfirmed) before a replica is even promoted, and nothing is measured.
-    let ttl = Duration::from_secs(6);
-    let checker = Arc::new(Checker::default());
-    let stop = CancellationToken::new();
-    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for holder in 0..4 {
-        let locker = sentinel_locker(&group, ttl, ack).await;
-        let (checker, stop, killed_at) = (checker.clone(), stop.clone(), killed_at.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let key = format!("k{}", fastrand::usize(0..4));
-                let options = LockOptions::new().wait_timeout(ms(500));
-                let guard = match locker.lock_with(&key, options).await {
-                    Ok(guard) => guard,
-                    Err(_) => {
-                        checker.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                        sleep(ms(20)).await;
-                        continue;
-                    }
-                };
-                if let Some(killed) = *killed_at.lock().unwrap() {
-                    let after = killed.elapsed().as_millis().max(1) as u64;
-                    let _ = checker.recovered_ms.compare_exchange(
-                        0,
-                        after,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                }
-                checker.granted(&key, holder, guard.lost(), guard.fencing_token());
-                let lost = guard.lost();
-                tokio::select! {
-                    _ = lost.cancelled() => {}
-                    _ = sleep(hold()) => {}
-                }
-                checker.giving_back(&key, holder);
-                if guard.is_lost()
-                    || matches!(guard.release().await, Err(Error::OwnershipLost { .. }))
-                {
-                    checker.losses.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            locker.close().await.ok();
-        }));
-    }
-    sleep(Duration::from_secs(1)).await;
-    group.redis.cut_replication();
-    sleep(ms(800)).await;
-    *killed_at.lock().unwrap() = Some(Instant::now());
-    let killed = Instant::now();
-    group.kill_master_and_wait_for_promotion().await;
-    let promotion = killed.elapsed();
-    group.restart_old_master().await;
-    // Locks work again within a generous bound, then the load goes on for a while.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while checker.recovered_ms.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
-        sleep(ms(50)).await;
-    }
-    sleep(Duration::from_secs(2)).await;
+/// Stops the holders (each within a generous bound) and reads what they saw.
+async fn finish(
+    checker: Arc<Checker>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    promotion: Duration,
+) -> Measured {
     stop.cancel();
     for task in tasks {
         timeout(Duration::from_secs(20), task)
@@ -333,25 +397,78 @@ async fn failover_under_load(ack: Option<ReplicaAck>) -> Measured {
             .expect("a holder task hung")
             .expect("a holder task panicked");
     }
-    let recovered = checker.recovered_ms.load(Ordering::Relaxed);
+    let held = std::mem::take(&mut *checker.held.lock().unwrap());
+    let (double_grants, longest_overlap, repeated_tokens, tokens_out_of_order) = analyse(&held);
     Measured {
-        grants: checker.grants.load(Ordering::Relaxed),
-        double_grants: checker.double_grants.load(Ordering::Relaxed),
-        repeated_tokens: checker.repeated_tokens.load(Ordering::Relaxed),
-        losses: checker.losses.load(Ordering::Relaxed),
+        grants: held.len(),
+        unreplicated: checker.granted_during_cut(&held),
+        double_grants,
+        longest_overlap,
+        repeated_tokens,
+        tokens_out_of_order,
+        losses: held.iter().filter(|h| h.lost).count(),
         failed_attempts: checker.failed_attempts.load(Ordering::Relaxed),
         promotion,
-        recovery: (recovered > 0).then(|| ms(recovered)),
+        recovery: checker.recovered(),
     }
 }
 
-fn print(mode: &str, m: &Measured) {
+/// After the kill: waits (generous bound) until locking works again, then lets the load run
+/// on until every lock granted before the kill has been let go, lost or expired.
+async fn run_on_after_kill(checker: &Checker, killed: Instant, ttl: Duration, bound: Duration) {
+    while checker.recovered().is_none() && killed.elapsed() < bound {
+        sleep(ms(50)).await;
+    }
+    sleep((ttl + Duration::from_secs(1)).saturating_sub(killed.elapsed())).await;
+    sleep(Duration::from_secs(1)).await;
+}
+
+/// The Sentinel failover scenario. 16 holders on 24 keys, each through its own
+/// `SentinelConnection` (TTL 6 s), lock, hold (see [`hold`]) and release continuously. Then
+/// replication to both replicas is cut (a blackholing proxy between each replica and the
+/// master), the master goes on granting for 1 s, and is SIGKILLed: the replica the sentinels
+/// promote lacks every write of that second, so a key that was free at the cut is free on it
+/// although the master granted it meanwhile to a holder that may still believe it holds it.
+/// The old master comes back empty as a replica of the new one.
+async fn sentinel_failover_under_load(ack: Option<ReplicaAck>) -> Measured {
+    let mut group = support::SentinelGroup::start(2).await;
+    let ttl = Duration::from_secs(6);
+    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
+    let checker = Arc::new(Checker::default());
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for _ in 0..HOLDERS {
+        let locker = sentinel_locker(&group, ttl, ack).await;
+        tasks.push(spawn_holder(
+            locker,
+            keys.clone(),
+            checker.clone(),
+            stop.clone(),
+        ));
+    }
+    sleep(ms(1500)).await;
+    group.redis.cut_replication();
+    checker.cut_now();
+    sleep(ms(1000)).await;
+    let killed = checker.kill_now();
+    let new_master = group.kill_master_and_wait_for_promotion().await;
+    let promotion = killed.elapsed();
+    group.restart_old_master_as_replica_of(new_master).await;
+    run_on_after_kill(&checker, killed, ttl, Duration::from_secs(25)).await;
+    finish(checker, stop, tasks, promotion).await
+}
+
+fn print(scenario: &str, mode: &str, m: &Measured) {
     println!(
-        "failover ({mode}): grants={} double_grants={} repeated_tokens={} losses_reported={} \
-         failed_attempts={} promotion={:?} locking_again_after={:?}",
+        "{scenario} failover ({mode}): grants={} unreplicated={} double_grants={} longest_overlap={:?} \
+         repeated_tokens={} tokens_out_of_order={} losses_reported={} failed_attempts={} \
+         promotion={:?} locking_again_after={:?}",
         m.grants,
+        m.unreplicated,
         m.double_grants,
+        m.longest_overlap,
         m.repeated_tokens,
+        m.tokens_out_of_order,
         m.losses,
         m.failed_attempts,
         m.promotion,
@@ -362,24 +479,112 @@ fn print(mode: &str, m: &Measured) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_with_replica_ack_never_grants_an_acknowledged_lock_twice() {
     // Every replica must acknowledge: whichever the sentinels promote has every lock.
-    let m = failover_under_load(Some(ReplicaAck::new(2, ms(100)))).await;
-    print("replica_ack 2 of 2", &m);
-    assert_eq!(m.double_grants, 0, "a lock was granted twice");
+    let m = sentinel_failover_under_load(Some(ReplicaAck::new(2, ms(100)))).await;
+    print("sentinel", "replica_ack 2 of 2", &m);
+    assert_eq!(m.double_grants, 0, "an acknowledged lock was granted twice");
     assert_eq!(m.repeated_tokens, 0, "a fencing token was issued twice");
-    assert!(
-        m.recovery.is_some(),
-        "locking never worked again after the failover"
-    );
+    assert!(m.recovery.is_some(), "locking never worked again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_without_replica_ack_is_measured() {
-    let m = failover_under_load(None).await;
-    print("replica_ack off", &m);
+    let m = sentinel_failover_under_load(None).await;
+    print("sentinel", "replica_ack off", &m);
     // Only what must hold in both modes; double grants are expected here and recorded.
+    assert!(m.recovery.is_some(), "locking never worked again");
+}
+
+/// The Cluster failover scenario: 3 masters with a replica each
+/// (`cluster-node-timeout 1000`), the same load as [`sentinel_failover_under_load`] through
+/// one cluster connection per holder, two thirds of the keys on the master that owns `k0`.
+/// Replication into that master's replica is cut (the replica drops its link and cannot re-authenticate), that master grants
+/// alone for 1 s and is SIGKILLed; the cluster promotes the replica, and the old master
+/// comes back empty and rejoins as its replica. Recovery is the first grant on that
+/// master's keys.
+async fn cluster_failover_under_load(ack: Option<ReplicaAck>) -> Measured {
+    let mut cluster = support::RedisCluster::start_with_replicas(3, 1).await;
+    cluster.wait_for_replicas(1).await;
+    let ttl = Duration::from_secs(6);
+    // Two thirds of the keys on the master that will fail, the rest on the others.
+    let victim = cluster.master_index_of("repl:{k0}").await;
+    let replica = cluster.replica_index_of(victim).await;
+    let (mut affected, mut others) = (HashSet::new(), Vec::new());
+    for i in 0.. {
+        let key = format!("k{i}");
+        if cluster.master_index_of(&format!("repl:{{{key}}}")).await == victim {
+            if affected.len() < KEYS * 2 / 3 {
+                affected.insert(key);
+            }
+        } else if others.len() < KEYS / 3 {
+            others.push(key);
+        }
+        if affected.len() + others.len() == KEYS {
+            break;
+        }
+    }
+    let keys: Arc<Vec<String>> = Arc::new(affected.iter().cloned().chain(others).collect());
+    let checker = Arc::new(Checker {
+        affected: Mutex::new(Some(affected)),
+        ..Checker::default()
+    });
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for _ in 0..HOLDERS {
+        let conn = redis::cluster::ClusterClient::builder(cluster.urls())
+            .connection_timeout(ms(500))
+            .response_timeout(Duration::from_secs(1))
+            .build()
+            .expect("cluster client")
+            .get_async_connection()
+            .await
+            .expect("cluster connection");
+        let locker = Locker::builder(config(ttl, ack))
+            .redis_cluster(conn)
+            .call_timeout(Duration::from_secs(2))
+            .build()
+            .expect("build");
+        tasks.push(spawn_holder(
+            locker,
+            keys.clone(),
+            checker.clone(),
+            stop.clone(),
+        ));
+    }
+    sleep(ms(1500)).await;
+    cluster.cut_replication_into(replica, victim).await;
+    checker.cut_now();
+    sleep(ms(1000)).await;
+    let killed = checker.kill_now();
+    cluster.nodes_mut()[victim].kill();
+    cluster
+        .wait_until_serving_master(replica, Duration::from_secs(30))
+        .await;
+    let promotion = killed.elapsed();
+    // Same dir, so same nodes.conf: it rejoins and learns it is now a replica.
+    cluster.nodes_mut()[victim].restart().await;
+    run_on_after_kill(&checker, killed, ttl, Duration::from_secs(40)).await;
+    finish(checker, stop, tasks, promotion).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover_with_replica_ack_never_grants_an_acknowledged_lock_twice() {
+    let m = cluster_failover_under_load(Some(ReplicaAck::new(1, ms(100)))).await;
+    print("cluster", "replica_ack 1 of 1", &m);
+    assert_eq!(m.double_grants, 0, "an acknowledged lock was granted twice");
+    assert_eq!(m.repeated_tokens, 0, "a fencing token was issued twice");
     assert!(
         m.recovery.is_some(),
-        "locking never worked again after the failover"
+        "locking never worked again on the failed master's keys"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover_without_replica_ack_is_measured() {
+    let m = cluster_failover_under_load(None).await;
+    print("cluster", "replica_ack off", &m);
+    assert!(
+        m.recovery.is_some(),
+        "locking never worked again on the failed master's keys"
     );
 }
 

@@ -116,6 +116,19 @@ impl RedisServer {
         }
     }
 
+    /// Starts again on the same port with empty data (no persistence), as a replica of the
+    /// server on `master_port`: how an orchestrator brings a failed master back once another
+    /// was promoted (Sentinel would convert it too, but only after about 10 s).
+    pub async fn restart_as_replica_of(&mut self, master_port: u16) {
+        if let Some(at) = self.extra.iter().position(|a| a == "--replicaof") {
+            self.extra.drain(at..(at + 3).min(self.extra.len()));
+        }
+        let port = master_port.to_string();
+        self.extra
+            .extend(["--replicaof".to_owned(), "127.0.0.1".to_owned(), port]);
+        self.restart().await;
+    }
+
     /// Starts again on the same port with empty data (no persistence).
     pub async fn restart(&mut self) {
         self.kill();
@@ -256,6 +269,151 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
+    /// `CLUSTER NODES` as seen by the first node that answers.
+    async fn cluster_nodes(&self) -> String {
+        for node in &self.nodes {
+            let Ok(client) = redis::Client::open(node.url()) else {
+                continue;
+            };
+            let Ok(Ok(mut conn)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                client.get_multiplexed_async_connection(),
+            )
+            .await
+            else {
+                continue;
+            };
+            if let Ok(text) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut conn)
+                .await
+            {
+                return text;
+            }
+        }
+        panic!("no cluster node answers CLUSTER NODES");
+    }
+
+    fn index_of_port(&self, port: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node of this cluster on port {port}"))
+    }
+
+    /// The index of the node that serves `key` (the full Redis key) as master now.
+    pub async fn master_index_of(&self, key: &str) -> usize {
+        let mut conn = self.nodes[0].connection_manager().await;
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        for line in self.cluster_nodes().await.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| {
+                let mut ends = range.splitn(2, '-').filter_map(|n| n.parse::<u16>().ok());
+                match (ends.next(), ends.next()) {
+                    (Some(a), Some(b)) => (a..=b).contains(&slot),
+                    (Some(a), None) => a == slot,
+                    _ => false,
+                }
+            });
+            if owns {
+                return self.index_of_port(node_port(fields[1]));
+            }
+        }
+        panic!("no master owns slot {slot}");
+    }
+
+    /// The index of a replica of the master at `master`.
+    pub async fn replica_index_of(&self, master: usize) -> usize {
+        let nodes = self.cluster_nodes().await;
+        let port = self.nodes[master].port;
+        let id = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && node_port(f[1]) == port)
+            .map(|f| f[0].to_owned())
+            .expect("the master in CLUSTER NODES");
+        nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[3] == id)
+            .map(|f| self.index_of_port(node_port(f[1])))
+            .expect("a replica of the master")
+    }
+
+    /// Cuts replication into the replica at `replica`: it drops its link to the master and
+    /// cannot make a new one (its `masterauth` is one the master refuses), while it stays up
+    /// on the cluster bus and can still be promoted. Returns once the master has noticed,
+    /// so that every later write of the master is missing on that replica.
+    pub async fn cut_replication_into(&self, replica: usize, master: usize) {
+        let mut conn = self.nodes[replica].connection_manager().await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("masterauth")
+            .arg("not-the-masters-password")
+            .query_async(&mut conn)
+            .await
+            .expect("CONFIG SET masterauth");
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("master")
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT KILL TYPE master");
+        let mut conn = self.nodes[master].connection_manager().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await
+                .expect("INFO");
+            if info.contains("connected_slaves:0") {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the master still counts its cut replica: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits (at most `bound`) until the node at `index` is a master serving slots and its
+    /// cluster state is ok: a failover has completed.
+    pub async fn wait_until_serving_master(&self, index: usize, bound: Duration) {
+        let mut conn = self.nodes[index].connection_manager().await;
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            let role: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if info.contains("cluster_state:ok") && role.contains("role:master") {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {index} was not promoted within {bound:?}: {role}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn cluster_connection(&self) -> redis::cluster_async::ClusterConnection {
         redis::cluster::ClusterClient::new(self.urls())
             .expect("cluster client")
@@ -269,6 +427,16 @@ impl RedisCluster {
             node.kill();
         }
     }
+}
+
+/// The port of a `CLUSTER NODES` address field, `ip:port@cport[,hostname]`.
+fn node_port(field: &str) -> u16 {
+    field
+        .split('@')
+        .next()
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable CLUSTER NODES address {field}"))
 }
 
 // Appended for the torture checker (tools/torture): crashes of a server that persists.
