@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use dlock::testing::Fixture;
 use dlock::{LockGuard, LockOptions, Locker};
 use tokio::time::Instant;
 
@@ -13,43 +12,133 @@ use super::Settings;
 
 pub async fn run(redis: &Redis, etcd: &Etcd, memory: &Memory, s: &Settings) {
     println!("\n## 2. Handoff latency: waiter blocked in lock(), another locker releases\n");
-    println!("Baseline: none yet; issue 12 adds the floor and peers. Comparison point: a waiter");
-    println!("calling try_lock every 100 ms (the Go component's behaviour), not a floor.\n");
+    println!("Peers, same server, same run: rslock 0.10's `acquire` (a waiting loop of its own);");
     println!(
-        "| backend | waiter waited | dlock p50 | dlock p99 | polling 100 ms p50 | polling p99 |"
+        "etcd's lock service (`Lock` waits on the server). Comparison point: a waiter calling"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("try_lock every 100 ms (the Go component's behaviour).\n");
+    println!(
+        "| backend | waiter waited | dlock p50 | dlock p99 | peer | peer p50 | peer p99 | polling 100 ms p50 | polling p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
 
     let holder = locker(redis).await;
     let pubsub = redis
         .locker_with_pubsub(config::<Redis>(), redis.pubsub_client())
         .await;
-    rows("redis (pub/sub)", &holder, &pubsub, s).await;
-    rows(
-        "redis (no pub/sub: polls)",
-        &holder,
-        &locker(redis).await,
-        s,
-    )
-    .await;
-    rows_on("etcd", etcd, s).await;
-    rows_on("memory", memory, s).await;
+    let peer = Peer::Rslock(redis.url());
+    rows("redis (pub/sub)", &holder, &pubsub, &peer, s).await;
+    let polls = locker(redis).await;
+    rows("redis (no pub/sub: polls)", &holder, &polls, &peer, s).await;
+    let peer = Peer::EtcdLockService(Box::new(etcd.client().await));
+    rows("etcd", &locker(etcd).await, &locker(etcd).await, &peer, s).await;
+    let (holder, waiter) = (locker(memory).await, locker(memory).await);
+    rows("memory", &holder, &waiter, &Peer::None, s).await;
 }
 
-/// Holder and waiter: two lockers of their own on the fixture's server.
-async fn rows_on<F: Fixture>(name: &str, fx: &F, s: &Settings) {
-    rows(name, &locker(fx).await, &locker(fx).await, s).await;
+/// What a user would pick instead, measured the same way.
+enum Peer {
+    Rslock(String),
+    EtcdLockService(Box<etcd_client::Client>),
+    None,
 }
 
-async fn rows(name: &str, holder: &Locker, waiter: &Locker, s: &Settings) {
+impl Peer {
+    fn name(&self) -> &'static str {
+        match self {
+            Peer::Rslock(_) => "rslock 0.10",
+            Peer::EtcdLockService(_) => "etcd lock service",
+            Peer::None => "",
+        }
+    }
+
+    /// Release-to-acquired latencies of the peer's own waiting, for waiters that began
+    /// waiting `waited` before the release.
+    async fn handoff(&self, waited: Duration, samples: usize) -> Vec<Duration> {
+        let mut out = Vec::new();
+        for i in 0..samples {
+            let key = format!("peer-handoff-{}-{i}", waited.as_millis());
+            let latency = match self {
+                Peer::Rslock(url) => rslock_handoff(url, &key, waited).await,
+                Peer::EtcdLockService(client) => etcd_handoff(client, &key, waited).await,
+                Peer::None => return out,
+            };
+            out.push(latency);
+        }
+        out.sort();
+        out
+    }
+}
+
+const PEER_TTL: Duration = Duration::from_secs(10);
+
+async fn rslock_handoff(url: &str, key: &str, waited: Duration) -> Duration {
+    let holder = rslock::LockManager::new(vec![url.to_owned()]);
+    let waiter = rslock::LockManager::new(vec![url.to_owned()]);
+    let held = holder.lock(key.as_bytes(), PEER_TTL).await.unwrap();
+    let key = key.to_owned();
+    let task = tokio::spawn(async move {
+        let lock = waiter
+            .acquire_no_guard(key.as_bytes(), PEER_TTL)
+            .await
+            .unwrap();
+        let got = Instant::now();
+        waiter.unlock(&lock).await;
+        got
+    });
+    tokio::time::sleep(waited + Duration::from_millis(fastrand::u64(0..20))).await;
+    let released = Instant::now();
+    holder.unlock(&held).await;
+    task.await.unwrap().saturating_duration_since(released)
+}
+
+async fn etcd_handoff(client: &etcd_client::Client, key: &str, waited: Duration) -> Duration {
+    let grant = || async {
+        let mut leases = client.lease_client();
+        let reply = leases.grant(PEER_TTL.as_secs() as i64, None).await;
+        reply.unwrap().id()
+    };
+    let (holder_lease, waiter_lease) = (grant().await, grant().await);
+    let options = etcd_client::LockOptions::new().with_lease(holder_lease);
+    let held = client.lock_client().lock(key, Some(options)).await.unwrap();
+    let (waiter, key) = (client.clone(), key.to_owned());
+    let task = tokio::spawn(async move {
+        let options = etcd_client::LockOptions::new().with_lease(waiter_lease);
+        let locked = waiter.lock_client().lock(key, Some(options)).await.unwrap();
+        let got = Instant::now();
+        waiter.lock_client().unlock(locked.key()).await.unwrap();
+        got
+    });
+    tokio::time::sleep(waited + Duration::from_millis(fastrand::u64(0..20))).await;
+    let released = Instant::now();
+    client.lock_client().unlock(held.key()).await.unwrap();
+    let latency = task.await.unwrap().saturating_duration_since(released);
+    for lease in [holder_lease, waiter_lease] {
+        client.lease_client().revoke(lease).await.unwrap();
+    }
+    latency
+}
+
+async fn rows(name: &str, holder: &Locker, waiter: &Locker, peer: &Peer, s: &Settings) {
     for (waited, samples) in [
         (Duration::from_millis(50), s.handoff_samples),
         (Duration::from_secs(1), s.long_wait_samples),
     ] {
         let fast = handoff(holder, waiter, waited, samples, false).await;
+        let theirs = peer.handoff(waited, samples).await;
         let slow = handoff(holder, waiter, waited, samples.min(10), true).await;
+        let peer_cells = if theirs.is_empty() {
+            " | | ".to_owned()
+        } else {
+            format!(
+                "{} | {} | {}",
+                peer.name(),
+                ms(percentile(&theirs, 0.5)),
+                ms(percentile(&theirs, 0.99))
+            )
+        };
         println!(
-            "| {name} | {} ms (n={samples}) | {} | {} | {} | {} |",
+            "| {name} | {} ms (n={samples}) | {} | {} | {peer_cells} | {} | {} |",
             waited.as_millis(),
             ms(percentile(&fast, 0.5)),
             ms(percentile(&fast, 0.99)),
