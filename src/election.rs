@@ -84,7 +84,8 @@ impl Election {
     /// [`Election::campaign`] returns [`Error::Timeout`].
     ///
     /// ```
-    ///     /// let locker = dlock::Locker::builder(dlock::Config::default()).build().unwrap();
+    /// use std::time::Duration;
+    /// let locker = dlock::Locker::builder(dlock::Config::default()).build().unwrap();
     /// let election = locker
     ///     .election("scheduler")
     ///     .options(dlock::LockOptions::new().ttl(Duration::from_secs(5)));
@@ -246,7 +247,8 @@ impl Election {
     /// errors and timeouts are logged and retried.
     ///
     /// ```
-    ///     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
     /// # let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
     /// let election = locker.election("compactor");
     /// let leading = election.run_while_leader("node-a", |term| async move {
@@ -516,7 +518,8 @@ impl Term {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
     /// # let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
-    /// let leading = locker.election("e").run_while_leader("a", |term| async move {
+    /// let election = locker.election("e");
+    /// let leading = election.run_while_leader("a", |term| async move {
     ///     assert!(term.number() > 0);
     /// });
     /// let _ = tokio::time::timeout(std::time::Duration::from_millis(50), leading).await;
@@ -532,7 +535,8 @@ impl Term {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
     /// # let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
-    /// let leading = locker.election("e").run_while_leader("a", |term| async move {
+    /// let election = locker.election("e");
+    /// let leading = election.run_while_leader("a", |term| async move {
     ///     let lost = term.lost();
     ///     tokio::spawn(async move { lost.cancelled().await; /* stop the helper */ });
     /// });
@@ -548,7 +552,8 @@ impl Term {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
     /// # let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
-    /// let leading = locker.election("e").run_while_leader("a", |term| async move {
+    /// let election = locker.election("e");
+    /// let leading = election.run_while_leader("a", |term| async move {
     ///     assert!(!term.is_lost());
     /// });
     /// let _ = tokio::time::timeout(std::time::Duration::from_millis(50), leading).await;
