@@ -134,10 +134,14 @@ pub(super) fn delete(
 }
 
 /// Waits until every key created before ours is gone, or ours is.
+///
+/// No key can join the queue ahead of ours (a new key has a higher create revision), so
+/// when the last read saw a single key ahead and the watch reports its deletion, the lock is
+/// ours without another read: the handoff costs the release's write and one watch event.
 pub(super) async fn wait_for_turn(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<()> {
     let mut watching: Option<(Vec<u8>, WatchStream)> = None;
     loop {
-        let Some(predecessor) = predecessor(client, cx, entry).await? else {
+        let Ahead::Key(predecessor, ahead) = predecessor(client, cx, entry).await? else {
             return Ok(());
         };
         match &mut watching {
@@ -158,6 +162,9 @@ pub(super) async fn wait_for_turn(client: &Client, cx: &Context, entry: &Entry<'
                             .iter()
                             .any(|e| e.event_type() == EventType::Delete)
                         {
+                            if ahead == 1 {
+                                return Ok(());
+                            }
                             watching = None;
                         }
                     }
@@ -185,8 +192,16 @@ pub(super) async fn wait_for_turn(client: &Client, cx: &Context, entry: &Entry<'
     }
 }
 
-/// In one read: fails if our own key is gone; otherwise the key just before ours, if any.
-async fn predecessor(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<Option<Vec<u8>>> {
+/// What is ahead of our key in the queue.
+enum Ahead {
+    /// Nothing: the lock is ours.
+    Nothing,
+    /// The key just before ours, and how many keys are ahead in all.
+    Key(Vec<u8>, i64),
+}
+
+/// In one read: fails if our own key is gone; otherwise what is ahead of it.
+async fn predecessor(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<Ahead> {
     let own_key = entry.attachment.own_key.as_bytes();
     let read = Txn::new().and_then([
         TxnOp::get(own_key, None),
@@ -222,8 +237,14 @@ async fn predecessor(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result
             "the waiter's own key or lease disappeared while waiting");
         return Err(Error::lost(entry.key));
     }
-    Ok(gets
-        .get(1)
-        .and_then(|g| g.kvs().first())
-        .map(|kv| kv.key().to_vec()))
+    // The range's count is of every key ahead, whatever the limit.
+    Ok(
+        match gets
+            .get(1)
+            .and_then(|g| Some((g.kvs().first()?, g.count())))
+        {
+            Some((kv, count)) => Ahead::Key(kv.key().to_vec(), count),
+            None => Ahead::Nothing,
+        },
+    )
 }

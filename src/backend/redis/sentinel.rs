@@ -63,7 +63,12 @@ impl SentinelConnection {
         node: Option<SentinelNodeConnectionInfo>,
         config: AsyncConnectionConfig,
     ) -> RedisResult<Self> {
-        let client = SentinelClient::build(sentinels, service, node, SentinelServerType::Master)?;
+        let client = SentinelClient::build(
+            sentinels,
+            service.to_owned(),
+            node,
+            SentinelServerType::Master,
+        )?;
         let conn = SentinelConnection {
             shared: Arc::new(Shared {
                 client: tokio::sync::Mutex::new(client),
