@@ -92,7 +92,7 @@ async fn second_run_waits_for_the_first_then_runs(server: &[&str]) {
     let log = log_in(&dir);
     let first = dlock(
         server,
-        &["run", "job", "--", "sh", "-c", &logged(&log, "A", 2.0)],
+        &["run", "job", "--", "sh", "-c", &logged(&log, "A", 3.0)],
     )
     .spawn()
     .expect("spawn");
@@ -266,7 +266,8 @@ async fn etcd_no_wait_status_and_forwarded_sigterm() {
 
 /// The server blackholed while the child runs: the child gets SIGTERM (it logs it) before
 /// a rival `dlock run`, waiting directly on the server, can run its own child; the cut-off
-/// dlock exits 70 and says why.
+/// dlock exits 70 and says why. TTL 5 s: SIGTERM goes at 90 % of it, so the child has
+/// TTL/10 to log it before the rival could possibly run.
 async fn blackholed_server_stops_the_child_before_anyone_else_runs(
     direct: &[&str],
     via: impl Fn(&Proxy) -> Vec<String>,
@@ -283,7 +284,7 @@ async fn blackholed_server_stops_the_child_before_anyone_else_runs(
     );
     let cut = dlock(
         &via,
-        &["run", "--ttl", "2s", "job", "--", "sh", "-c", &child],
+        &["run", "--ttl", "5s", "job", "--", "sh", "-c", &child],
     )
     .spawn()
     .expect("spawn");
@@ -291,7 +292,7 @@ async fn blackholed_server_stops_the_child_before_anyone_else_runs(
     let rival_child = format!("echo rival >> {}", log.display());
     let rival = dlock(
         direct,
-        &["run", "--ttl", "2s", "job", "--", "sh", "-c", &rival_child],
+        &["run", "--ttl", "5s", "job", "--", "sh", "-c", &rival_child],
     )
     .spawn()
     .expect("spawn");

@@ -18,6 +18,8 @@ use tokio::time::{sleep, timeout, Instant};
 
 /// Whole seconds: etcd's leases count in seconds.
 const TTL: Duration = Duration::from_secs(2);
+/// The TTL of the cut-off tests (whole seconds, for etcd).
+const CUT_TTL: Duration = Duration::from_secs(5);
 /// The longest any step may take before the test calls it a hang.
 const HANG: Duration = Duration::from_secs(60);
 
@@ -250,8 +252,14 @@ async fn next<T>(received: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
 async fn cut_off_leader_stops_before_another_is_elected<F: Proxied>() {
     let fx = F::start().await;
     let proxy = support::Proxy::start(fx.addr()).await;
-    let cut = fx.locker_via(&proxy, config::<F>("cut:")).await;
-    let rival = fx.locker(config::<F>("cut:")).await;
+    // A longer TTL: lost() fires at 90 % of it, so the order has TTL/10 of slack against a
+    // loaded machine's scheduling.
+    let config = Config {
+        default_ttl: CUT_TTL,
+        ..config::<F>("cut:")
+    };
+    let cut = fx.locker_via(&proxy, config.clone()).await;
+    let rival = fx.locker(config).await;
     let leadership = cut
         .election("e")
         .campaign("cut-off")
@@ -270,7 +278,7 @@ async fn cut_off_leader_stops_before_another_is_elected<F: Proxied>() {
             .expect("rival campaign");
         (Instant::now(), leadership)
     });
-    sleep(TTL / 4).await; // the rival waits
+    sleep(CUT_TTL / 10).await; // the rival waits
     assert!(
         !elected.is_finished(),
         "the rival was elected while the leader led"
