@@ -17,7 +17,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::backend::erased::Acquired;
-use crate::backend::Context;
+use crate::backend::{Context, Loss};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -260,25 +260,50 @@ impl<F: Future> Future for Run<F> {
 /// `lost` fires no later than the safety deadline measured from the last confirmed renewal,
 /// whatever the release is doing: a release that hangs must not let the holder believe it
 /// still holds a lock that a rival may already have taken.
-async fn lifecycle(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of its arguments for the guard's life"
+)]
+fn lifecycle(
     name: &'static str,
-    acquired: Acquired,
+    mut acquired: Acquired,
     cx: Context,
     lost: CancellationToken,
     release: CancellationToken,
+    metrics: Metrics,
+) -> impl Future<Output = Result<()>> + Send {
+    // An `async` block rather than an `async fn`, and `acquired` used in place rather than
+    // destructured: either would keep a second copy of the arguments in the task for the
+    // guard's whole life.
+    async move {
+        let mut confirmed = acquired.confirmed_at;
+        let loss = tokio::select! {
+            biased;
+            _ = release.cancelled() => None,
+            loss = acquired.held.keep(&cx, &acquired.lease, &mut confirmed) => Some(loss),
+        };
+        // Boxed: the ending runs once, so the task that lives as long as the guard need
+        // not reserve room for its state (the release call and the deadline timer).
+        Box::pin(end(name, acquired, confirmed, loss, cx, lost, metrics)).await
+    }
+}
+
+/// Releases the lock once renewal stopped: after a `loss`, or on request (`None`).
+/// `confirmed`: the send time of the last command that proved ownership.
+async fn end(
+    name: &'static str,
+    acquired: Acquired,
+    confirmed: Instant,
+    loss: Option<Loss>,
+    cx: Context,
+    lost: CancellationToken,
     metrics: Metrics,
 ) -> Result<()> {
     let Acquired {
         lease,
         confirmed_at: held_since,
-        mut held,
+        held,
     } = acquired;
-    let mut confirmed = held_since;
-    let loss = tokio::select! {
-        biased;
-        _ = release.cancelled() => None,
-        loss = held.keep(&cx, &lease, &mut confirmed) => Some(loss),
-    };
     // Past this instant the server has forgotten the key: no release call is worth more.
     let expiry = confirmed + lease.ttl;
     if let Some(loss) = loss {

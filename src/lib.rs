@@ -60,8 +60,9 @@
 //! # Backends
 //!
 //! - **Redis** ([`Driver::Redis`], feature `redis`): `SET NX PX` with a ULID token in a Lua
-//!   script that also draws the fencing token; a watchdog renews every TTL/3; releases are
-//!   published so waiters retry at once. Single node or Cluster.
+//!   script that also draws the fencing token; a watchdog renews every TTL/3; a waiter marks
+//!   the held lock, and a marked release is published so waiters retry at once (unmarked
+//!   releases publish nothing). Single node or Cluster.
 //! - **etcd** ([`Driver::Etcd`], feature `etcd`): a key per acquisition, attached to the
 //!   locker's session lease (one per TTL, one keep-alive stream); waiters queue by revision
 //!   (FIFO); the fencing token is the key's create revision.

@@ -202,3 +202,104 @@ async fn an_unreachable_notification_server_does_not_delay_waiters() {
         "four handoffs took {took:?}: each waiter waited for the unreachable notification server"
     );
 }
+
+/// PUBLISH commands the server has run so far, from `INFO commandstats`.
+async fn publishes(admin: &mut redis::aio::ConnectionManager) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_publish:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Nobody waits, so no release publishes (issue 12): the uncontended pair costs the server
+/// no PUBLISH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_without_waiters_publishes_nothing() {
+    let server = support::RedisServer::start().await;
+    let mut admin = server.connection_manager().await;
+    let (holder, waiters) = holder_and_waiters(&server, &server.url()).await;
+    for locker in [&holder, &waiters, &holder] {
+        for _ in 0..5 {
+            locker
+                .lock("k")
+                .await
+                .expect("lock")
+                .release()
+                .await
+                .expect("release");
+        }
+    }
+    assert_eq!(
+        publishes(&mut admin).await,
+        0,
+        "releases nobody waited for published"
+    );
+}
+
+/// A waiter of another locker announces itself on the held lock, so the release wakes it
+/// at once, long before its next poll (issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_an_announced_waiter_of_another_locker() {
+    let server = support::RedisServer::start().await;
+    let mut admin = server.connection_manager().await;
+    let holder = Locker::builder(config())
+        .redis(server.connection_manager().await)
+        .build()
+        .expect("build");
+    let slow_polling = Config {
+        retry_interval: Duration::from_secs(60),
+        ..config()
+    };
+    let waiter = Locker::builder(slow_polling)
+        .redis(server.connection_manager().await)
+        .redis_pubsub(redis::Client::open(server.url()).unwrap())
+        .build()
+        .expect("build");
+    let held = holder.lock("k").await.expect("lock");
+    let waiting = tokio::spawn(async move { waiter.lock("k").await.map(|g| g.fencing_token()) });
+    wait_for_subscribers(&mut admin, "note:{k}:released", 1, "while the waiter waits").await;
+    held.release().await.expect("release");
+    timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiter was not woken by the release (it would poll only after 60 s)")
+        .expect("task")
+        .expect("waiter lock");
+}
+
+/// A waiter that gave up leaves its mark on the held lock: its release publishes once, the
+/// next holder's release does not (issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_gave_up_costs_at_most_one_publish() {
+    let server = support::RedisServer::start().await;
+    let mut admin = server.connection_manager().await;
+    let (holder, waiters) = holder_and_waiters(&server, &server.url()).await;
+    let held = holder.lock("k").await.expect("lock");
+    let short = LockOptions::new().wait_timeout(Duration::from_millis(300));
+    let outcome = waiters.lock_with("k", short).await;
+    assert!(matches!(outcome, Err(Error::Timeout { .. })), "{outcome:?}");
+    held.release().await.expect("release");
+    let after_marked = publishes(&mut admin).await;
+    assert!(
+        after_marked <= 1,
+        "{after_marked} publishes for one marked release"
+    );
+    holder
+        .lock("k")
+        .await
+        .expect("lock")
+        .release()
+        .await
+        .expect("release");
+    assert_eq!(
+        publishes(&mut admin).await,
+        after_marked,
+        "the mark of a waiter that gave up outlived the holder it marked"
+    );
+}

@@ -409,10 +409,41 @@ async fn a_missing_redis_right_is_a_typed_error_naming_it() {
 
     let line = readme_acl("dlock-nopub", PASSWORD, "mine:").replace(" +publish", "");
     tls::redis_set_user(&mut admin, &line).await;
-    let conn = manager(server.client_as(&certs, "dlock-nopub", PASSWORD)).await;
-    let locker = Locker::builder(config).redis(conn).build().unwrap();
+    let client = server.client_as(&certs, "dlock-nopub", PASSWORD);
+    let locker = Locker::builder(config.clone())
+        .redis(manager(client.clone()).await)
+        .build()
+        .unwrap();
+    let waiter = Locker::builder(config)
+        .redis(manager(client.clone()).await)
+        .redis_pubsub(client)
+        .build()
+        .unwrap();
     let guard = locker.lock("k").await.expect("acquiring needs no publish");
-    match guard.release().await {
+    // A release publishes only when a waiter announced itself on the lock: have one.
+    let waiting = tokio::spawn(async move {
+        let options = LockOptions::new().wait_timeout(Duration::from_secs(10));
+        waiter.lock_with("k", options).await
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let value: Option<String> = redis::cmd("GET")
+            .arg("mine:{k}")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if value.is_some_and(|v| v.contains('!')) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waiter never announced itself"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let released = guard.release().await;
+    waiting.abort();
+    match released {
         Err(err @ Error::PermissionDenied { .. }) => {
             let text = err.to_string();
             assert!(

@@ -304,7 +304,8 @@ async fn resent_scripts_answer_as_if_sent_once() {
     let lock = "safe:{k}";
     let mut obtain_as = async |token: &str| -> u64 {
         let mut call = obtain.prepare_invoke();
-        call.key(lock).arg(token).arg(5000);
+        // No waiter announcing itself, no published value.
+        call.key(lock).arg(token).arg(5000).arg("0").arg("");
         call.invoke_async(&mut conn).await.expect("obtain")
     };
     let first = obtain_as("01TOKENA").await;
@@ -318,11 +319,7 @@ async fn resent_scripts_answer_as_if_sent_once() {
     let mut conn = server.connection_manager().await;
     let mut release_as = async |token: &str| -> i64 {
         let mut call = release.prepare_invoke();
-        call.key(lock)
-            .arg(token)
-            .arg(5000)
-            .arg("safe:{k}:released")
-            .arg("me");
+        call.key(lock).arg(token).arg(5000).arg("me");
         call.invoke_async(&mut conn).await.expect("release")
     };
     assert_eq!(release_as("01TOKENA").await, 1);

@@ -1,22 +1,29 @@
 //! Section 3, one hot key: many tasks over 2 lockers (each with its own connection) lock
-//! and release the same key; acquisitions/s and, on Redis, attempts per acquisition.
+//! and release the same key; acquisitions/s, the fewest and most acquisitions per task and,
+//! on Redis, attempts per acquisition, against rslock's in the same run.
 
 use std::time::Duration;
 
 use dlock::Locker;
 
-use super::measure::{config, locker, rate};
+use super::measure::{config, locker, rate, rate_per_task, shares};
 use super::support::fixtures::{Etcd, Redis, WithPubsub};
 use super::Settings;
 
 pub async fn run(redis: &Redis, etcd: &Etcd, s: &Settings) {
     println!("\n## 3. One key, many tasks over 2 lockers\n");
-    println!("Baseline: none yet; issue 12 adds the floor and peers. Comparison point: the same");
-    println!("tasks calling try_lock every 100 ms (no pub/sub), not a floor.\n");
     println!(
-        "| backend | tasks | acquisitions/s | attempts per acquisition | polling 100 ms acq/s |"
+        "Peer: rslock 0.10, the same tasks over 2 `LockManager`s (`acquire_no_guard` + `unlock`),"
     );
-    println!("|---|---|---|---|---|");
+    println!(
+        "in the same run on the same server. Shares: the fewest and the most acquisitions one"
+    );
+    println!("task got, as a share of all (fair: 100 % / tasks). Comparison point: the same tasks");
+    println!("calling try_lock every 100 ms (no pub/sub), not a floor.\n");
+    println!(
+        "| backend | tasks | acquisitions/s | attempts per acquisition | shares (min–max) | rslock acq/s | rslock attempts per acq | rslock shares (min–max) | dlock / rslock | polling 100 ms acq/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     on_redis(redis, 32, s).await;
     on_redis(redis, 100, s).await;
     on_etcd(etcd, 32, s).await;
@@ -32,22 +39,43 @@ async fn on_redis(fx: &Redis, tasks: usize, s: &Settings) {
     }
     let mut admin = fx.admin();
     let window = s.window * 2;
-    let before = script_calls(&mut admin).await;
-    let acquisitions = rate(tasks, window, blocking(lockers, format!("hot-{tasks}"))).await;
-    let scripts = script_calls(&mut admin).await - before;
+    let before = calls(&mut admin, SCRIPTS).await;
+    let (acquisitions, per_task) =
+        rate_per_task(tasks, window, blocking(lockers, format!("hot-{tasks}"))).await;
+    let scripts = calls(&mut admin, SCRIPTS).await - before;
     let count = acquisitions * window.as_secs_f64();
     // Each acquisition is one successful obtain plus one release; the rest are failed attempts.
     let attempts = (scripts as f64 - count) / count;
 
+    let managers = vec![
+        rslock::LockManager::new(vec![fx.url()]),
+        rslock::LockManager::new(vec![fx.url()]),
+    ];
+    let before = calls(&mut admin, &["cmdstat_set:"]).await;
+    let (peer, peer_per_task) = rate_per_task(
+        tasks,
+        window,
+        rslock_blocking(managers, format!("hot-peer-{tasks}")),
+    )
+    .await;
+    // rslock sends one `SET NX PX` per attempt.
+    let peer_attempts = (calls(&mut admin, &["cmdstat_set:"]).await - before) as f64
+        / (peer * window.as_secs_f64());
+
     let pollers = vec![locker(fx).await, locker(fx).await];
     let polling = rate(tasks, window, polling(pollers, format!("hot-poll-{tasks}"))).await;
-    println!("| redis | {tasks} | {acquisitions:.0} | {attempts:.2} | {polling:.0} |");
+    println!(
+        "| redis | {tasks} | {acquisitions:.0} | {attempts:.2} | {} | {peer:.0} | {peer_attempts:.2} | {} | {:.2}x | {polling:.0} |",
+        shares(&per_task),
+        shares(&peer_per_task),
+        acquisitions / peer,
+    );
 }
 
 async fn on_etcd(fx: &Etcd, tasks: usize, s: &Settings) {
     let lockers = vec![locker(fx).await, locker(fx).await];
     let acquisitions = rate(tasks, s.window * 2, blocking(lockers, "hot".into())).await;
-    println!("| etcd | {tasks} | {acquisitions:.0} | 1 (queued by revision, no retries) | n/a |");
+    println!("| etcd | {tasks} | {acquisitions:.0} | 1 (queued by revision, no retries) | | | | | | n/a |");
 }
 
 type BoxedUnit = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -59,6 +87,25 @@ fn blocking(lockers: Vec<Locker>, key: String) -> impl Fn(usize, u64) -> BoxedUn
         Box::pin(async move {
             let guard = locker.lock(&key).await.unwrap();
             guard.release().await.unwrap();
+        })
+    }
+}
+
+/// Task `t` waits in rslock's `acquire_no_guard` on manager `t % 2`, then unlocks.
+fn rslock_blocking(
+    managers: Vec<rslock::LockManager>,
+    key: String,
+) -> impl Fn(usize, u64) -> BoxedUnit + Clone {
+    let managers = std::sync::Arc::new(managers);
+    move |task, _| {
+        let (managers, key) = (managers.clone(), key.clone());
+        Box::pin(async move {
+            let manager = &managers[task % managers.len()];
+            let lock = manager
+                .acquire_no_guard(key.as_bytes(), Duration::from_secs(10))
+                .await
+                .expect("rslock: acquire");
+            manager.unlock(&lock).await;
         })
     }
 }
@@ -79,8 +126,11 @@ fn polling(lockers: Vec<Locker>, key: String) -> impl Fn(usize, u64) -> BoxedUni
     }
 }
 
-/// Scripts run by the server so far (EVALSHA and EVAL), from `INFO commandstats`.
-async fn script_calls(admin: &mut redis::aio::ConnectionManager) -> u64 {
+/// The script commands (EVALSHA and EVAL).
+const SCRIPTS: &[&str] = &["cmdstat_evalsha:", "cmdstat_eval:"];
+
+/// Calls of the named commands the server has run so far, from `INFO commandstats`.
+async fn calls(admin: &mut redis::aio::ConnectionManager, names: &[&str]) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(admin)
@@ -94,5 +144,5 @@ async fn script_calls(admin: &mut redis::aio::ConnectionManager) -> u64 {
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    calls("cmdstat_evalsha:") + calls("cmdstat_eval:")
+    names.iter().map(|name| calls(name)).sum()
 }

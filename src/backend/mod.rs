@@ -31,9 +31,9 @@ pub(crate) mod redis;
 mod support;
 mod wake;
 
-#[cfg(feature = "redis")]
-pub(crate) use support::poll_until_acquired;
 pub(crate) use support::recover;
+#[cfg(feature = "redis")]
+pub(crate) use support::retry_until_acquired;
 #[cfg(feature = "etcd")]
 pub(crate) use support::safety_margin;
 pub use support::Context;

@@ -171,17 +171,35 @@ pub(crate) fn safety_margin(ttl: Duration) -> Duration {
     ttl / 10
 }
 
-/// [`Backend::acquire`]'s default: retries until acquired. Between attempts it sleeps
-/// `retry_interval` ±20 %, or less when the backend's wake-ups announce a release of the
-/// storage key. The wake-up is registered before each attempt, so a release that lands
-/// between a failed attempt and the sleep is not missed.
+/// [`Backend::acquire`]'s default: [`retry_until_acquired`] with the backend's attempts.
 pub(crate) async fn poll_until_acquired<B: Backend + ?Sized>(
     backend: &B,
     cx: &Context,
     request: &Request<'_>,
     retry_interval: Duration,
 ) -> Result<Option<Grant<B::Held>>> {
-    let waiter = backend.wakeups().map(|w| w.wait_for(request.storage_key));
+    let wakeups = backend.wakeups();
+    retry_until_acquired(wakeups, request.storage_key, retry_interval, || {
+        backend.try_acquire(cx, request)
+    })
+    .await
+}
+
+/// Runs `attempt` until it acquires. Between attempts it sleeps `retry_interval` ±20 %, or
+/// less when `wakeups` announce a release of `storage_key`. The wake-up is registered
+/// before each attempt, so a release that lands between a failed attempt and the sleep is
+/// not missed.
+pub(crate) async fn retry_until_acquired<H, F, Fut>(
+    wakeups: Option<&std::sync::Arc<super::Wakeups>>,
+    storage_key: &str,
+    retry_interval: Duration,
+    mut attempt: F,
+) -> Result<Option<Grant<H>>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<Grant<H>>>>,
+{
+    let waiter = wakeups.map(|w| w.wait_for(storage_key));
     let no_wakeups = Notify::new();
     loop {
         let released = match &waiter {
@@ -190,7 +208,7 @@ pub(crate) async fn poll_until_acquired<B: Backend + ?Sized>(
         };
         tokio::pin!(released);
         released.as_mut().enable();
-        if let Some(grant) = backend.try_acquire(cx, request).await? {
+        if let Some(grant) = attempt().await? {
             return Ok(Some(grant));
         }
         tokio::select! {
@@ -204,48 +222,105 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
-/// [`Backend::keep`]'s default: renews every TTL/3. Transient errors are retried every
+/// The renewal time `due` moved back onto a grid of 1/32 of the renewal period (at most
+/// 100 ms) shared by the whole process: guards with the same TTL then renew together, in
+/// one timer tick and one write to the server, instead of each waking the runtime on its
+/// own. Renewing up to a grid step early is always safe.
+fn on_renewal_grid(due: Instant, period: Duration) -> Instant {
+    static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    let step = (period / 32).min(Duration::from_millis(100));
+    let origin = *ORIGIN;
+    if step.is_zero() || due <= origin {
+        return due;
+    }
+    let step = step.as_nanos() as u64; // at most 100 ms
+    let since = u64::try_from((due - origin).as_nanos()).unwrap_or(u64::MAX);
+    origin + Duration::from_nanos(since - since % step)
+}
+
+/// [`Backend::keep`]'s default: renews every TTL/3 (a little earlier, see
+/// [`on_renewal_grid`]). Transient errors are retried every
 /// TTL/10 until the safety deadline, measured from the send time of the last confirmed
 /// command (`confirmed`, kept current); then the lock is declared lost.
-pub(crate) async fn watchdog<B: Backend + ?Sized>(
-    backend: &B,
-    cx: &Context,
-    lease: &Lease,
-    held: &mut B::Held,
-    confirmed: &mut Instant,
-) -> Loss {
-    let period = lease.ttl / 3;
-    let retry = (lease.ttl / 10).max(Duration::from_millis(5));
-    let mut next = *confirmed + period;
-    let mut last_error = None;
-    loop {
-        let deadline = lease.deadline(*confirmed);
-        sleep_until(next.min(deadline)).await;
-        let sent = Instant::now();
-        if sent >= deadline {
-            return Loss::Unconfirmed { last_error };
-        }
-        // Boxed: a guard sleeps far more than it renews, so keep its resident state small.
-        match timeout_at(deadline, Box::pin(backend.renew(cx, lease, held))).await {
-            Ok(Ok(Renewal::Renewed)) => {
-                *confirmed = sent;
-                next = sent + period;
-                last_error = None;
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of its arguments for the guard's life"
+)]
+pub(crate) fn watchdog<'b, 'c, 'l, 'h, 'i, B: Backend + ?Sized>(
+    backend: &'b B,
+    cx: &'c Context,
+    lease: &'l Lease,
+    held: &'h mut B::Held,
+    confirmed: &'i mut Instant,
+) -> impl Future<Output = Loss> + Send + use<'b, 'c, 'l, 'h, 'i, B> {
+    // An `async` block rather than an `async fn`: the latter would keep a second copy of
+    // the arguments in the future, which lives as long as the guard.
+    async move {
+        let period = lease.ttl / 3;
+        let retry = (lease.ttl / 10).max(Duration::from_millis(5));
+        let mut next = on_renewal_grid(*confirmed + period, period);
+        let mut last_error = None;
+        loop {
+            let deadline = lease.deadline(*confirmed);
+            sleep_until(next.min(deadline)).await;
+            let sent = Instant::now();
+            if sent >= deadline {
+                return Loss::Unconfirmed { last_error };
             }
-            Ok(Ok(Renewal::Lost(reason))) => return Loss::NotHeld(reason),
-            Ok(Err(e)) => {
-                tracing::warn!(
-                    component = "dlock",
-                    backend = backend.name(),
-                    key = %lease.key,
-                    fencing_token = lease.fencing_token,
-                    error = %e,
-                    "renewal failed; retrying until the lock can no longer be proven held"
-                );
-                last_error = Some(e.to_string());
-                next = sent + retry;
+            // Boxed with its timer: a guard sleeps far more than it renews, so keep its
+            // resident state small.
+            match Box::pin(timeout_at(deadline, backend.renew(cx, lease, held))).await {
+                Ok(Ok(Renewal::Renewed)) => {
+                    *confirmed = sent;
+                    next = on_renewal_grid(sent + period, period);
+                    last_error = None;
+                }
+                Ok(Ok(Renewal::Lost(reason))) => return Loss::NotHeld(reason),
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        component = "dlock",
+                        backend = backend.name(),
+                        key = %lease.key,
+                        fencing_token = lease.fencing_token,
+                        error = %e,
+                        "renewal failed; retrying until the lock can no longer be proven held"
+                    );
+                    last_error = Some(e.to_string());
+                    next = sent + retry;
+                }
+                Err(_) => return Loss::Unconfirmed { last_error },
             }
-            Err(_) => return Loss::Unconfirmed { last_error },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::on_renewal_grid;
+
+    #[test]
+    fn renewals_move_earlier_by_less_than_a_grid_step_and_line_up() {
+        let period = Duration::from_millis(3333);
+        let step = period / 32;
+        let now = Instant::now();
+        for offset_ms in [0, 1, 50, 103, 104, 2000, 3333] {
+            let due = now + period + Duration::from_millis(offset_ms);
+            let renew_at = on_renewal_grid(due, period);
+            assert!(renew_at <= due, "a renewal moved later than it was due");
+            assert!(
+                due - renew_at < step,
+                "a renewal moved earlier by a step or more"
+            );
+        }
+        let (a, b) = (now + period, now + period + step / 4);
+        assert!(
+            on_renewal_grid(a, period) == on_renewal_grid(b, period)
+                || on_renewal_grid(b, period) - on_renewal_grid(a, period) == step,
+            "renewals due close together did not share a grid point"
+        );
     }
 }

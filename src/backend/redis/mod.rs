@@ -7,6 +7,12 @@
 //! so nothing leaks and no restored snapshot can roll tokens back. The `{..}` hash tag keeps
 //! room for keys of the same lock on Redis Cluster.
 //!
+//! Waiters announce themselves on the lock: an attempt made while subscribed to the lock's
+//! release channel marks a held value with `!`, and only a release that sees the mark
+//! publishes on `<lock key>:released`. Nobody waiting, nothing published; the mark lives
+//! and dies with the holder's value, so a waiter that dies costs at most one needless
+//! `PUBLISH`.
+//!
 //! Bounds: an acquire attempt is useless once its reply could come after the safety
 //! deadline, a release once the key has expired; every call is also bounded by the
 //! locker's call timeout. Scripts live beside this file, one per operation, each idempotent.
@@ -24,7 +30,7 @@ use tokio::time::Instant;
 
 use self::notifications::Notifications;
 use super::{
-    poll_until_acquired, recover, Backend, Context, Grant, Lease, Renewal, Request, Wakeups,
+    recover, retry_until_acquired, Backend, Context, Grant, Lease, Renewal, Request, Wakeups,
 };
 use crate::config::Driver;
 use crate::error::Result;
@@ -84,6 +90,82 @@ where
         }
     }
 
+    /// One acquire attempt; `announce`: mark a held lock so that its release publishes.
+    async fn attempt(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+        announce: bool,
+    ) -> Result<Option<Grant<String>>> {
+        // Until the server answers, the script may or may not have run: if this future is
+        // dropped or the call fails, release whatever our token may hold.
+        let undo = cx.undo_on_drop(|| {
+            let (scripts, cx) = (self.scripts.clone(), cx.clone());
+            let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
+            let (token, ttl) = (request.token.to_owned(), request.ttl);
+            async move {
+                if let Err(e) = scripts.release(&cx, &key, &lock_key, &token, ttl).await {
+                    tracing::debug!(component = "dlock", backend = "redis", key = %key, error = %e,
+                        "cleanup of an interrupted acquire failed; the TTL will remove it");
+                }
+            }
+        });
+        let sent = Instant::now();
+        // A reply after the safety deadline could not give a usable guard.
+        let fence: u64 = if let Some(ack) = self.replica_ack.get() {
+            let mut obtain = replicas::evalsha(&OBTAIN, request.storage_key);
+            obtain
+                .arg(request.token)
+                .arg(millis(request.ttl))
+                .arg(if announce { "1" } else { "0" })
+                .arg(published(request.value));
+            let wait = replicas::wait_timeout(cx, ack, request.useful_for());
+            let (fence, acked): (u64, i64) = self
+                .scripts
+                .call_acknowledged(
+                    cx,
+                    request.key,
+                    request.useful_for(),
+                    &OBTAIN,
+                    obtain,
+                    crate::config::ReplicaAck::new(ack.replicas, wait),
+                )
+                .await?;
+            if fence != 0 && acked < i64::from(ack.replicas) {
+                // Undone before the error returns, so that a retry finds the key free; if
+                // this release fails, the armed undo retries it in the background.
+                let (key, lock_key, token) = (request.key, request.storage_key, request.token);
+                if self
+                    .scripts
+                    .release(cx, key, lock_key, token, request.ttl)
+                    .await
+                    .is_ok()
+                {
+                    undo.disarm();
+                }
+                return Err(replicas::too_few(key, "lock", acked, ack, wait));
+            }
+            fence
+        } else {
+            let mut obtain = OBTAIN.prepare_invoke();
+            obtain
+                .key(request.storage_key)
+                .arg(request.token)
+                .arg(millis(request.ttl))
+                .arg(if announce { "1" } else { "0" })
+                .arg(published(request.value));
+            self.scripts
+                .call(cx, request.key, request.useful_for(), &obtain)
+                .await?
+        };
+        undo.disarm();
+        Ok((fence != 0).then(|| Grant {
+            fencing_token: fence,
+            confirmed_at: sent,
+            held: request.token.to_owned(),
+        }))
+    }
+
     fn notifications(&self) -> Option<&Notifications> {
         self.notifications
             .get_or_init(|| {
@@ -123,71 +205,7 @@ where
         cx: &Context,
         request: &Request<'_>,
     ) -> Result<Option<Grant<String>>> {
-        // Until the server answers, the script may or may not have run: if this future is
-        // dropped or the call fails, release whatever our token may hold.
-        let undo = cx.undo_on_drop(|| {
-            let (scripts, cx) = (self.scripts.clone(), cx.clone());
-            let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
-            let (token, ttl) = (request.token.to_owned(), request.ttl);
-            async move {
-                if let Err(e) = scripts.release(&cx, &key, &lock_key, &token, ttl).await {
-                    tracing::debug!(component = "dlock", backend = "redis", key = %key, error = %e,
-                        "cleanup of an interrupted acquire failed; the TTL will remove it");
-                }
-            }
-        });
-        let sent = Instant::now();
-        // A reply after the safety deadline could not give a usable guard.
-        let fence: u64 = if let Some(ack) = self.replica_ack.get() {
-            let mut obtain = replicas::evalsha(&OBTAIN, request.storage_key);
-            obtain
-                .arg(request.token)
-                .arg(millis(request.ttl))
-                .arg(published(request.value));
-            let wait = replicas::wait_timeout(cx, ack, request.useful_for());
-            let (fence, acked): (u64, i64) = self
-                .scripts
-                .call_acknowledged(
-                    cx,
-                    request.key,
-                    request.useful_for(),
-                    &OBTAIN,
-                    obtain,
-                    crate::config::ReplicaAck::new(ack.replicas, wait),
-                )
-                .await?;
-            if fence != 0 && acked < i64::from(ack.replicas) {
-                // Undone before the error returns, so that a retry finds the key free; if
-                // this release fails, the armed undo retries it in the background.
-                let (key, lock_key, token) = (request.key, request.storage_key, request.token);
-                if self
-                    .scripts
-                    .release(cx, key, lock_key, token, request.ttl)
-                    .await
-                    .is_ok()
-                {
-                    undo.disarm();
-                }
-                return Err(replicas::too_few(key, "lock", acked, ack, wait));
-            }
-            fence
-        } else {
-            let mut obtain = OBTAIN.prepare_invoke();
-            obtain
-                .key(request.storage_key)
-                .arg(request.token)
-                .arg(millis(request.ttl))
-                .arg(published(request.value));
-            self.scripts
-                .call(cx, request.key, request.useful_for(), &obtain)
-                .await?
-        };
-        undo.disarm();
-        Ok((fence != 0).then(|| Grant {
-            fencing_token: fence,
-            confirmed_at: sent,
-            held: request.token.to_owned(),
-        }))
+        self.attempt(cx, request, false).await
     }
 
     async fn acquire(
@@ -197,19 +215,26 @@ where
         retry_interval: Duration,
     ) -> Result<Option<Grant<String>>> {
         // Uncontended fast path: no subscription for a lock that is free.
-        if let Some(grant) = self.try_acquire(cx, request).await? {
+        if let Some(grant) = self.attempt(cx, request, false).await? {
             return Ok(Some(grant));
         }
         // Waits at most one poll interval for the subscription: a release announced before
         // it is active is caught by the next attempt or poll.
-        let _subscription = match self.notifications() {
+        let subscription = match self.notifications() {
             Some(n) => Some(
                 n.subscribe(cx, release_channel(request.storage_key), retry_interval)
                     .await,
             ),
             None => None,
         };
-        poll_until_acquired(self, cx, request, retry_interval).await
+        // With a subscription, every later attempt that finds the lock held marks it, so
+        // that its release publishes (obtain.lua); without one, nobody would hear it.
+        let announce = subscription.is_some();
+        let wakeups = Some(&self.scripts.wakeups);
+        retry_until_acquired(wakeups, request.storage_key, retry_interval, || {
+            self.attempt(cx, request, announce)
+        })
+        .await
     }
 
     async fn renew(&self, cx: &Context, lease: &Lease, token: &mut String) -> Result<Renewal> {
@@ -286,7 +311,6 @@ impl<C: ConnectionLike + Clone + Send + Sync> Scripts<C> {
             .key(lock_key)
             .arg(token)
             .arg(millis(limit).max(1))
-            .arg(release_channel(lock_key))
             .arg(self.wakeups.id());
         let released = self.call::<i64>(cx, key, limit, &release).await? == 1;
         if released {

@@ -26,7 +26,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::super::permission::redis_noperm;
 use super::super::{recover, Context, Wakeups};
 
-/// Suffix of a lock's release channel.
+/// Suffix of a lock's release channel (release.lua appends it to the lock key).
 pub(super) const RELEASED: &str = ":released";
 
 /// How long one command on the notification connection may take.

@@ -1,35 +1,49 @@
 -- Acquire a lock and draw its fencing token, in one atomic step. Idempotent: sent twice
 -- (a client that resends after a dropped connection), it answers the same token.
 --
--- KEYS[1]  lock key. Its value is `<token>:<fencing token>[#<published value, hex>]` while
---          held, optionally followed by `~<token>` of the holder released just before (see
+-- KEYS[1]  lock key. Its value is `<token>:<fencing token>` while held, then the value the
+--          holder published (see ARGV[4]), then `!` once a waiter has announced itself (see
+--          ARGV[3]), then optionally `~<token>` of the holder released just before (see
 --          release.lua); a released lock is a tombstone `~<token>` that counts as free.
--- ARGV[1]  token of this acquisition (a ULID: no `:` and no `~`)
+-- ARGV[1]  token of this acquisition (a ULID: no `:`, `!` or `~`)
 -- ARGV[2]  TTL in milliseconds
--- ARGV[3]  `#` and the value the holder publishes, hex-encoded (so that it holds no `~`),
---          or empty
+-- ARGV[3]  `1` when the caller waits for a release notification: if the lock is held, mark
+--          it `!` so that its release publishes one. Without a mark nobody is subscribed
+--          (or only pollers are), and the release publishes nothing.
+-- ARGV[4]  `#` and the value the holder publishes, hex-encoded (so that it holds no `!` or
+--          `~`), or empty
 --
--- Returns the fencing token (> 0), or 0 when someone else holds the lock.
+-- Returns the fencing token (> 0) as a decimal string, or 0 when someone else holds the lock.
 --
 -- The fencing token is the server clock in microseconds: it needs no counter key (nothing
 -- to leak, nothing a restored snapshot can roll back), and it increases across restarts,
 -- persistence reloads and failovers as long as the clock of the server that answers does
 -- not step back by more than the time between two acquisitions of the key.
+-- Written for the server's time: plain string operations (no patterns, no string.format,
+-- whose '%d' of a double costs more than the rest of the script).
 local value = redis.call('GET', KEYS[1])
 local previous = ''
 if value then
-  local held = string.match(value, '^([^~]+)')
-  if held then
-    local token, fence = string.match(held, '^([^:]*):(%d+)')
-    if token == ARGV[1] then
+  if string.byte(value, 1) ~= 126 then -- not a tombstone `~...`: held
+    local own = ARGV[1] .. ':'
+    if string.sub(value, 1, #own) == own then
       redis.call('PEXPIRE', KEYS[1], ARGV[2])
-      return tonumber(fence)
+      return string.match(value, '%d+', #own + 1)
+    end
+    if ARGV[3] == '1' and not string.find(value, '!', 1, true) then
+      -- The mark lives and dies with this holder's value: a waiter that dies costs at
+      -- most one needless PUBLISH.
+      local released = string.find(value, '~', 1, true) or (#value + 1)
+      local marked = string.sub(value, 1, released - 1) .. '!' .. string.sub(value, released)
+      redis.call('SET', KEYS[1], marked, 'KEEPTTL')
     end
     return 0
   end
   previous = value
 end
+-- TIME answers seconds and microseconds as strings: the token is their digits, the
+-- microseconds padded to six.
 local now = redis.call('TIME')
-local fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', fence) .. ARGV[3] .. previous, 'PX', ARGV[2])
+local fence = now[1] .. string.sub('00000' .. now[2], -6)
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. fence .. ARGV[4] .. previous, 'PX', ARGV[2])
 return fence

@@ -1,6 +1,6 @@
 -- Extend a lock's TTL if it still holds our acquisition.
 --
--- KEYS[1]  lock key (value `<token>:<fencing token>[~<previous token>]`, see obtain.lua)
+-- KEYS[1]  lock key (value `<token>:<fencing token>[!][~<previous token>]`, see obtain.lua)
 -- ARGV[1]  token of the acquisition
 -- ARGV[2]  TTL in milliseconds
 --

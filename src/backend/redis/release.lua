@@ -1,12 +1,14 @@
--- Release a lock if it still holds our acquisition, and tell waiters it is free. Idempotent:
--- sent twice, it answers 1 both times, even if a waiter took the lock in between.
+-- Release a lock if it still holds our acquisition, and tell waiters it is free if any
+-- announced themselves. Idempotent: sent twice, it answers 1 both times, even if a waiter
+-- took the lock in between.
 --
--- KEYS[1]  lock key (value `<token>:<fencing token>[~<previous token>]`, see obtain.lua)
+-- KEYS[1]  lock key (value `<token>:<fencing token>[!][~<previous token>]`, see obtain.lua)
 -- ARGV[1]  token of the acquisition
 -- ARGV[2]  how long the tombstone `~<token>` stays, in milliseconds: the window in which a
 --          resent release can still recognise its own earlier success
--- ARGV[3]  release channel of the lock: waiters subscribed to it retry at once
--- ARGV[4]  id of the releasing store handle: it woke its own waiter already
+-- ARGV[3]  id of the releasing store handle: it woke its own waiter already
+--
+-- Publishes on `<lock key>:released` only when the value carries a waiter's mark `!`.
 --
 -- Returns 1 when released (now or by an earlier copy of this call), 0 when the key is gone
 -- or holds another acquisition.
@@ -17,7 +19,9 @@ end
 local own = ARGV[1] .. ':'
 if string.sub(value, 1, #own) == own then
   redis.call('SET', KEYS[1], '~' .. ARGV[1], 'PX', ARGV[2])
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  if string.find(value, '!', #own, true) then
+    redis.call('PUBLISH', KEYS[1] .. ':released', ARGV[3])
+  end
   return 1
 end
 -- Our tombstone, or a newer holder's value that carries it: an earlier copy released.

@@ -63,6 +63,9 @@ impl SentinelConnection {
         node: Option<SentinelNodeConnectionInfo>,
         config: AsyncConnectionConfig,
     ) -> RedisResult<Self> {
+        // redis-rs takes a `String` here without its `tls-rustls` feature and `impl
+        // AsRef<str>` with it: an owned string builds either way.
+        #[allow(clippy::unnecessary_to_owned)]
         let client = SentinelClient::build(
             sentinels,
             service.to_owned(),
