@@ -36,6 +36,27 @@
 //! # let _ = (token, lost, out, acquired); Ok(()) }
 //! ```
 //!
+//! # Leader election
+//!
+//! [`Locker::election`] gives an [`Election`]: [`Election::campaign`] waits to lead and
+//! returns a [`Leadership`] whose term is its fencing token and whose `lost()` fires before
+//! anyone else can be elected; [`Election::leader`] and [`Election::observe`] show who leads;
+//! [`Election::run_while_leader`] runs work each time this candidate leads.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+//! let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
+//! let election = locker.election("scheduler");
+//! let leadership = election.campaign("node-a:8080").await?;
+//! let written = leadership.run(async { /* act as leader, fenced by */ leadership.term() }).await?;
+//! assert_eq!(election.leader().await?.map(|l| l.fencing_token), Some(written));
+//! leadership.resign().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The `dlock` command (cargo feature `cli`) runs any program under a lock:
+//! `dlock --redis redis://host/ run KEY -- CMD ARGS...`; see the README.
+//!
 //! # Backends
 //!
 //! - **Redis** ([`Driver::Redis`], feature `redis`): `SET NX PX` with a ULID token in a Lua
@@ -73,6 +94,7 @@ pub mod backend;
 mod backend;
 mod compat;
 mod config;
+mod election;
 mod error;
 mod guard;
 mod holder;
@@ -90,6 +112,7 @@ pub use backend::memory::MemoryStore;
 pub use backend::redis::SentinelConnection;
 pub use compat::Compat;
 pub use config::{Config, Driver, ReplicaAck, MAX_KEY_LEN, MAX_REPLICA_ACKS, MAX_TTL, MIN_TTL};
+pub use election::{Election, Leadership, Term};
 pub use error::{BoxError, Error, Result};
 pub use guard::{LockGuard, Run};
 pub use holder::Holder;

@@ -7,7 +7,13 @@
 //! cargo run -p dlock-torture -- --backend redis --persistence aof --secs 20
 //! cargo run -p dlock-torture -- --backend etcd --secs 20
 //! cargo run -p dlock-torture -- --backend etcd --no-faults
+//! cargo run -p dlock-torture -- --backend redis --election --secs 20
 //! ```
+//!
+//! `--election`: each task campaigns in the election named after the key
+//! (`Election::campaign`, publishing its task's name) instead of locking it, works under
+//! `Leadership::run`, and resigns; a term is a fencing token, so every rule below applies to
+//! leaders as it does to holders (two leaders of one election at once is rule 5).
 //!
 //! # What runs
 //!
@@ -158,6 +164,8 @@ struct Args {
     keys: usize,
     secs: u64,
     faults: bool,
+    /// Campaign in elections instead of locking (`--election`).
+    election: bool,
     persistence: Persistence,
     /// Worker mode: set by the coordinator when it spawns a worker.
     worker: Option<WorkerArgs>,
@@ -180,6 +188,7 @@ fn parse_args() -> Args {
         keys: 3,
         secs: 20,
         faults: true,
+        election: false,
         persistence: Persistence::Rdb,
         worker: None,
     };
@@ -195,6 +204,7 @@ fn parse_args() -> Args {
             "--secs" => args.secs = value().parse().expect("--secs N"),
             "--persistence" => args.persistence = Persistence::parse(&value()),
             "--no-faults" => args.faults = false,
+            "--election" => args.election = true,
             "--resource" => resource = Some(value()),
             "--worker" => {
                 let endpoints = value().split(',').map(String::from).collect();
@@ -315,6 +325,7 @@ async fn worker(args: Args, me: WorkerArgs) -> i32 {
             proc: me.id,
             task,
             keys: args.keys,
+            election: args.election,
             deadline,
             records: tx.clone(),
         };
@@ -365,8 +376,38 @@ struct Contender {
     proc: usize,
     task: usize,
     keys: usize,
+    election: bool,
     deadline: Instant,
     records: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+/// A held lock, or a leadership (`--election`): the same guarantees, two front doors.
+enum Held {
+    Lock(dlock::LockGuard),
+    Leader(dlock::Leadership),
+}
+
+impl Held {
+    fn fencing_token(&self) -> u64 {
+        match self {
+            Held::Lock(guard) => guard.fencing_token(),
+            Held::Leader(leadership) => leadership.term(),
+        }
+    }
+
+    fn run<F: std::future::Future>(&self, work: F) -> dlock::Run<F> {
+        match self {
+            Held::Lock(guard) => guard.run(work),
+            Held::Leader(leadership) => leadership.run(work),
+        }
+    }
+
+    async fn release(self) {
+        let _ = match self {
+            Held::Lock(guard) => guard.release().await,
+            Held::Leader(leadership) => leadership.resign().await,
+        };
+    }
 }
 
 impl Contender {
@@ -376,7 +417,14 @@ impl Contender {
             let key = format!("k{}", fastrand::usize(0..self.keys));
             let asked = now_ns();
             let options = LockOptions::new().wait_timeout(Duration::from_secs(3));
-            let Ok(guard) = self.locker.lock_with(&key, options).await else {
+            let acquired = if self.election {
+                let value = format!("{}/{}", self.proc, self.task);
+                let election = self.locker.election(key.clone()).options(options);
+                election.campaign(&value).await.map(Held::Leader)
+            } else {
+                self.locker.lock_with(&key, options).await.map(Held::Lock)
+            };
+            let Ok(guard) = acquired else {
                 sleep(Duration::from_millis(20)).await;
                 continue;
             };
@@ -393,7 +441,7 @@ impl Contender {
                 outcome.is_err() as u8
             );
             let _ = self.records.send(line);
-            let _ = guard.release().await;
+            guard.release().await;
         }
     }
 
@@ -544,6 +592,7 @@ impl WorkerProcess {
             .args(["--secs", &args.secs.to_string()])
             .args(["--resource", &resource.to_string()])
             .args(["--worker", &endpoints.join(","), &id.to_string()])
+            .args(args.election.then_some("--election"))
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn worker");

@@ -1,0 +1,183 @@
+//! `dlock`: runs a program under a distributed lock (Redis, or etcd with the `etcd` feature),
+//! like `flock(1)` across machines, `etcdctl lock NAME CMD` or `consul lock PREFIX CMD`.
+//!
+//! `dlock run KEY -- CMD ARGS...` waits for the lock, runs the command while the lock is
+//! renewed, and releases it when the command exits; if the lock is lost meanwhile, the
+//! command gets SIGTERM (SIGKILL after `--grace`). `dlock status KEY` shows who holds a key.
+//! The lock is taken as a leadership of the election `KEY` (`dlock::Election`), so the
+//! command's `host:pid` (or `--value`) is published for `dlock status` and
+//! `Election::leader` readers; it excludes plain `Locker::lock(KEY)` holders too.
+//!
+//! Exit statuses: see [`exit`] (also printed by `dlock --help` and in the README).
+
+mod connect;
+mod exit;
+mod redact;
+mod run;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit::Failure;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dlock",
+    version,
+    about = "Run a program under a distributed lock (Redis or etcd)",
+    after_help = exit::HELP,
+)]
+struct Cli {
+    /// Redis URL: redis://[user:password@]host[:port][/db] (rediss:// for TLS).
+    /// Default: $DLOCK_REDIS_URL.
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "etcd")]
+    redis: Option<String>,
+
+    /// etcd endpoints, comma-separated: http://[user:password@]host:port,...
+    /// Default: $DLOCK_ETCD_ENDPOINTS. Needs a dlock built with the `etcd` feature.
+    #[arg(long, global = true, value_name = "URLS")]
+    etcd: Option<String>,
+
+    /// A config file (YAML or JSON, the library's format: driver, prefix, default_ttl,
+    /// retry_interval). The server URL still comes from --redis/--etcd or the environment.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// The key prefix [default: "dlock:", or the config file's].
+    #[arg(long, global = true, value_name = "PREFIX")]
+    prefix: Option<String>,
+
+    /// No progress line while waiting, no message when --no-wait finds the lock held.
+    /// Errors are still reported.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Wait for the lock on KEY, run CMD while holding it, release it when CMD exits.
+    ///
+    /// CMD gets DLOCK_KEY and DLOCK_FENCING_TOKEN in its environment. SIGINT, SIGTERM and
+    /// SIGHUP sent to dlock are forwarded to it. dlock exits with CMD's status (128+N if a
+    /// signal N killed it).
+    Run(RunArgs),
+    /// Show who holds KEY: the fencing token, the remaining TTL, the published value.
+    /// Exits 0 when held, 1 when free.
+    Status {
+        /// The lock's key (without the prefix).
+        key: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Give up after waiting this long (exit 124): 30s, 5m, 1h30m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    wait: Option<Duration>,
+
+    /// Do not wait: exit 75 at once if someone holds the lock (for cron).
+    #[arg(long, conflicts_with = "wait")]
+    no_wait: bool,
+
+    /// The lock's TTL: how long a crashed dlock blocks the key, and how long a network
+    /// blip may last before the lock counts as lost. Renewed every TTL/3
+    /// [default: 10s, or the config file's default_ttl; etcd: whole seconds].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    ttl: Option<Duration>,
+
+    /// After a lost lock, how long CMD has between SIGTERM and SIGKILL. SIGTERM is sent
+    /// before the server can expire the lock; a CMD that keeps running through the grace
+    /// may overlap with the next holder (fence its writes with DLOCK_FENCING_TOKEN).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    grace: Duration,
+
+    /// The value published with the lock, shown by `dlock status` [default: host:pid].
+    #[arg(long, value_name = "TEXT")]
+    value: Option<String>,
+
+    /// The lock's key (without the prefix).
+    key: String,
+
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write it as 30s, 500ms, 5m, 1h)"))
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; mistakes exit EX_USAGE.
+            let status = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(status.into());
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    let status = runtime.block_on(async move {
+        match dispatch(cli).await {
+            Ok(status) => status,
+            Err(failure) => {
+                redact::say(&failure.message);
+                failure.status
+            }
+        }
+    });
+    drop(runtime);
+    std::process::exit(status.into());
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    let server = connect::Server::from_flags(cli.redis, cli.etcd, cli.config, cli.prefix)?;
+    match cli.command {
+        Command::Run(args) => {
+            let locker = server.locker(args.ttl).await?;
+            let status = run::run(&locker, args, cli.quiet).await;
+            let _ = locker.close().await;
+            status
+        }
+        Command::Status { key } => {
+            let locker = server.locker(None).await?;
+            let holder = locker
+                .holder(&key)
+                .await
+                .map_err(|e| Failure::from_lock_error(&key, e))?;
+            let _ = locker.close().await;
+            Ok(print_status(&key, holder))
+        }
+    }
+}
+
+fn print_status(key: &str, holder: Option<dlock::Holder>) -> u8 {
+    let Some(holder) = holder else {
+        println!("{key}: free");
+        return exit::FREE;
+    };
+    println!("{key}: held");
+    println!("fencing token: {}", holder.fencing_token);
+    println!(
+        "expires in: {}",
+        humantime::format_duration(round_to_ms(holder.expires_in))
+    );
+    if let Some(value) = holder.value {
+        println!("value: {}", redact::redact(&value));
+    }
+    exit::HELD
+}
+
+fn round_to_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
+}

@@ -1,0 +1,435 @@
+//! The `dlock` command end to end: the built binary, real child processes, a real
+//! `redis-server` / `etcd` (started by `tests/support`), and the fault proxy.
+//!
+//! Order is checked with what the children write (lines appended to one file), never with
+//! timing assertions; the bounds below only stop a hung test.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use support::{EtcdServer, Proxy, RedisServer, TempDir};
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, timeout};
+
+const DLOCK: &str = env!("CARGO_BIN_EXE_dlock");
+const HANG: Duration = Duration::from_secs(60);
+
+/// `dlock <server flags> <args>`, output captured.
+fn dlock(server: &[&str], args: &[&str]) -> Command {
+    let mut command = Command::new(DLOCK);
+    command
+        .args(server)
+        .args(args)
+        .env_remove("DLOCK_REDIS_URL")
+        .env_remove("DLOCK_ETCD_ENDPOINTS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+struct Ran {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+async fn finish(child: Child) -> Ran {
+    let output = timeout(HANG, child.wait_with_output())
+        .await
+        .expect("dlock hung")
+        .expect("dlock output");
+    Ran {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+async fn run(server: &[&str], args: &[&str]) -> Ran {
+    finish(dlock(server, args).spawn().expect("spawn dlock")).await
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the children's log has a line starting with `prefix`.
+async fn wait_for_line(path: &Path, prefix: &str) {
+    timeout(HANG, async {
+        while !lines(path).iter().any(|l| l.starts_with(prefix)) {
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no line {prefix:?} in {path:?}: {:?}", lines(path)));
+}
+
+/// A shell child that logs `<name> start <token>`, sleeps, logs `<name> end`.
+fn logged(log: &Path, name: &str, seconds: f32) -> String {
+    let log = log.display();
+    format!(
+        "echo \"{name} start $DLOCK_FENCING_TOKEN $DLOCK_KEY\" >> {log}; sleep {seconds}; echo \"{name} end\" >> {log}"
+    )
+}
+
+fn log_in(dir: &TempDir) -> PathBuf {
+    dir.path().join("log")
+}
+
+/// Two `dlock run` on one key: the second waits (saying so on stderr), then runs after the
+/// first child ended, with a greater fencing token; both children see their key.
+async fn second_run_waits_for_the_first_then_runs(server: &[&str]) {
+    let dir = TempDir::new("cli-wait");
+    let log = log_in(&dir);
+    let first = dlock(
+        server,
+        &["run", "job", "--", "sh", "-c", &logged(&log, "A", 3.0)],
+    )
+    .spawn()
+    .expect("spawn");
+    wait_for_line(&log, "A start").await;
+    let second = dlock(
+        server,
+        &["run", "job", "--", "sh", "-c", &logged(&log, "B", 0.0)],
+    )
+    .spawn()
+    .expect("spawn");
+    let (first, second) = (finish(first).await, finish(second).await);
+    assert!(first.status.success(), "first dlock: {}", first.stderr);
+    assert!(second.status.success(), "second dlock: {}", second.stderr);
+    let log = lines(&log);
+    let order: Vec<&str> = log.iter().map(|l| &l[..l.find(' ').unwrap() + 2]).collect();
+    assert_eq!(
+        order,
+        ["A s", "A e", "B s", "B e"],
+        "the runs overlapped: {log:?}"
+    );
+    let token = |line: &str| -> u64 { line.split(' ').nth(2).unwrap().parse().expect("a token") };
+    assert!(
+        token(&log[2]) > token(&log[0]),
+        "fencing tokens did not increase: {log:?}"
+    );
+    assert!(log[0].ends_with(" job"), "DLOCK_KEY not passed: {log:?}");
+    assert!(
+        second.stderr.contains("waiting for lock \"job\" (held by "),
+        "no progress line while waiting: {:?}",
+        second.stderr
+    );
+}
+
+/// `--no-wait` exits 75 at once while the key is held, running nothing; `status` shows the
+/// holder (value, token) and exits 0, then 1 once the key is free; SIGTERM sent to dlock
+/// reaches the child, and the child's own exit status is dlock's.
+async fn no_wait_status_and_forwarded_sigterm(server: &[&str]) {
+    let dir = TempDir::new("cli-nowait");
+    let log = log_in(&dir);
+    let child = format!(
+        "trap 'echo TERM >> {log}; exit 7' TERM; echo started >> {log}; while :; do sleep 0.05; done",
+        log = log.display()
+    );
+    let holder = dlock(
+        server,
+        &[
+            "run",
+            "--value",
+            "cron@host-1",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            &child,
+        ],
+    )
+    .spawn()
+    .expect("spawn");
+    wait_for_line(&log, "started").await;
+
+    let busy = run(
+        server,
+        &[
+            "run",
+            "--no-wait",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "echo ran >> /dev/null; exit 3",
+        ],
+    )
+    .await;
+    assert_eq!(
+        busy.status.code(),
+        Some(75),
+        "--no-wait on a held key: {}",
+        busy.stderr
+    );
+    assert!(
+        busy.stderr.contains("cron@host-1"),
+        "--no-wait does not say who holds it: {}",
+        busy.stderr
+    );
+    let quiet = run(
+        server,
+        &["--quiet", "run", "--no-wait", "job", "--", "true"],
+    )
+    .await;
+    assert_eq!(quiet.status.code(), Some(75));
+    assert_eq!(quiet.stderr, "", "--quiet still printed");
+
+    let status = run(server, &["status", "job"]).await;
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "status of a held key: {}",
+        status.stderr
+    );
+    assert!(status.stdout.contains("job: held"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("value: cron@host-1"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("fencing token: "),
+        "{}",
+        status.stdout
+    );
+
+    let waited = run(server, &["run", "--wait", "300ms", "job", "--", "true"]).await;
+    assert_eq!(
+        waited.status.code(),
+        Some(124),
+        "--wait expired: {}",
+        waited.stderr
+    );
+
+    let pid = holder.id().expect("pid").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(kill.expect("kill").success());
+    let holder = finish(holder).await;
+    assert_eq!(
+        holder.status.code(),
+        Some(7),
+        "the child's status was not passed through: {}",
+        holder.stderr
+    );
+    assert_eq!(
+        lines(&log),
+        ["started", "TERM"],
+        "SIGTERM was not forwarded"
+    );
+
+    let free = run(server, &["status", "job"]).await;
+    assert_eq!(
+        free.status.code(),
+        Some(1),
+        "status of a free key: {}",
+        free.stderr
+    );
+    assert!(free.stdout.contains("job: free"), "{}", free.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_second_run_waits_for_the_first_then_runs() {
+    let redis = RedisServer::start().await;
+    second_run_waits_for_the_first_then_runs(&["--redis", &redis.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_no_wait_status_and_forwarded_sigterm() {
+    let redis = RedisServer::start().await;
+    no_wait_status_and_forwarded_sigterm(&["--redis", &redis.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_second_run_waits_for_the_first_then_runs() {
+    let etcd = EtcdServer::start().await;
+    second_run_waits_for_the_first_then_runs(&["--etcd", &etcd.endpoint()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_no_wait_status_and_forwarded_sigterm() {
+    let etcd = EtcdServer::start().await;
+    no_wait_status_and_forwarded_sigterm(&["--etcd", &etcd.endpoint()]).await;
+}
+
+/// The server blackholed while the child runs: the child gets SIGTERM (it logs it) before
+/// a rival `dlock run`, waiting directly on the server, can run its own child; the cut-off
+/// dlock exits 70 and says why. TTL 5 s: SIGTERM goes at 90 % of it, so the child has
+/// TTL/10 to log it before the rival could possibly run.
+async fn blackholed_server_stops_the_child_before_anyone_else_runs(
+    direct: &[&str],
+    via: impl Fn(&Proxy) -> Vec<String>,
+    target: std::net::SocketAddr,
+) {
+    let dir = TempDir::new("cli-lost");
+    let log = log_in(&dir);
+    let proxy = Proxy::start(target).await;
+    let via = via(&proxy);
+    let via: Vec<&str> = via.iter().map(String::as_str).collect();
+    let child = format!(
+        "trap 'echo TERM >> {log}; exit 0' TERM; echo started >> {log}; while :; do sleep 0.05; done",
+        log = log.display()
+    );
+    let cut = dlock(
+        &via,
+        &["run", "--ttl", "5s", "job", "--", "sh", "-c", &child],
+    )
+    .spawn()
+    .expect("spawn");
+    wait_for_line(&log, "started").await;
+    let rival_child = format!("echo rival >> {}", log.display());
+    let rival = dlock(
+        direct,
+        &["run", "--ttl", "5s", "job", "--", "sh", "-c", &rival_child],
+    )
+    .spawn()
+    .expect("spawn");
+    sleep(Duration::from_millis(300)).await;
+    proxy.blackhole();
+    let (cut, rival) = (finish(cut).await, finish(rival).await);
+    assert_eq!(
+        cut.status.code(),
+        Some(70),
+        "the cut-off dlock: {}",
+        cut.stderr
+    );
+    assert!(
+        cut.stderr.contains("lost the lock"),
+        "no reason given: {}",
+        cut.stderr
+    );
+    assert!(rival.status.success(), "the rival: {}", rival.stderr);
+    assert_eq!(
+        lines(&log),
+        ["started", "TERM", "rival"],
+        "the child was not stopped before the rival ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_blackholed_server_stops_the_child_before_anyone_else_runs() {
+    let redis = RedisServer::start().await;
+    blackholed_server_stops_the_child_before_anyone_else_runs(
+        &["--redis", &redis.url()],
+        |proxy| vec!["--redis".into(), format!("redis://{}/", proxy.addr())],
+        redis.addr(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_blackholed_server_stops_the_child_before_anyone_else_runs() {
+    let etcd = EtcdServer::start().await;
+    blackholed_server_stops_the_child_before_anyone_else_runs(
+        &["--etcd", &etcd.endpoint()],
+        |proxy| vec!["--etcd".into(), format!("http://{}", proxy.addr())],
+        etcd.client_addr(),
+    )
+    .await;
+}
+
+/// The child's status passes through, and death by signal N is 128+N; a missing command
+/// is 127 (and releases the lock: the next run goes through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_status_passes_through() {
+    let redis = RedisServer::start().await;
+    let server = ["--redis", &redis.url()];
+    let ran = run(&server, &["run", "k", "--", "sh", "-c", "exit 42"]).await;
+    assert_eq!(ran.status.code(), Some(42), "{}", ran.stderr);
+    let ran = run(&server, &["run", "k", "--", "sh", "-c", "kill -KILL $$"]).await;
+    assert_eq!(ran.status.code(), Some(128 + 9), "{}", ran.stderr);
+    let ran = run(&server, &["run", "k", "--", "/nonexistent/command"]).await;
+    assert_eq!(ran.status.code(), Some(127), "{}", ran.stderr);
+    assert!(ran.stderr.contains("command not found"), "{}", ran.stderr);
+    let ran = run(&server, &["run", "--no-wait", "k", "--", "true"]).await;
+    assert_eq!(
+        ran.status.code(),
+        Some(0),
+        "the lock was left held: {}",
+        ran.stderr
+    );
+}
+
+/// Bad URL → 78, unreachable server → 69, both saying so, neither showing the password;
+/// no server at all → 64; a config file's bad field → 78 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_urls_and_unreachable_servers_are_reported_without_passwords() {
+    let ran = run(
+        &["--redis", "notaurl://alice:s3cr3t-pw@host"],
+        &["run", "k", "--", "true"],
+    )
+    .await;
+    assert_eq!(ran.status.code(), Some(78), "{}", ran.stderr);
+    assert!(ran.stderr.contains("invalid Redis URL"), "{}", ran.stderr);
+    assert!(
+        !ran.stderr.contains("s3cr3t-pw"),
+        "password printed: {}",
+        ran.stderr
+    );
+
+    let port = support::free_port();
+    let url = format!("redis://alice:s3cr3t-pw@127.0.0.1:{port}/");
+    let ran = run(&["--redis", &url], &["run", "k", "--", "true"]).await;
+    assert_eq!(ran.status.code(), Some(69), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("cannot reach redis://***@127.0.0.1"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        !ran.stderr.contains("s3cr3t-pw"),
+        "password printed: {}",
+        ran.stderr
+    );
+
+    let url = format!("http://bob:s3cr3t-pw@127.0.0.1:{port}");
+    let ran = run(&["--etcd", &url], &["status", "k"]).await;
+    assert_eq!(ran.status.code(), Some(69), "{}", ran.stderr);
+    assert!(
+        !ran.stderr.contains("s3cr3t-pw"),
+        "password printed: {}",
+        ran.stderr
+    );
+
+    let ran = run(&[], &["run", "k", "--", "true"]).await;
+    assert_eq!(ran.status.code(), Some(64), "{}", ran.stderr);
+    assert!(ran.stderr.contains("--redis URL"), "{}", ran.stderr);
+
+    let dir = TempDir::new("cli-config");
+    let file = dir.path().join("dlock.yaml");
+    std::fs::write(&file, "driver: redis\ndefault_ttl: soon\n").unwrap();
+    let file = file.display().to_string();
+    let ran = run(
+        &["--redis", "redis://127.0.0.1:1/", "--config", &file],
+        &["status", "k"],
+    )
+    .await;
+    assert_eq!(ran.status.code(), Some(78), "{}", ran.stderr);
+    assert!(ran.stderr.contains("default_ttl"), "{}", ran.stderr);
+
+    let ran = run(&[], &["run", "k"]).await;
+    assert_eq!(
+        ran.status.code(),
+        Some(64),
+        "a missing command: {}",
+        ran.stderr
+    );
+    let help = run(&[], &["--help"]).await;
+    assert!(help.status.success());
+    assert!(
+        help.stdout.contains("Exit status:"),
+        "--help has no exit-status table"
+    );
+}
