@@ -429,7 +429,6 @@ impl Locker {
     }
 
     /// [`Locker::lock_with`] that also publishes `value` for [`Locker::holder`] readers.
-    #[allow(dead_code)] // until the election module (issue 14) lands
     pub(crate) async fn lock_publishing(
         &self,
         key: &str,
@@ -440,7 +439,6 @@ impl Locker {
     }
 
     /// [`Locker::try_lock_with`] that also publishes `value` for [`Locker::holder`] readers.
-    #[allow(dead_code)] // until the election module (issue 14) lands
     pub(crate) async fn try_lock_publishing(
         &self,
         key: &str,
