@@ -31,9 +31,10 @@ done
 
 # The multi-process torture checker, bounded: exits non-zero on any violation. Redis with
 # its default persistence (RDB snapshots) and with AOF, and a 3-member etcd cluster.
-for target in "redis rdb" "redis aof" "etcd rdb"; do
-  read -r backend persistence <<<"$target"
-  timeout 120 cargo run --quiet -p dlock-torture -- --backend "$backend" \
+# Then elections (two leaders of one election at once is a violation) on both backends.
+for target in "redis rdb" "redis aof" "etcd rdb" "redis rdb --election" "etcd rdb --election"; do
+  read -r backend persistence election <<<"$target"
+  timeout 120 cargo run --quiet -p dlock-torture -- --backend "$backend" $election \
     --persistence "$persistence" --procs 3 --tasks 4 --keys 3 --secs "${DLOCK_TORTURE_SECS:-20}"
 done
 echo "test.sh: all tests and examples passed"
