@@ -121,7 +121,7 @@ where
             obtain
                 .arg(request.token)
                 .arg(millis(request.ttl))
-                .arg(announce.unwrap_or_default())
+                .arg(announce.unwrap_or("0"))
                 .arg(published(request.value));
             let wait = replicas::wait_timeout(cx, ack, request.useful_for());
             let (fence, acked): (u64, i64) = self
@@ -156,7 +156,7 @@ where
                 .key(request.storage_key)
                 .arg(request.token)
                 .arg(millis(request.ttl))
-                .arg(announce.unwrap_or_default())
+                .arg(announce.unwrap_or("0"))
                 .arg(published(request.value));
             self.scripts
                 .call(cx, request.key, request.useful_for(), &obtain)
