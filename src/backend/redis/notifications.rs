@@ -85,7 +85,7 @@ struct State {
     wanted: HashMap<String, usize>,
     /// Channels the server confirmed on the current connection.
     active: HashSet<String>,
-    /// The last connection attempt failed.
+    /// The last connection failed, or its subscriptions did.
     down: bool,
 }
 
@@ -204,65 +204,71 @@ async fn maintain(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             connected = timeout(COMMAND_TIMEOUT, Connection::open(&shared.source)) => connected,
         };
-        match connected {
+        let ended = match connected {
             Ok(Ok(connection)) => {
-                shared.state().down = false;
-                let refused = serve(&shared, connection, &stop).await;
+                let ended = serve(&shared, connection, &stop).await;
                 shared.state().active.clear();
-                let Some(refusal) = refused else {
-                    retry = FIRST_RETRY;
-                    tracing::debug!(
-                        component = "dlock",
-                        backend = "redis",
-                        "release-notification connection closed; reconnecting while anyone waits"
-                    );
-                    continue;
-                };
-                // Not transient: waiters poll, and the server is asked again with back-off
-                // (an operator may grant the right), never in a loop of reconnections.
+                ended
+            }
+            Ok(Err(e)) => Ended::Failed(e.to_string()),
+            Err(_) => Ended::Failed(format!("no connection within {COMMAND_TIMEOUT:?}")),
+        };
+        match ended {
+            Ended::Stopped => return,
+            Ended::Closed => {
+                retry = FIRST_RETRY;
+                tracing::debug!(
+                    component = "dlock",
+                    backend = "redis",
+                    "release-notification connection closed; reconnecting while anyone waits"
+                );
+                continue;
+            }
+            // Not transient: waiters poll, and the server is asked again with back-off
+            // (an operator may grant the right), never in a loop of reconnections.
+            Ended::Refused(refusal) => {
                 shared.state().down = true;
-                shared.settled.send_replace(());
                 if !std::mem::replace(&mut refusal_told, true) {
                     tracing::warn!(component = "dlock", backend = "redis", error = %refusal,
                         "the server refused to subscribe to release channels (grant the \
                          user +subscribe +unsubscribe, on a Cluster +ssubscribe +sunsubscribe, \
                          and &<prefix>*); waiters poll until it allows it");
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = sleep(retry) => {}
-                }
-                retry = (retry * 2).min(LAST_RETRY);
             }
-            failed => {
-                let first_failure = !std::mem::replace(&mut shared.state().down, true);
-                shared.settled.send_replace(());
-                if first_failure {
-                    let error = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no connection within {COMMAND_TIMEOUT:?}"),
-                    };
+            // A connection that fails, or a command on it (a Cluster's node may be down while
+            // the others answer): back-off too, so that it is never a loop of reconnections.
+            Ended::Failed(error) => {
+                if !std::mem::replace(&mut shared.state().down, true) {
                     tracing::warn!(component = "dlock", backend = "redis", error = %error,
                         "release notifications unavailable; waiters poll until they return");
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = sleep(retry) => {}
-                }
-                retry = (retry * 2).min(LAST_RETRY);
             }
         }
+        shared.settled.send_replace(());
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = sleep(retry) => {}
+        }
+        retry = (retry * 2).min(LAST_RETRY);
     }
 }
 
-/// Steers the connection's channels towards `wanted` and wakes waiters on messages; returns
-/// when the connection fails or the locker stops, with the server's words when it refused
-/// the subscription for want of a right.
-async fn serve(
-    shared: &Shared,
-    mut connection: Connection,
-    stop: &CancellationToken,
-) -> Option<String> {
+/// Why [`serve`] gave its connection up.
+enum Ended {
+    /// The locker stops.
+    Stopped,
+    /// The server closed the connection: reconnect at once.
+    Closed,
+    /// A command failed or timed out: reconnect after a back-off.
+    Failed(String),
+    /// The server refused the subscription for want of a right, in its words.
+    Refused(String),
+}
+
+/// Steers the connection's channels towards `wanted` and wakes waiters on messages, until
+/// the connection fails or the locker stops. Each command has its own time bound, and
+/// `active` grows as each is confirmed, so that a long list is never retried whole.
+async fn serve(shared: &Shared, mut connection: Connection, stop: &CancellationToken) -> Ended {
     loop {
         let changed = shared.changed.notified();
         tokio::pin!(changed);
@@ -276,47 +282,57 @@ async fn serve(
                 .filter(|c| !state.wanted.contains_key(*c));
             (add.cloned().collect(), remove.cloned().collect())
         };
-        if !add.is_empty() {
-            match timeout(COMMAND_TIMEOUT, connection.subscribe(&add)).await {
-                Ok(Ok(())) => shared.state().active.extend(add),
-                Ok(Err(e)) => return refusal(&e),
-                Err(_) => return None,
+        for batch in add.chunks(connection.channels_per_command()) {
+            match timeout(COMMAND_TIMEOUT, connection.subscribe(batch)).await {
+                Ok(Ok(())) => {
+                    // Up once it serves, not once it connects: a Cluster may connect while
+                    // a node cannot subscribe, and that is said once, not at every retry.
+                    let mut state = shared.state();
+                    state.down = false;
+                    state.active.extend(batch.iter().cloned());
+                }
+                Ok(Err(e)) => return failure(&e),
+                Err(_) => return Ended::Failed(format!("no answer within {COMMAND_TIMEOUT:?}")),
             }
+            shared.settled.send_replace(());
         }
-        if !remove.is_empty() {
-            match timeout(COMMAND_TIMEOUT, connection.unsubscribe(&remove)).await {
+        for batch in remove.chunks(connection.channels_per_command()) {
+            match timeout(COMMAND_TIMEOUT, connection.unsubscribe(batch)).await {
                 Ok(Ok(())) => {
                     let mut state = shared.state();
-                    for channel in &remove {
+                    for channel in batch {
                         state.active.remove(channel);
                     }
                 }
-                Ok(Err(e)) => return refusal(&e),
-                Err(_) => return None,
+                Ok(Err(e)) => return failure(&e),
+                Err(_) => return Ended::Failed(format!("no answer within {COMMAND_TIMEOUT:?}")),
             }
         }
         shared.settled.send_replace(());
         tokio::select! {
-            _ = stop.cancelled() => return None,
+            _ = stop.cancelled() => return Ended::Stopped,
             _ = changed => {}
             message = connection.next_release() => match message {
                 Some((channel, releaser)) => on_message(shared, &channel, &releaser),
-                None => return None,
+                None => return Ended::Closed,
             },
         }
     }
 }
 
-/// Errors that asking again at once will not cure: a missing right, or a cluster client
-/// that does not speak RESP3 (redis-rs delivers cluster pub/sub only as RESP3 pushes).
-/// Retried with back-off, told once.
-fn refusal(e: &RedisError) -> Option<String> {
+/// A failed subscription command. Refused: a missing right, or a cluster client that does
+/// not speak RESP3 (redis-rs delivers cluster pub/sub only as RESP3 pushes); asking again at
+/// once would not cure either.
+fn failure(e: &RedisError) -> Ended {
     if e.kind() == redis::ErrorKind::InvalidClientConfig {
-        return Some(format!(
+        return Ended::Refused(format!(
             "{e} (build the ClusterClient with .use_protocol(redis::ProtocolVersion::RESP3))"
         ));
     }
-    redis_noperm(e)
+    match redis_noperm(e) {
+        Some(refusal) => Ended::Refused(refusal),
+        None => Ended::Failed(e.to_string()),
+    }
 }
 
 /// A release announced by another store handle wakes one of our waiters; our own releases
@@ -342,6 +358,16 @@ enum Connection {
 }
 
 impl Connection {
+    /// Channels one command may name. On a Cluster one: redis-rs routes a command by its
+    /// first channel, and channels of different slots in one SSUBSCRIBE are refused
+    /// (CROSSSLOT).
+    fn channels_per_command(&self) -> usize {
+        match self {
+            Connection::Node(..) => usize::MAX,
+            Connection::Cluster { .. } => 1,
+        }
+    }
+
     async fn open(source: &Source) -> RedisResult<Connection> {
         Ok(match source {
             Source::Node(client) => {
@@ -365,8 +391,7 @@ impl Connection {
     async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             Connection::Node(sink, _) => sink.subscribe(channels).await,
-            // One channel per command: redis-rs routes a command by its first channel, and
-            // channels of different slots in one SSUBSCRIBE are refused (CROSSSLOT).
+            // One channel per command (`channels_per_command`).
             Connection::Cluster { conn, sharded, .. } => {
                 for channel in channels {
                     if *sharded {
