@@ -156,7 +156,9 @@ impl LockerBuilder {
     /// connection with it, and a waiting `lock()` retries as soon as the lock is released
     /// anywhere, instead of at its next poll. Without it, waiters in this process are still
     /// woken by releases made in this process; other releases are seen by polling at
-    /// `retry_interval`.
+    /// `retry_interval`. Subscribes with `SUBSCRIBE`, and releases `PUBLISH`, which a Cluster
+    /// copies to every node: on a Cluster prefer
+    /// [`redis_cluster_pubsub`](Self::redis_cluster_pubsub), which keeps them on one shard.
     ///
     /// ```no_run
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
