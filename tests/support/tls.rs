@@ -288,12 +288,6 @@ impl TlsRedisCluster {
             .build()
             .expect("a TLS cluster client")
     }
-
-    /// A client of the first node (cluster PUBLISH reaches every node), for notifications.
-    pub fn pubsub_client_as(&self, certs: &Certs, user: &str, password: &str) -> redis::Client {
-        let url = self.urls_as(user, password).swap_remove(0);
-        redis::Client::build_with_tls(url, certs.redis_tls()).expect("a TLS client")
-    }
 }
 
 /// The harness's etcd administrator (the only user with the `root` role).

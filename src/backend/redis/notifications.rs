@@ -62,6 +62,9 @@ pub(crate) struct Notifications {
 }
 
 /// Where release notifications come from: what the builder was given.
+// One per locker, kept in its `Arc<Shared>`: its size does not matter (with redis-rs's TLS
+// features a cluster client is twice a node client's size).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Source {
     /// One server (or one node of a Cluster): SUBSCRIBE, and releases PUBLISH.
     Node(redis::Client),
