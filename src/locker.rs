@@ -156,7 +156,9 @@ impl LockerBuilder {
     /// connection with it, and a waiting `lock()` retries as soon as the lock is released
     /// anywhere, instead of at its next poll. Without it, waiters in this process are still
     /// woken by releases made in this process; other releases are seen by polling at
-    /// `retry_interval`.
+    /// `retry_interval`. Subscribes with `SUBSCRIBE`, and releases `PUBLISH`, which a Cluster
+    /// copies to every node: on a Cluster prefer
+    /// [`redis_cluster_pubsub`](Self::redis_cluster_pubsub), which keeps them on one shard.
     ///
     /// ```no_run
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -170,7 +172,38 @@ impl LockerBuilder {
     /// ```
     #[cfg(feature = "redis")]
     pub fn redis_pubsub(self, client: redis::Client) -> Self {
-        *crate::backend::recover(self.redis_pubsub.lock()) = Some(client);
+        let source = crate::backend::redis::PubsubSource::Node(client);
+        *crate::backend::recover(self.redis_pubsub.lock()) = Some(source);
+        self
+    }
+
+    /// Release notifications on a Redis Cluster that stay on one shard: the locker opens its
+    /// own cluster connection with `client`, subscribes each waited-on lock's channel with
+    /// `SSUBSCRIBE` on the master that owns the lock's slot (following slot moves and
+    /// failovers), and a release announces itself there with `SPUBLISH`, instead of a
+    /// `PUBLISH` that the cluster copies to every node. The client must speak RESP3
+    /// (`.use_protocol(ProtocolVersion::RESP3)`): redis-rs delivers cluster pub/sub as RESP3
+    /// pushes. On Redis before 7 (no sharded pub/sub) it falls back to `SUBSCRIBE`/`PUBLISH`
+    /// by itself. Replaces [`redis_pubsub`](Self::redis_pubsub) if both are given (the last
+    /// one wins); waiting works as there.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redis::cluster::ClusterClientBuilder;
+    ///
+    /// let client = ClusterClientBuilder::new(vec!["redis://127.0.0.1:7000/"])
+    ///     .use_protocol(redis::ProtocolVersion::RESP3)
+    ///     .build()?;
+    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Redis))
+    ///     .redis_cluster(client.get_async_connection().await?)
+    ///     .redis_cluster_pubsub(client)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis_cluster_pubsub(self, client: redis::cluster::ClusterClient) -> Self {
+        let source = crate::backend::redis::PubsubSource::Cluster(client);
+        *crate::backend::recover(self.redis_pubsub.lock()) = Some(source);
         self
     }
 

@@ -613,11 +613,13 @@ async fn a_missing_etcd_right_is_a_typed_error() {
 // ---------------------------------------------------------------------------------------
 
 /// What a Cluster user needs beyond the README's line: redis-rs's cluster client asks for the
-/// topology (CLUSTER SLOTS) and checks its node connections with PING.
-const CLUSTER_EXTRA: &str = " +cluster|slots +ping";
+/// topology (CLUSTER SLOTS) and checks its node connections with PING; notifications on the
+/// lock's shard (`redis_cluster_pubsub`) use the sharded pub/sub commands.
+const CLUSTER_EXTRA: &str = " +cluster|slots +ping +spublish +ssubscribe +sunsubscribe";
 
-/// Lock, renewal, release and a release notification on a 3-master cluster whose client
-/// and bus connections are all TLS, as the README's ACL user (plus the topology query).
+/// Lock, renewal, release and a release notification on the lock's shard on a 3-master
+/// cluster whose client and bus connections are all TLS, as the README's ACL user (plus the
+/// README's Cluster additions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_over_tls_locks_renews_releases_and_notifies() {
     let certs = Certs::new();
@@ -635,7 +637,7 @@ async fn redis_cluster_over_tls_locks_renews_releases_and_notifies() {
         .unwrap();
     let waiter = Locker::builder(config)
         .redis_cluster(cluster.connection_as(&certs, "dlock-c", PASSWORD).await)
-        .redis_pubsub(cluster.pubsub_client_as(&certs, "dlock-c", PASSWORD))
+        .redis_cluster_pubsub(cluster.cluster_pubsub_client_as(&certs, "dlock-c", PASSWORD))
         .build()
         .unwrap();
     for i in 0..6 {

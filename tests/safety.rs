@@ -336,7 +336,7 @@ async fn resent_scripts_answer_as_if_sent_once() {
     // A waiter takes the lock between the release and its resent copy.
     let mut conn2 = server.connection_manager().await;
     let mut call = obtain.prepare_invoke();
-    call.key(lock).arg("01TOKENB").arg(5000);
+    call.key(lock).arg("01TOKENB").arg(5000).arg("0").arg("");
     let rival: u64 = call.invoke_async(&mut conn2).await.expect("obtain");
     assert!(
         rival > first,

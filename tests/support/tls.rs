@@ -275,10 +275,18 @@ impl TlsRedisCluster {
             .expect("a TLS cluster connection")
     }
 
-    /// A client of the first node (cluster PUBLISH reaches every node), for notifications.
-    pub fn pubsub_client_as(&self, certs: &Certs, user: &str, password: &str) -> redis::Client {
-        let url = self.urls_as(user, password).swap_remove(0);
-        redis::Client::build_with_tls(url, certs.redis_tls()).expect("a TLS client")
+    /// A RESP3 cluster client, for notifications on each lock's shard (`redis_cluster_pubsub`).
+    pub fn cluster_pubsub_client_as(
+        &self,
+        certs: &Certs,
+        user: &str,
+        password: &str,
+    ) -> redis::cluster::ClusterClient {
+        redis::cluster::ClusterClientBuilder::new(self.urls_as(user, password))
+            .certs(certs.redis_tls())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .build()
+            .expect("a TLS cluster client")
     }
 }
 

@@ -8,10 +8,11 @@
 //! room for keys of the same lock on Redis Cluster.
 //!
 //! Waiters announce themselves on the lock: an attempt made while subscribed to the lock's
-//! release channel marks a held value with `!`, and only a release that sees the mark
-//! publishes on `<lock key>:released`. Nobody waiting, nothing published; the mark lives
-//! and dies with the holder's value, so a waiter that dies costs at most one needless
-//! `PUBLISH`.
+//! release channel marks a held value with how it listens (`!` SUBSCRIBE, `^` SSUBSCRIBE
+//! on the key's shard), and only a release that sees a mark publishes on
+//! `<lock key>:released`, with PUBLISH or SPUBLISH to match. Nobody waiting, nothing
+//! published; the mark lives and dies with the holder's value, so a waiter that dies costs
+//! at most one needless publish.
 //!
 //! Bounds: an acquire attempt is useless once its reply could come after the safety
 //! deadline, a release once the key has expired; every call is also bounded by the
@@ -29,6 +30,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 use tokio::time::Instant;
 
 use self::notifications::Notifications;
+pub(crate) use self::notifications::Source as PubsubSource;
 use super::{
     recover, retry_until_acquired, Backend, Context, Grant, Lease, Renewal, Request, Wakeups,
 };
@@ -44,9 +46,10 @@ static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("re
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 static HOLDER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("holder.lua")));
 
-/// Where `LockerBuilder::redis_pubsub` leaves the notification client, whether it is called
-/// before or after `.redis(..)`; the backend takes it when a first waiter needs it.
-pub(crate) type PubsubSlot = Arc<Mutex<Option<redis::Client>>>;
+/// Where `LockerBuilder::redis_pubsub` (or `redis_cluster_pubsub`) leaves the notification
+/// client, whether it is called before or after `.redis(..)`; the backend takes it when a
+/// first waiter needs it.
+pub(crate) type PubsubSlot = Arc<Mutex<Option<PubsubSource>>>;
 
 /// The Redis backend over any redis-rs async connection that is a cheap handle (cloned per
 /// call): `ConnectionManager`, `MultiplexedConnection`, a cluster connection...
@@ -90,12 +93,13 @@ where
         }
     }
 
-    /// One acquire attempt; `announce`: mark a held lock so that its release publishes.
+    /// One acquire attempt; `announce`: the waiter's mark (obtain.lua's ARGV[3]) that makes
+    /// the release of a held lock publish the way this waiter listens.
     async fn attempt(
         &self,
         cx: &Context,
         request: &Request<'_>,
-        announce: bool,
+        announce: Option<&'static str>,
     ) -> Result<Option<Grant<String>>> {
         // Until the server answers, the script may or may not have run: if this future is
         // dropped or the call fails, release whatever our token may hold.
@@ -117,7 +121,7 @@ where
             obtain
                 .arg(request.token)
                 .arg(millis(request.ttl))
-                .arg(if announce { "1" } else { "0" })
+                .arg(announce.unwrap_or("0"))
                 .arg(published(request.value));
             let wait = replicas::wait_timeout(cx, ack, request.useful_for());
             let (fence, acked): (u64, i64) = self
@@ -152,7 +156,7 @@ where
                 .key(request.storage_key)
                 .arg(request.token)
                 .arg(millis(request.ttl))
-                .arg(if announce { "1" } else { "0" })
+                .arg(announce.unwrap_or("0"))
                 .arg(published(request.value));
             self.scripts
                 .call(cx, request.key, request.useful_for(), &obtain)
@@ -169,8 +173,8 @@ where
     fn notifications(&self) -> Option<&Notifications> {
         self.notifications
             .get_or_init(|| {
-                let client = recover(self.pubsub.lock()).take()?;
-                Some(Notifications::new(client, self.scripts.wakeups.clone()))
+                let source = recover(self.pubsub.lock()).take()?;
+                Some(Notifications::new(source, self.scripts.wakeups.clone()))
             })
             .as_ref()
     }
@@ -205,7 +209,7 @@ where
         cx: &Context,
         request: &Request<'_>,
     ) -> Result<Option<Grant<String>>> {
-        self.attempt(cx, request, false).await
+        self.attempt(cx, request, None).await
     }
 
     async fn acquire(
@@ -215,7 +219,7 @@ where
         retry_interval: Duration,
     ) -> Result<Option<Grant<String>>> {
         // Uncontended fast path: no subscription for a lock that is free.
-        if let Some(grant) = self.attempt(cx, request, false).await? {
+        if let Some(grant) = self.attempt(cx, request, None).await? {
             return Ok(Some(grant));
         }
         // Waits at most one poll interval for the subscription: a release announced before
@@ -228,8 +232,9 @@ where
             None => None,
         };
         // With a subscription, every later attempt that finds the lock held marks it, so
-        // that its release publishes (obtain.lua); without one, nobody would hear it.
-        let announce = subscription.is_some();
+        // that its release publishes the way we listen (obtain.lua); without one, nobody
+        // would hear it.
+        let announce = subscription.as_ref().map(|s| s.mark());
         let wakeups = Some(&self.scripts.wakeups);
         retry_until_acquired(wakeups, request.storage_key, retry_interval, || {
             self.attempt(cx, request, announce)

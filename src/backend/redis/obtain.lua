@@ -2,14 +2,16 @@
 -- (a client that resends after a dropped connection), it answers the same token.
 --
 -- KEYS[1]  lock key. Its value is `<token>:<fencing token>` while held, then the value the
---          holder published (see ARGV[4]), then `!` once a waiter has announced itself (see
---          ARGV[3]), then optionally `~<token>` of the holder released just before (see
+--          holder published (see ARGV[4]), then the marks `!` and/or `^` of waiters that
+--          announced themselves (see ARGV[3]), then optionally `~<token>` of the holder released just before (see
 --          release.lua); a released lock is a tombstone `~<token>` that counts as free.
 -- ARGV[1]  token of this acquisition (a ULID: no `:`, `!` or `~`)
 -- ARGV[2]  TTL in milliseconds
--- ARGV[3]  `1` when the caller waits for a release notification: if the lock is held, mark
---          it `!` so that its release publishes one. Without a mark nobody is subscribed
---          (or only pollers are), and the release publishes nothing.
+-- ARGV[3]  how the caller listens for the release, when it waits for a notification: `!`
+--          (SUBSCRIBE: the release PUBLISHes) or `^` (SSUBSCRIBE on the key's shard: the
+--          release SPUBLISHes); anything else (`0`) when it does not wait. If the lock is held, it gets that
+--          mark, so that its release publishes the way the waiter listens. Without a mark
+--          nobody is subscribed (or only pollers are), and the release publishes nothing.
 -- ARGV[4]  `#` and the value the holder publishes, hex-encoded (so that it holds no `!` or
 --          `~`), or empty
 --
@@ -30,11 +32,12 @@ if value then
       redis.call('PEXPIRE', KEYS[1], ARGV[2])
       return string.match(value, '%d+', #own + 1)
     end
-    if ARGV[3] == '1' and not string.find(value, '!', 1, true) then
+    local mark = ARGV[3]
+    if (mark == '!' or mark == '^') and not string.find(value, mark, 1, true) then
       -- The mark lives and dies with this holder's value: a waiter that dies costs at
-      -- most one needless PUBLISH.
+      -- most one needless publish.
       local released = string.find(value, '~', 1, true) or (#value + 1)
-      local marked = string.sub(value, 1, released - 1) .. '!' .. string.sub(value, released)
+      local marked = string.sub(value, 1, released - 1) .. mark .. string.sub(value, released)
       redis.call('SET', KEYS[1], marked, 'KEEPTTL')
     end
     return 0

@@ -2,13 +2,15 @@
 -- announced themselves. Idempotent: sent twice, it answers 1 both times, even if a waiter
 -- took the lock in between.
 --
--- KEYS[1]  lock key (value `<token>:<fencing token>[!][~<previous token>]`, see obtain.lua)
+-- KEYS[1]  lock key (value `<token>:<fencing token>[!][^][~<previous token>]`, see obtain.lua)
 -- ARGV[1]  token of the acquisition
 -- ARGV[2]  how long the tombstone `~<token>` stays, in milliseconds: the window in which a
 --          resent release can still recognise its own earlier success
 -- ARGV[3]  id of the releasing store handle: it woke its own waiter already
 --
--- Publishes on `<lock key>:released` only when the value carries a waiter's mark `!`.
+-- Publishes on `<lock key>:released` only when the value carries a waiter's mark, the way
+-- that waiter listens: `!` PUBLISH (broadcast to every node of a Cluster), `^` SPUBLISH
+-- (only the shard that owns the key's slot, where the channel's hash tag puts it).
 --
 -- Returns 1 when released (now or by an earlier copy of this call), 0 when the key is gone
 -- or holds another acquisition.
@@ -21,6 +23,15 @@ if string.sub(value, 1, #own) == own then
   redis.call('SET', KEYS[1], '~' .. ARGV[1], 'PX', ARGV[2])
   if string.find(value, '!', #own, true) then
     redis.call('PUBLISH', KEYS[1] .. ':released', ARGV[3])
+  end
+  if string.find(value, '^', #own, true) then
+    -- Redis 7.0 brought both SPUBLISH and `redis.REDIS_VERSION`. On an older server the
+    -- waiter's connection fell back to SUBSCRIBE (notifications.rs), so PUBLISH reaches it.
+    if redis.REDIS_VERSION then
+      redis.call('SPUBLISH', KEYS[1] .. ':released', ARGV[3])
+    else
+      redis.call('PUBLISH', KEYS[1] .. ':released', ARGV[3])
+    end
   end
   return 1
 end
