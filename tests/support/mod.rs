@@ -13,7 +13,7 @@ mod sentinel;
 
 pub use etcd_server::{client_at, EtcdCluster, EtcdServer};
 pub use proxy::Proxy;
-pub use redis_server::{connection_manager_at, RedisCluster, RedisServer};
+pub use redis_server::{connection_manager_at, form_cluster, RedisCluster, RedisServer};
 pub use sentinel::{ReplicatedRedis, SentinelGroup, SERVICE as SENTINEL_SERVICE};
 
 use std::path::{Path, PathBuf};

@@ -187,50 +187,8 @@ impl RedisCluster {
                 .await,
             );
         }
-        let replicas_arg = replicas.to_string();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let output = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", &replicas_arg, "--cluster-yes"])
-            .output()
-            .expect("run redis-cli --cluster create");
-        assert!(
-            output.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        let cluster = RedisCluster { nodes };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !cluster.is_ok().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "cluster_state never became ok"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        cluster
-    }
-
-    async fn is_ok(&self) -> bool {
-        for node in &self.nodes {
-            let mut conn = node.connection_manager().await;
-            let info: String = match redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query_async(&mut conn)
-                .await
-            {
-                Ok(info) => info,
-                Err(_) => return false,
-            };
-            if !info.contains("cluster_state:ok") {
-                return false;
-            }
-        }
-        true
+        form_cluster(nodes.iter(), replicas).await;
+        RedisCluster { nodes }
     }
 
     pub fn nodes(&self) -> &[RedisServer] {
@@ -486,5 +444,48 @@ impl RedisServer {
         self.kill();
         tokio::time::sleep(down).await;
         self.restart().await;
+    }
+}
+
+/// `redis-cli --cluster create` over `nodes` with `replicas` per master, then waits until
+/// every node reports `cluster_state:ok`: what a plain and a TLS cluster share.
+#[allow(dead_code)] // each test binary uses part of the harness
+pub async fn form_cluster<'a>(
+    nodes: impl Iterator<Item = &'a RedisServer> + Clone,
+    replicas: usize,
+) {
+    let addrs: Vec<String> = nodes
+        .clone()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let output = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .output()
+        .expect("run redis-cli --cluster create");
+    assert!(
+        output.status.success(),
+        "redis-cli --cluster create failed: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    'wait: loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster_state never became ok"
+        );
+        for node in nodes.clone() {
+            let mut conn = node.connection_manager().await;
+            let info: redis::RedisResult<String> = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await;
+            if !info.is_ok_and(|info| info.contains("cluster_state:ok")) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue 'wait;
+            }
+        }
+        return;
     }
 }

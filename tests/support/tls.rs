@@ -202,45 +202,8 @@ impl TlsRedisCluster {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             nodes.push((RedisServer::start_with(&args).await, tls_port));
         }
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|(node, _)| format!("127.0.0.1:{}", node.port()))
-            .collect();
-        let output = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("run redis-cli --cluster create");
-        assert!(
-            output.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        let cluster = TlsRedisCluster { nodes };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !cluster.is_ok().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the TLS cluster's state never became ok"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        cluster
-    }
-
-    async fn is_ok(&self) -> bool {
-        for (node, _) in &self.nodes {
-            let mut conn = node.connection_manager().await;
-            let info: redis::RedisResult<String> = redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query_async(&mut conn)
-                .await;
-            if !info.is_ok_and(|info| info.contains("cluster_state:ok")) {
-                return false;
-            }
-        }
-        true
+        crate::support::form_cluster(nodes.iter().map(|(node, _)| node), 0).await;
+        TlsRedisCluster { nodes }
     }
 
     /// The harness's own connections, one per node, on the plain loopback ports.
