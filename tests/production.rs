@@ -294,17 +294,7 @@ async fn one_of_everything(locker: &Locker, waiter: &Locker) -> Result<(), Error
         waiter.holder("k").await?.is_some(),
         "holder() sees the lock"
     );
-    let waiting = {
-        let waiter = waiter.clone();
-        tokio::spawn(async move {
-            waiter
-                .lock_with(
-                    "k",
-                    LockOptions::new().wait_timeout(Duration::from_secs(20)),
-                )
-                .await
-        })
-    };
+    let waiting = support::spawn_waiter(&waiter, "k", Duration::from_secs(20));
     // Long enough for a few renewals (every 100 ms) and the waiter's subscription.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let released = held.release().await;
@@ -421,10 +411,7 @@ async fn a_missing_redis_right_is_a_typed_error_naming_it() {
         .unwrap();
     let guard = locker.lock("k").await.expect("acquiring needs no publish");
     // A release publishes only when a waiter announced itself on the lock: have one.
-    let waiting = tokio::spawn(async move {
-        let options = LockOptions::new().wait_timeout(Duration::from_secs(10));
-        waiter.lock_with("k", options).await
-    });
+    let waiting = support::spawn_waiter(&waiter, "k", Duration::from_secs(10));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let value: Option<String> = redis::cmd("GET")
@@ -532,17 +519,7 @@ async fn a_refused_subscribe_logs_one_warning_and_waiters_poll() {
     for round in 0..3 {
         let key = format!("k{round}");
         let held = holder.lock(&key).await.expect("lock");
-        let waiting = {
-            let waiter = waiter.clone();
-            tokio::spawn(async move {
-                waiter
-                    .lock_with(
-                        &key,
-                        LockOptions::new().wait_timeout(Duration::from_secs(20)),
-                    )
-                    .await
-            })
-        };
+        let waiting = support::spawn_waiter(&waiter, &key, Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(300)).await;
         held.release().await.expect("release");
         let guard = waiting
@@ -751,16 +728,7 @@ where
             b.try_lock(&key).await.expect("try_lock").is_none(),
             "two holders of {shown}"
         );
-        let waiting = {
-            let (b, key) = (b.clone(), key.clone());
-            tokio::spawn(async move {
-                b.lock_with(
-                    &key,
-                    LockOptions::new().wait_timeout(Duration::from_secs(20)),
-                )
-                .await
-            })
-        };
+        let waiting = support::spawn_waiter(&b, &key, Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(100)).await;
         for channel in channels().await {
             assert!(
@@ -923,17 +891,7 @@ async fn secrets_never_appear_in_logs_errors_or_debug() {
         .unwrap();
     shown.push(format!("{holder:?} {waiter:?}"));
     let held = holder.lock("k").await.expect("lock");
-    let waiting = {
-        let waiter = waiter.clone();
-        tokio::spawn(async move {
-            waiter
-                .lock_with(
-                    "k",
-                    LockOptions::new().wait_timeout(Duration::from_secs(20)),
-                )
-                .await
-        })
-    };
+    let waiting = support::spawn_waiter(&waiter, "k", Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(300)).await;
     held.release().await.expect("release");
     waiting

@@ -74,3 +74,17 @@ impl Drop for TempDir {
         }
     }
 }
+
+/// A waiter for tests: `locker.lock_with(key)` waiting at most `wait`, on a task of its own.
+#[allow(dead_code)] // each test binary uses part of the harness
+pub fn spawn_waiter(
+    locker: &dlock::Locker,
+    key: &str,
+    wait: std::time::Duration,
+) -> tokio::task::JoinHandle<dlock::Result<dlock::LockGuard>> {
+    let (locker, key) = (locker.clone(), key.to_owned());
+    tokio::spawn(async move {
+        let options = dlock::LockOptions::new().wait_timeout(wait);
+        locker.lock_with(&key, options).await
+    })
+}
