@@ -294,7 +294,7 @@ async fn one_of_everything(locker: &Locker, waiter: &Locker) -> Result<(), Error
         waiter.holder("k").await?.is_some(),
         "holder() sees the lock"
     );
-    let waiting = support::spawn_waiter(&waiter, "k", Duration::from_secs(20));
+    let waiting = support::spawn_waiter(waiter, "k", Duration::from_secs(20));
     // Long enough for a few renewals (every 100 ms) and the waiter's subscription.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let released = held.release().await;
@@ -728,7 +728,7 @@ where
             b.try_lock(&key).await.expect("try_lock").is_none(),
             "two holders of {shown}"
         );
-        let waiting = support::spawn_waiter(&b, &key, Duration::from_secs(20));
+        let waiting = support::spawn_waiter(b, &key, Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(100)).await;
         for channel in channels().await {
             assert!(

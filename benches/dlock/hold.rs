@@ -16,7 +16,7 @@ pub async fn run(redis: &Redis, etcd: &Etcd, s: &Settings) {
         "Targets (issue 12): ≤ 1.5 KiB per guard, client < 3 % and server < 5 % of a core, 0 lost;"
     );
     println!("on etcd one lease per session, not per lock.\n");
-    println!("| backend | locks held (lost) | RSS per guard | client CPU, % of a core | server CPU, % of a core | server leases |");
+    println!("| backend | locks held (lost) | heap per guard | client CPU, % of a core | server CPU, % of a core | server leases |");
     println!("|---|---|---|---|---|---|");
     let server = server_pid(redis).await;
     let figures = hold(locker(redis).await, &server, None, s).await;
@@ -36,12 +36,12 @@ async fn hold(
     s: &Settings,
 ) -> String {
     let n = s.hold_locks;
-    let rss_before = rss_bytes();
+    let heap_before = super::heap::live_bytes();
     let mut guards = Vec::with_capacity(n);
     for i in 0..n {
         guards.push(locker.lock(&format!("many-{i}")).await.unwrap());
     }
-    let per_guard = rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
+    let per_guard = super::heap::live_bytes().saturating_sub(heap_before) as f64 / n as f64;
     let (cpu0, server0) = (cpu_time("self"), cpu_time(server));
     let t0 = Instant::now();
     tokio::time::sleep(s.hold_for).await;
@@ -63,16 +63,6 @@ async fn hold(
         cpu * 100.0,
         server_cpu * 100.0
     )
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// The redis-server's process id, as it reports it (`INFO server`).

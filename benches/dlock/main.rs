@@ -26,11 +26,15 @@ mod support;
 mod baselines;
 mod contention;
 mod handoff;
+mod heap;
 mod hold;
 mod measure;
 mod throughput;
 
 use std::time::Duration;
+
+#[global_allocator]
+static HEAP: heap::Counting = heap::Counting;
 
 use dlock::testing::Fixture;
 use support::fixtures::{Etcd, Memory, Redis};
