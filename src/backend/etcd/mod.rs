@@ -31,7 +31,7 @@ mod session;
 use std::time::Duration;
 
 use etcd_client::{Client, LeaseTimeToLiveOptions};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 use super::{Backend, Context, Grant, Lease, Loss, Renewal, Request};
 use crate::config::Driver;
@@ -176,24 +176,23 @@ impl Backend for EtcdBackend {
     }
 
     /// Follows the session: each of its renewals confirms this lock too, and the lock is
-    /// lost when the session ends or the key alone is gone.
+    /// lost when the session ends (lost, or unconfirmed at the safety deadline) or the key
+    /// alone is gone.
     async fn keep(
         &self,
         _cx: &Context,
-        lease: &Lease,
+        _lease: &Lease,
         held: &mut EtcdHeld,
         confirmed: &mut Instant,
     ) -> Loss {
         let mut confirmations = held.attachment.session.confirmations();
         loop {
             *confirmed = (*confirmed).max(*confirmations.borrow_and_update());
+            // No timer per lock: the session ends at the same safety deadline (its own
+            // `confirmed` is this one), and ending it fires every attachment.
             tokio::select! {
                 _ = held.attachment.gone() => return held.attachment.loss(),
                 _ = confirmations.changed() => {}
-                // The session ends at this deadline too; this holds even if it is late.
-                _ = sleep_until(lease.deadline(*confirmed)) => {
-                    return Loss::Unconfirmed { last_error: None };
-                }
             }
         }
     }
