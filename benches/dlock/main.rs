@@ -3,16 +3,17 @@
 //!
 //! 1. `throughput`: uncontended lock + release pairs/s (1 and 64 tasks, distinct keys);
 //! 2. `handoff`: latency to a waiter already blocked in `lock()` (p50/p99) when a second
-//!    locker, with its own connection, releases; a waiter polling every 100 ms beside it;
+//!    locker, with its own connection, releases, against rslock's and etcd's lock service's
+//!    own waiting; a waiter polling every 100 ms beside it;
 //! 3. `contention`: one hot key, many tasks over 2 lockers: acquisitions/s, attempts per
 //!    acquisition and the fewest/most acquisitions one task got, against rslock;
-//! 4. `hold`: 10,000 locks held, on Redis and on etcd: memory per guard and the CPU the
-//!    client and the server spend on renewal (and etcd's lease count).
+//! 4. `hold`: 10,000 locks held, on Redis and on etcd: live heap per guard (`heap.rs`), the
+//!    CPU the client and the server spend on renewal, and etcd's lease count.
 //!
-//! No figure is set against our own protocol sent by hand: that measures nothing but the
-//! client. Where a section has no baseline yet its table says so (issue 12 adds the
-//! protocol floor and the peers); the comparison points kept (a 100 ms polling waiter,
-//! `tokio::sync::Mutex`) are other ways to do the job, not floors.
+//! Baselines are the floor (the least the job needs, `baselines.rs`) or a peer a user would
+//! pick instead (rslock, etcd's lock service), in the same run on the same server; never our
+//! own protocol sent by hand, which measures nothing but the client. The comparison points
+//! kept (a 100 ms polling waiter, `tokio::sync::Mutex`) are other ways to do the job.
 //!
 //! ```sh
 //! cargo bench --all-features --bench dlock              # full run (~5 min)
