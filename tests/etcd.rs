@@ -393,3 +393,42 @@ async fn futures_lock_all(locker: &Locker, keys: &[&str]) -> Vec<dlock::LockGuar
     }
     guards
 }
+
+/// Acquires interrupted at random points, the put possibly still in flight, leave no key on
+/// the session's lease: the session would keep such a key, and so block its lock, for as
+/// long as the locker lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_acquires_leave_no_key_on_the_session() {
+    let ttl = Duration::from_secs(2);
+    let server = support::EtcdServer::start().await;
+    let admin = server.client().await;
+    let holder = locker(server.client().await, ttl).await;
+    let waiter = locker(server.client().await, ttl).await;
+    let _held = holder.lock("cut").await.expect("lock");
+    let mut cuts = Vec::new();
+    for _ in 0..8 {
+        let waiter = waiter.clone();
+        cuts.push(tokio::spawn(async move {
+            for _ in 0..250 {
+                let cut = Duration::from_micros(fastrand::u64(0..3_000));
+                let _ = timeout(cut, waiter.lock("cut")).await;
+            }
+        }));
+    }
+    for cut in cuts {
+        cut.await.unwrap();
+    }
+    // Undone at once, or by the session's next key check (every TTL/3).
+    let deadline = Instant::now() + ttl + Duration::from_secs(1);
+    loop {
+        let queued = queue_len(&admin, "cut").await;
+        if queued == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{queued} keys in the queue of a lock with one holder and no waiter left"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+}

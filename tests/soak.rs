@@ -93,11 +93,13 @@ async fn churn<R: Residue + Sync>(locker: &Locker, residue: &R, total: usize) {
 }
 
 async fn no_growth<R: Residue + Sync>(locker: Locker, residue: R) {
-    let before = residue.counts().await;
-    // The live-task count is taken after a warm-up: the Redis and etcd clients start some
-    // connection tasks of their own on first use.
+    let initial = residue.counts().await;
+    // The counts and the live-task count are taken after a warm-up: the Redis and etcd
+    // clients start some connection tasks of their own on first use, and an etcd locker
+    // holds its session's lease while it lives (one, whatever the number of keys).
     churn(&locker, &residue, 200).await;
     sleep(dlock::DEFAULT_CALL_TIMEOUT + Duration::from_millis(500)).await;
+    let before = residue.counts().await;
     let runtime = tokio::runtime::Handle::current().metrics();
     let tasks_before = runtime.num_alive_tasks();
     let started = Instant::now();
@@ -118,6 +120,9 @@ async fn no_growth<R: Residue + Sync>(locker: Locker, residue: R) {
         sleep(Duration::from_millis(100)).await;
     }
     locker.close().await.expect("close");
+    // Closed, the locker leaves nothing at all (etcd: its session's lease is revoked).
+    let after = residue.counts().await;
+    assert_eq!(after, initial, "after close() the backend holds {after:?}");
     // The clients' own connection and stream tasks end a few seconds after their handles
     // drop (seen: etcd-client's, up to ~4 s); dlock's own tasks are gone when close() returns.
     let deadline = Instant::now() + dlock::DEFAULT_CALL_TIMEOUT + Duration::from_secs(2);

@@ -72,6 +72,9 @@ pub(super) async fn enqueue<'a>(
         .when([queue_is_empty])
         .and_then([put.clone()])
         .or_else(if wait { vec![put] } else { vec![] });
+    // Attached before the put is sent (session invariant 4): if this future is dropped
+    // with the put in flight, the key the put may still write is an orphan to remove.
+    let attachment = session.attach(own_key.into());
     let mut kv = client.kv_client();
     let reply = match cx
         .call("etcd", request.key, request.useful_for(), kv.txn(txn))
@@ -85,13 +88,14 @@ pub(super) async fn enqueue<'a>(
     if !head_is_ours && !wait {
         return Ok(None);
     }
+    attachment.confirm();
     Ok(Some(Entry {
         key: request.key,
         queue,
         revision: reply.header().map(|h| h.revision()).unwrap_or_default(),
         ttl: request.ttl,
         head_is_ours,
-        attachment: session.attach(own_key.into()),
+        attachment,
     }))
 }
 

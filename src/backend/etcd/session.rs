@@ -10,8 +10,14 @@
 //!    again: the next acquisition grants a new lease.
 //! 3. Ownership of attached keys is checked once per renewal for the whole session (the
 //!    lease's key list, `LeaseTimeToLive` with keys), not once per key; a key missing from it
-//!    is confirmed gone with a read of that key before its attachment fires.
-//! 4. The lease is revoked when the locker closes (once nothing is attached any more) or
+//!    is confirmed gone with a read of that key before its attachment fires. A key is
+//!    attached *before* its put is sent and confirmed once the put is known to be written,
+//!    and only confirmed keys can be found missing.
+//! 4. A key on the lease that nobody has attached is an orphan — a put still in flight when
+//!    its acquire was dropped, applied after the undo's delete — and the same check deletes
+//!    it. Without this, the session would keep it, and block its lock, for as long as the
+//!    locker lives.
+//! 5. The lease is revoked when the locker closes (once nothing is attached any more) or
 //!    its backend is dropped; otherwise, if the process dies, it expires after one TTL.
 
 use std::collections::{HashMap, HashSet};
@@ -114,10 +120,14 @@ pub(super) struct Session {
 
 #[derive(Default)]
 struct Attached {
-    /// Own key → (generation at which it was attached, fired when the key is gone).
+    /// Own key → (generation at which its put was confirmed, or [`UNCONFIRMED`]; fired when
+    /// the key is gone).
     keys: HashMap<Arc<str>, (u64, CancellationToken)>,
     generation: u64,
 }
+
+/// The generation of a key whose put is not yet known to be written (invariant 3).
+const UNCONFIRMED: u64 = u64::MAX;
 
 impl Session {
     fn new(lease_id: i64, ttl: Duration, confirmed: Instant) -> Self {
@@ -153,14 +163,14 @@ impl Session {
         self.ended.cancel();
     }
 
-    /// Attaches `own_key` (just put with this session's lease).
+    /// Attaches `own_key`, about to be put with this session's lease: from now on the key
+    /// is not an orphan; once [`Attachment::confirm`]ed, it can be found missing.
     pub fn attach(self: &Arc<Self>, own_key: Arc<str>) -> Attachment {
         let gone = self.ended.child_token();
         let mut attached = recover(self.attached.lock());
-        let generation = attached.generation;
         attached
             .keys
-            .insert(own_key.clone(), (generation, gone.clone()));
+            .insert(own_key.clone(), (UNCONFIRMED, gone.clone()));
         Attachment {
             session: self.clone(),
             own_key,
@@ -186,6 +196,18 @@ impl Session {
         let mut attached = recover(self.attached.lock());
         attached.generation += 1;
         attached.generation
+    }
+
+    /// Listed keys that nobody has attached (invariant 4).
+    fn orphans(&self, listed: &HashSet<&[u8]>) -> Vec<Vec<u8>> {
+        let attached = recover(self.attached.lock());
+        listed
+            .iter()
+            .filter(|key| {
+                std::str::from_utf8(key).is_ok_and(|key| !attached.keys.contains_key(key))
+            })
+            .map(|key| key.to_vec())
+            .collect()
     }
 
     /// Attached keys of an earlier generation than `generation` that `listed` lacks.
@@ -214,6 +236,15 @@ pub(super) struct Attachment {
 }
 
 impl Attachment {
+    /// The key's put is written: from the next key check on, its absence is a loss.
+    pub fn confirm(&self) {
+        let mut attached = recover(self.session.attached.lock());
+        let generation = attached.generation;
+        if let Some(entry) = attached.keys.get_mut(&self.own_key) {
+            entry.0 = generation;
+        }
+    }
+
     /// Resolves when the key is gone.
     pub async fn gone(&self) {
         self.gone.cancelled().await
@@ -360,6 +391,15 @@ impl Renewer<'_> {
         );
         let reply = self.cx.call("etcd", "", self.session.ttl, list).await?;
         let listed: HashSet<&[u8]> = reply.keys().iter().map(Vec::as_slice).collect();
+        for orphan in self.session.orphans(&listed) {
+            let mut kv = self.client.kv_client();
+            let key = String::from_utf8_lossy(&orphan).into_owned();
+            self.cx
+                .call("etcd", &key, self.session.ttl, kv.delete(orphan, None))
+                .await?;
+            tracing::debug!(component = "dlock", backend = "etcd", key = %key,
+                "deleted a queue key whose acquire was dropped while its put was in flight");
+        }
         for (own_key, gone) in self.session.missing(generation, &listed) {
             let mut kv = self.client.kv_client();
             let read = kv.get(own_key.as_bytes(), None);
