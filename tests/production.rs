@@ -17,6 +17,7 @@ use dlock::testing::{conformance, Fixture};
 use dlock::{Config, Driver, Error, LockOptions, Locker};
 use redis::AsyncCommands;
 
+use support::fixtures;
 use tls::{Certs, SecureEtcd, TlsRedis, TlsRedisCluster};
 
 /// The password of every restricted user: no test output may ever show it.
@@ -166,32 +167,20 @@ impl Fixture for RedisTlsAcl {
         self.restricted_locker(config).await
     }
     async fn exists(&self, prefix: &str, key: &str) -> bool {
-        let value: Option<String> = self
-            .admin
-            .clone()
-            .get(format!("{prefix}{{{key}}}"))
-            .await
-            .expect("GET");
-        value.is_some_and(|v| !v.starts_with('~'))
+        fixtures::redis_exists(&self.admin, prefix, key).await
     }
     async fn delete(&self, prefix: &str, key: &str) {
-        let _: i64 = self
-            .admin
-            .clone()
-            .del(format!("{prefix}{{{key}}}"))
-            .await
-            .expect("DEL");
+        fixtures::redis_delete(&self.admin, prefix, key).await
     }
     async fn stop_server(&mut self) {
         self.stopped = true;
         self.server.kill();
     }
     async fn read_counter(&self, name: &str) -> u64 {
-        let value: Option<u64> = self.admin.clone().get(name).await.expect("GET");
-        value.unwrap_or(0)
+        fixtures::redis_read(&self.admin, name).await
     }
     async fn write_counter(&self, name: &str, value: u64) {
-        let () = self.admin.clone().set(name, value).await.expect("SET");
+        fixtures::redis_write(&self.admin, name, value).await
     }
 }
 
@@ -234,46 +223,19 @@ impl Fixture for EtcdTlsAuth {
         Locker::builder(config).etcd(client).build().expect("build")
     }
     async fn exists(&self, prefix: &str, key: &str) -> bool {
-        let options = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_count_only();
-        let reply = self
-            .admin
-            .kv_client()
-            .get(format!("{prefix}{key}/"), Some(options))
-            .await
-            .expect("get");
-        reply.count() > 0
+        fixtures::etcd_exists(&self.admin, prefix, key).await
     }
     async fn delete(&self, prefix: &str, key: &str) {
-        let options = etcd_client::DeleteOptions::new().with_prefix();
-        self.admin
-            .kv_client()
-            .delete(format!("{prefix}{key}/"), Some(options))
-            .await
-            .expect("delete");
+        fixtures::etcd_delete(&self.admin, prefix, key).await
     }
     async fn stop_server(&mut self) {
         self.server.kill();
     }
     async fn read_counter(&self, name: &str) -> u64 {
-        let reply = self.admin.kv_client().get(name, None).await.expect("get");
-        reply
-            .kvs()
-            .first()
-            .map(|kv| {
-                String::from_utf8_lossy(kv.value())
-                    .parse()
-                    .expect("a number")
-            })
-            .unwrap_or(0)
+        fixtures::etcd_read(&self.admin, name).await
     }
     async fn write_counter(&self, name: &str, value: u64) {
-        self.admin
-            .kv_client()
-            .put(name, value.to_string(), None)
-            .await
-            .expect("put");
+        fixtures::etcd_write(&self.admin, name, value).await
     }
 }
 

@@ -68,7 +68,7 @@ impl Fixture for Memory {
 
 /// The server-side view shared by the single-node and the cluster fixtures: a lock's key
 /// is `<prefix>{<key>}`, held while its value is not a release tombstone (`~<token>`).
-async fn redis_exists<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+pub async fn redis_exists<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
     admin: &C,
     prefix: &str,
     key: &str,
@@ -78,7 +78,7 @@ async fn redis_exists<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
     value.is_some_and(|v| !v.starts_with('~'))
 }
 
-async fn redis_delete<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+pub async fn redis_delete<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
     admin: &C,
     prefix: &str,
     key: &str,
@@ -87,7 +87,7 @@ async fn redis_delete<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
     let _: i64 = admin.del(format!("{prefix}{{{key}}}")).await.expect("DEL");
 }
 
-async fn redis_read<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+pub async fn redis_read<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
     admin: &C,
     name: &str,
 ) -> u64 {
@@ -96,7 +96,7 @@ async fn redis_read<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
     value.unwrap_or(0)
 }
 
-async fn redis_write<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
+pub async fn redis_write<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
     admin: &C,
     name: &str,
     value: u64,
@@ -216,12 +216,6 @@ pub struct Etcd {
     admin: etcd_client::Client,
 }
 
-impl Etcd {
-    fn queue(prefix: &str, key: &str) -> String {
-        format!("{prefix}{key}/")
-    }
-}
-
 impl Fixture for Etcd {
     const DRIVER: Driver = Driver::Etcd;
     async fn start() -> Self {
@@ -234,43 +228,57 @@ impl Fixture for Etcd {
         Locker::builder(config).etcd(client).build().expect("build")
     }
     async fn exists(&self, prefix: &str, key: &str) -> bool {
-        let options = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_count_only();
-        let mut kv = self.admin.kv_client();
-        let reply = kv
-            .get(Self::queue(prefix, key), Some(options))
-            .await
-            .expect("get");
-        reply.count() > 0
+        etcd_exists(&self.admin, prefix, key).await
     }
     async fn delete(&self, prefix: &str, key: &str) {
-        let options = etcd_client::DeleteOptions::new().with_prefix();
-        let mut kv = self.admin.kv_client();
-        kv.delete(Self::queue(prefix, key), Some(options))
-            .await
-            .expect("delete");
+        etcd_delete(&self.admin, prefix, key).await
     }
     async fn stop_server(&mut self) {
         self.server.kill();
     }
     async fn read_counter(&self, name: &str) -> u64 {
-        let mut kv = self.admin.kv_client();
-        let reply = kv.get(name, None).await.expect("get");
-        reply
-            .kvs()
-            .first()
-            .map(|kv| {
-                String::from_utf8_lossy(kv.value())
-                    .parse()
-                    .expect("a number")
-            })
-            .unwrap_or(0)
+        etcd_read(&self.admin, name).await
     }
     async fn write_counter(&self, name: &str, value: u64) {
-        let mut kv = self.admin.kv_client();
-        kv.put(name, value.to_string(), None).await.expect("put");
+        etcd_write(&self.admin, name, value).await
     }
+}
+
+/// The server-side view of every etcd fixture: a lock's queue is `<prefix><key>/`, held or
+/// waited for while any key is in it.
+pub async fn etcd_exists(admin: &etcd_client::Client, prefix: &str, key: &str) -> bool {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let mut kv = admin.kv_client();
+    let queue = format!("{prefix}{key}/");
+    kv.get(queue, Some(options)).await.expect("get").count() > 0
+}
+
+pub async fn etcd_delete(admin: &etcd_client::Client, prefix: &str, key: &str) {
+    let options = etcd_client::DeleteOptions::new().with_prefix();
+    let mut kv = admin.kv_client();
+    let queue = format!("{prefix}{key}/");
+    kv.delete(queue, Some(options)).await.expect("delete");
+}
+
+pub async fn etcd_read(admin: &etcd_client::Client, name: &str) -> u64 {
+    let mut kv = admin.kv_client();
+    let reply = kv.get(name, None).await.expect("get");
+    reply
+        .kvs()
+        .first()
+        .map(|kv| {
+            String::from_utf8_lossy(kv.value())
+                .parse()
+                .expect("a number")
+        })
+        .unwrap_or(0)
+}
+
+pub async fn etcd_write(admin: &etcd_client::Client, name: &str, value: u64) {
+    let mut kv = admin.kv_client();
+    kv.put(name, value.to_string(), None).await.expect("put");
 }
 
 /// A 3-master Redis Cluster of its own.
