@@ -227,13 +227,7 @@ async fn a_release_without_waiters_publishes_nothing() {
     let (holder, waiters) = holder_and_waiters(&server, &server.url()).await;
     for locker in [&holder, &waiters, &holder] {
         for _ in 0..5 {
-            locker
-                .lock("k")
-                .await
-                .expect("lock")
-                .release()
-                .await
-                .expect("release");
+            support::lock_and_release(locker, "k").await;
         }
     }
     assert_eq!(
@@ -290,13 +284,7 @@ async fn a_waiter_that_gave_up_costs_at_most_one_publish() {
         after_marked <= 1,
         "{after_marked} publishes for one marked release"
     );
-    holder
-        .lock("k")
-        .await
-        .expect("lock")
-        .release()
-        .await
-        .expect("release");
+    support::lock_and_release(&holder, "k").await;
     assert_eq!(
         publishes(&mut admin).await,
         after_marked,

@@ -892,13 +892,7 @@ async fn secrets_never_appear_in_logs_errors_or_debug() {
     shown.push(format!("{builder:?}"));
     let locker = builder.build().unwrap();
     shown.push(format!("{locker:?}"));
-    locker
-        .lock("k")
-        .await
-        .expect("lock")
-        .release()
-        .await
-        .expect("release");
+    support::lock_and_release(&locker, "k").await;
     let mut etcd = etcd;
     let held = locker.lock("k").await.expect("lock");
     etcd.kill();

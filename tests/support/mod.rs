@@ -88,3 +88,10 @@ pub fn spawn_waiter(
         locker.lock_with(&key, options).await
     })
 }
+
+/// One whole lock + release of `key`, panicking on any error: a step of a test's scenario.
+#[allow(dead_code)] // each test binary uses part of the harness
+pub async fn lock_and_release(locker: &dlock::Locker, key: &str) {
+    let guard = locker.lock(key).await.expect("lock");
+    guard.release().await.expect("release");
+}
