@@ -73,13 +73,7 @@ fn user_for(prefix: &str) -> String {
 }
 
 async fn manager(client: redis::Client) -> redis::aio::ConnectionManager {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(500)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1);
-    redis::aio::ConnectionManager::new_with_config(client, config)
-        .await
-        .expect("a TLS connection as the restricted user")
+    support::connection_manager_for(client).await
 }
 
 /// Denials Redis recorded (`ACL LOG`): each is a right dlock needed and the user lacked.

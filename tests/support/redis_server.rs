@@ -148,14 +148,18 @@ impl Drop for RedisServer {
 
 /// A reconnecting connection to `url`, with short timeouts so that fault tests stay fast.
 pub async fn connection_manager_at(url: &str) -> redis::aio::ConnectionManager {
-    let client = redis::Client::open(url).expect("redis url");
+    connection_manager_for(redis::Client::open(url).expect("redis url")).await
+}
+
+/// [`connection_manager_at`] for a client built otherwise (TLS, a user).
+pub async fn connection_manager_for(client: redis::Client) -> redis::aio::ConnectionManager {
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(1);
     redis::aio::ConnectionManager::new_with_config(client, config)
         .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+        .unwrap_or_else(|e| panic!("connect: {e}"))
 }
 
 /// A Redis Cluster of `masters` nodes on loopback, no replicas; killed when dropped.
