@@ -678,6 +678,13 @@ impl Locker {
         call: &Call<'_>,
         acquire: BoxFuture<'_, Result<Option<Acquired>>>,
     ) -> Result<Option<Acquired>> {
+        let cx = &self.inner.context;
+        // Our own interrupted attempts on this key settle first: a retry must not take
+        // their leftover for another holder.
+        let acquire = async {
+            cx.settled(&call.storage_key).await;
+            acquire.await
+        };
         let bounded = async {
             let Some(deadline) = call.deadline else {
                 return acquire.await;
@@ -688,7 +695,7 @@ impl Locker {
         };
         let outcome = tokio::select! {
             biased;
-            _ = self.inner.context.closing().cancelled() => Err(Error::Closed),
+            _ = cx.closing().cancelled() => Err(Error::Closed),
             outcome = bounded => outcome,
         };
         outcome.map_err(|e| self.failed(call, e))
@@ -707,7 +714,7 @@ impl Locker {
                 held,
             } = acquired;
             let cleanup = cx.clone();
-            cx.spawn(async move {
+            cx.spawn_undo(&call.storage_key, async move {
                 let _ = held
                     .release(&cleanup, &lease, confirmed_at + lease.ttl)
                     .await;

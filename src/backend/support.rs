@@ -7,9 +7,10 @@
     allow(dead_code)
 )]
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::LockResult;
+use std::sync::{Arc, LockResult, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -32,6 +33,7 @@ pub struct Context {
     tasks: TaskTracker,
     closing: CancellationToken,
     call_timeout: Duration,
+    unsettled: Arc<Unsettled>,
 }
 
 impl Context {
@@ -40,6 +42,7 @@ impl Context {
             tasks: TaskTracker::new(),
             closing: CancellationToken::new(),
             call_timeout,
+            unsettled: Arc::default(),
         }
     }
 
@@ -82,19 +85,85 @@ impl Context {
         }
     }
 
-    /// Arms `undo` until [`UndoOnDrop::disarm`]: if the returned value is dropped armed (the
-    /// acquire future was dropped, or failed before the server's answer was read), the
-    /// future `undo` makes runs in the background, tracked like [`Context::spawn`]. `undo`
-    /// is called only then, so an attempt that succeeds clones nothing for it.
-    pub fn undo_on_drop<F, Fut>(&self, undo: F) -> UndoOnDrop<'_, F, Fut>
+    /// Arms `undo` of an attempt on `storage_key` until [`UndoOnDrop::disarm`]: if the
+    /// returned value is dropped armed (the acquire future was dropped, or failed before the
+    /// server's answer was read), the future `undo` makes runs in the background, tracked
+    /// like [`Context::spawn`]. `undo` is called only then, so an attempt that succeeds
+    /// clones nothing for it.
+    ///
+    /// Until that future ends, the locker's next attempts on `storage_key` wait for it
+    /// (bounded by the call timeout): a retry never finds the lock held by its own locker's
+    /// interrupted attempt. So the undo should retry until the server confirms it or the
+    /// attempt's key has expired anyway; [`Context::until_confirmed`] does that.
+    pub fn undo_on_drop<'a, F, Fut>(
+        &'a self,
+        storage_key: &'a str,
+        undo: F,
+    ) -> UndoOnDrop<'a, F, Fut>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         UndoOnDrop {
             context: self,
+            storage_key,
             undo: Some(undo),
             _future: PhantomData,
+        }
+    }
+
+    /// Runs `undo` in the background like [`Context::spawn`], registered as unsettled on
+    /// `storage_key` until it ends (see [`Context::undo_on_drop`]).
+    pub(crate) fn spawn_undo(
+        &self,
+        storage_key: &str,
+        undo: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let unsettled = Unsettled::register(&self.unsettled, storage_key);
+        self.spawn(async move {
+            undo.await;
+            drop(unsettled);
+        });
+    }
+
+    /// Waits until no undo of this locker on `storage_key` is in flight, at most the call
+    /// timeout (an undo that cannot reach the server leaves the key to its TTL).
+    pub(crate) async fn settled(&self, storage_key: &str) {
+        let _ = timeout(self.call_timeout, self.unsettled.settled(storage_key)).await;
+    }
+
+    /// Runs `attempt` (one server call that undoes or releases something) until the server
+    /// answers it, retrying errors with a growing pause (10 ms doubling to 1 s), and gives up
+    /// at `expiry`, when the server has forgotten what it would undo.
+    pub async fn until_confirmed<T, Fut>(
+        &self,
+        backend: &'static str,
+        key: &str,
+        expiry: Instant,
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Option<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match timeout_at(expiry, attempt()).await {
+                Ok(Ok(done)) => return Some(done),
+                Ok(Err(e)) if Instant::now() + pause < expiry => {
+                    tracing::debug!(component = "dlock", backend, key = %key, error = %e,
+                        "undoing an interrupted attempt failed; retrying");
+                }
+                _ => {
+                    tracing::debug!(component = "dlock", backend, key = %key,
+                        "an interrupted attempt could not be undone; its key expires with its TTL");
+                    return None;
+                }
+            }
+            if self.closing.is_cancelled() {
+                return None; // `close()` waits for this task: one try is all it gets
+            }
+            sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -132,6 +201,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     context: &'a Context,
+    storage_key: &'a str,
     undo: Option<F>,
     _future: PhantomData<fn() -> Fut>,
 }
@@ -154,8 +224,65 @@ where
 {
     fn drop(&mut self) {
         if let Some(undo) = self.undo.take() {
-            self.context.spawn(undo());
+            self.context.spawn_undo(self.storage_key, undo());
         }
+    }
+}
+
+/// Undos in flight, by storage key: a new attempt on a key waits for them, so that it
+/// never finds its own locker's interrupted attempt holding the lock.
+#[derive(Debug, Default)]
+struct Unsettled {
+    in_flight: Mutex<HashMap<String, usize>>,
+    /// Notified each time an undo ends.
+    settled: Notify,
+}
+
+impl Unsettled {
+    /// Counts one undo on `storage_key` until the returned value is dropped.
+    fn register(this: &Arc<Unsettled>, storage_key: &str) -> UnsettledUndo {
+        *recover(this.in_flight.lock())
+            .entry(storage_key.to_owned())
+            .or_default() += 1;
+        UnsettledUndo {
+            unsettled: this.clone(),
+            storage_key: storage_key.to_owned(),
+        }
+    }
+
+    async fn settled(&self, storage_key: &str) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let in_flight = recover(self.in_flight.lock());
+                // Almost always empty: no hashing on the common path.
+                if in_flight.is_empty() || !in_flight.contains_key(storage_key) {
+                    return;
+                }
+            }
+            settled.await;
+        }
+    }
+}
+
+struct UnsettledUndo {
+    unsettled: Arc<Unsettled>,
+    storage_key: String,
+}
+
+impl Drop for UnsettledUndo {
+    fn drop(&mut self) {
+        let mut in_flight = recover(self.unsettled.in_flight.lock());
+        if let Some(count) = in_flight.get_mut(&self.storage_key) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&self.storage_key);
+            }
+        }
+        drop(in_flight);
+        self.unsettled.settled.notify_waiters();
     }
 }
 

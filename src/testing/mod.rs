@@ -245,6 +245,48 @@ pub async fn try_lock_on_a_held_key_returns_none<F: Fixture>(fx: F) {
     );
 }
 
+/// An attempt cut off after its request may have left (its reply never read), retried at
+/// once through the same locker, finds the lock free: a locker never mistakes its own
+/// interrupted attempt for another holder (`try_lock` answering `None` with nobody there).
+pub async fn a_retry_after_an_interrupted_attempt_finds_the_lock_free<F: Fixture>(fx: F) {
+    let fx = &fx;
+    let locker = locker(fx, "retry:", Duration::from_secs(30)).await;
+    // The fastest of a few whole try_locks, to spread the cuts from "not sent yet" to
+    // "answered".
+    let mut round_trip = Duration::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let guard = locker.try_lock("calibrate").await.expect("try_lock");
+        round_trip = round_trip.min(started.elapsed());
+        guard.expect("free").release().await.expect("release");
+    }
+    let round_trip = round_trip.max(Duration::from_micros(50));
+    let mut cut_off = 0;
+    for round in 0..300 {
+        let key = format!("k{round}");
+        let cut = round_trip.mul_f64(fastrand::f64() * 1.5);
+        match timeout(cut, locker.try_lock(&key)).await {
+            Err(_) => cut_off += 1,
+            Ok(attempt) => {
+                // Answered before the cut: release it, and the retry below must find it free.
+                if let Some(guard) = attempt.expect("try_lock") {
+                    guard.release().await.expect("release");
+                }
+            }
+        }
+        let retry = timeout(Duration::from_secs(10), locker.try_lock(&key))
+            .await
+            .expect("the retry did not answer within 10 s")
+            .expect("try_lock");
+        assert!(
+            retry.is_some(),
+            "round {round} (cut after {cut:?}, {cut_off} attempts cut so far): try_lock \
+             answered None although only this locker's own interrupted attempt was there"
+        );
+    }
+    println!("{cut_off} of 300 attempts were cut before their answer");
+}
+
 /// `wait_timeout` ends a wait with `Timeout`, and a release lets the next waiter in.
 pub async fn wait_timeout_returns_timeout<F: Fixture>(fx: F) {
     let fx = &fx;
@@ -442,6 +484,7 @@ macro_rules! __dlock_conformance {
             stale_release_never_deletes_another_holders_key,
             fencing_tokens_strictly_increase,
             try_lock_on_a_held_key_returns_none,
+            a_retry_after_an_interrupted_attempt_finds_the_lock_free,
             wait_timeout_returns_timeout,
             cancelled_acquires_leave_no_key,
             compat_errors_match_go,

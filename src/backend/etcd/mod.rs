@@ -37,7 +37,7 @@ use super::{Backend, Context, Grant, Lease, Loss, Renewal, Request};
 use crate::config::Driver;
 use crate::error::Result;
 use crate::Holder;
-use queue::Entry;
+use queue::{Entry, Landed};
 use session::{Attachment, Sessions};
 
 pub(crate) struct EtcdBackend {
@@ -82,20 +82,21 @@ impl EtcdBackend {
         cx: &Context,
         request: &'a Request<'a>,
         wait: bool,
+        landed: &Landed,
     ) -> Result<Option<Entry<'a>>> {
         let limit = request.useful_for();
         let session = self
             .sessions
             .get(cx, request.key, request.ttl, limit)
             .await?;
-        match queue::enqueue(&self.client, cx, request, session, wait).await {
+        match queue::enqueue(&self.client, cx, request, session, wait, landed).await {
             Err(queue::Enqueue::LeaseGone(session)) => {
                 session.end(Loss::NotHeld("the session lease expired or was revoked"));
                 let session = self
                     .sessions
                     .get(cx, request.key, request.ttl, limit)
                     .await?;
-                queue::enqueue(&self.client, cx, request, session, wait)
+                queue::enqueue(&self.client, cx, request, session, wait, landed)
                     .await
                     .map_err(queue::Enqueue::into_error)
             }
@@ -136,8 +137,11 @@ impl Backend for EtcdBackend {
         cx: &Context,
         request: &Request<'_>,
     ) -> Result<Option<Grant<EtcdHeld>>> {
-        let undo = cx.undo_on_drop(|| queue::delete(&self.client, cx, request));
-        let entry = self.enqueue(cx, request, false).await?;
+        let landed = Landed::default();
+        let undo = cx.undo_on_drop(request.storage_key, || {
+            queue::delete(&self.client, cx, request, &landed)
+        });
+        let entry = self.enqueue(cx, request, false, &landed).await?;
         undo.disarm();
         Ok(entry.map(Entry::grant))
     }
@@ -151,9 +155,12 @@ impl Backend for EtcdBackend {
         _retry_interval: Duration,
     ) -> Result<Option<Grant<EtcdHeld>>> {
         // Armed until the outcome is known: a waiter dropped anywhere leaves no key.
-        let undo = cx.undo_on_drop(|| queue::delete(&self.client, cx, request));
+        let landed = Landed::default();
+        let undo = cx.undo_on_drop(request.storage_key, || {
+            queue::delete(&self.client, cx, request, &landed)
+        });
         let entry = self
-            .enqueue(cx, request, true)
+            .enqueue(cx, request, true, &landed)
             .await?
             .expect("a waiting put always queues its key");
         if !entry.head_is_ours {

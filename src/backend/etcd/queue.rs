@@ -14,6 +14,10 @@ use super::super::{Context, Request};
 use super::session::{lease_not_found, Attachment, Session};
 use crate::error::{Error, Result};
 
+/// The puts of one attempt still in flight: each holds a clone until it has its answer.
+#[derive(Default)]
+pub(super) struct Landed(Arc<tokio::sync::watch::Sender<()>>);
+
 /// One acquisition's key in its lock's queue.
 pub(super) struct Entry<'a> {
     pub key: &'a str,
@@ -59,6 +63,7 @@ pub(super) async fn enqueue<'a>(
     request: &'a Request<'a>,
     session: Arc<Session>,
     wait: bool,
+    landed: &Landed,
 ) -> std::result::Result<Option<Entry<'a>>, Enqueue> {
     let queue = request.storage_key;
     let own_key = own_key(request);
@@ -76,8 +81,23 @@ pub(super) async fn enqueue<'a>(
     // with the put in flight, the key the put may still write is an orphan to remove.
     let attachment = session.attach(own_key.into());
     let mut kv = client.kv_client();
+    // The put runs to its answer on a task of its own, even if this future is dropped:
+    // the undo (`delete`) waits for it, since etcd may apply a delete sent after a put
+    // before that put, which would then leave its key behind.
+    let in_flight = landed.0.clone();
+    let put = tokio::spawn(async move {
+        let reply = kv.txn(txn).await;
+        drop(in_flight);
+        reply
+    });
+    let put = async {
+        let reply = put
+            .await
+            .map_err(|e| Error::backend("etcd", request.key, e))?;
+        reply.map_err(|e| Error::backend("etcd", request.key, e))
+    };
     let reply = match cx
-        .call("etcd", request.key, request.useful_for(), kv.txn(txn))
+        .call("etcd", request.key, request.useful_for(), put)
         .await
     {
         Ok(reply) => reply,
@@ -121,19 +141,28 @@ pub(super) async fn head(
 }
 
 /// Deletes an acquisition's key, whatever it holds, for the background: the undo of an
-/// attempt whose outcome is unknown. If it fails, the key goes with its session.
+/// attempt whose outcome is unknown. Retried for a TTL; if that fails, the session's next
+/// key check deletes the orphan (session.rs, invariant 4).
 pub(super) fn delete(
     client: &Client,
     cx: &Context,
     request: &Request<'_>,
+    landed: &Landed,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let (mut kv, cx) = (client.kv_client(), cx.clone());
+    let (kv, cx) = (client.kv_client(), cx.clone());
     let (key, own_key, ttl) = (request.key.to_owned(), own_key(request), request.ttl);
+    let expiry = tokio::time::Instant::now() + ttl;
+    let mut puts = landed.0.subscribe();
     async move {
-        if let Err(e) = cx.call("etcd", &key, ttl, kv.delete(own_key, None)).await {
-            tracing::debug!(component = "dlock", backend = "etcd", key = %key, error = %e,
-                "deleting an abandoned queue key failed; it goes with its session");
-        }
+        // Every put of this attempt has its answer (or its task is gone): none can land
+        // after the delete.
+        while puts.changed().await.is_ok() {}
+        let delete = || {
+            let (mut kv, own_key) = (kv.clone(), own_key.clone());
+            let (cx, key) = (&cx, &key);
+            async move { cx.call("etcd", key, ttl, kv.delete(own_key, None)).await }
+        };
+        cx.until_confirmed("etcd", &key, expiry, delete).await;
     }
 }
 

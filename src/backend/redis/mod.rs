@@ -103,18 +103,16 @@ where
     ) -> Result<Option<Grant<String>>> {
         // Until the server answers, the script may or may not have run: if this future is
         // dropped or the call fails, release whatever our token may hold.
-        let undo = cx.undo_on_drop(|| {
+        let sent = Instant::now();
+        let undo = cx.undo_on_drop(request.storage_key, || {
             let (scripts, cx) = (self.scripts.clone(), cx.clone());
             let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
             let (token, ttl) = (request.token.to_owned(), request.ttl);
             async move {
-                if let Err(e) = scripts.release(&cx, &key, &lock_key, &token, ttl).await {
-                    tracing::debug!(component = "dlock", backend = "redis", key = %key, error = %e,
-                        "cleanup of an interrupted acquire failed; the TTL will remove it");
-                }
+                let release = || scripts.release(&cx, &key, &lock_key, &token, ttl);
+                cx.until_confirmed("redis", &key, sent + ttl, release).await;
             }
         });
-        let sent = Instant::now();
         // A reply after the safety deadline could not give a usable guard.
         let fence: u64 = if let Some(ack) = self.replica_ack.get() {
             let mut obtain = replicas::evalsha(&OBTAIN, request.storage_key);
