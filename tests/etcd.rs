@@ -243,6 +243,104 @@ async fn failover_keeps_the_lock_and_quorum_loss_fires_lost() {
     );
 }
 
+/// The README's promise that a lock survives the loss of a minority of members, again and
+/// again: the leader, then a follower, is killed three times each, with the TTL above; each
+/// stays down for two TTLs (only renewals through the survivors can keep the lock), then
+/// rejoins before the next kill. `lost()` must never fire and no rival may get the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_survives_a_minority_killed_again_and_again() {
+    let ttl = Duration::from_secs(3);
+    let mut cluster = support::EtcdCluster::start(3).await;
+    let holder = locker(cluster.client().await, ttl).await;
+    let rival = locker(cluster.client().await, ttl).await;
+    let guard = holder.lock("minority").await.expect("lock");
+    let lost = guard.lost();
+    for round in 0..3 {
+        for role in ["leader", "follower"] {
+            let leader = cluster.leader_index().await;
+            let victim = if role == "leader" {
+                leader
+            } else {
+                (leader + 1) % 3
+            };
+            cluster.kill_member(victim);
+            let until = Instant::now() + ttl * 2;
+            while Instant::now() < until {
+                assert!(
+                    !lost.is_cancelled(),
+                    "round {round}: lost() fired with the {role} (member {victim}) down, \
+                     although a quorum survived"
+                );
+                match rival.try_lock("minority").await {
+                    Ok(None) | Err(Error::Backend { .. }) => {}
+                    Ok(Some(_)) => panic!("round {round}: a rival got the lock"),
+                    Err(e) => panic!("rival: {e}"),
+                }
+                sleep(Duration::from_millis(200)).await;
+            }
+            cluster.restart_member(victim);
+            cluster.wait_member_ready(victim).await;
+        }
+    }
+    assert!(!lost.is_cancelled(), "lost() fired after the last rejoin");
+    guard
+        .release()
+        .await
+        .expect("the lock was still held at the end");
+}
+
+/// A member that stops answering (its endpoint hangs: no reset, no refusal) must not cost
+/// the holder its lock while two members answer: renewals give up on the hung connection
+/// and reach a surviving member before the safety deadline. Each member's endpoint hangs in
+/// turn for two TTLs, so one of them is the one the holder's keep-alive stream uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_reach_a_surviving_member_when_one_endpoint_hangs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("dlock=debug")
+        .with_test_writer()
+        .try_init();
+    let ttl = Duration::from_secs(3);
+    let cluster = support::EtcdCluster::start(3).await;
+    let mut proxies = Vec::new();
+    for addr in cluster.client_addrs() {
+        proxies.push(support::Proxy::start(addr).await);
+    }
+    let endpoints: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{}", p.port()))
+        .collect();
+    let holder = locker(support::client_at(&endpoints).await, ttl).await;
+    let rival = locker(cluster.client().await, ttl).await;
+    let guard = holder.lock("hung").await.expect("lock");
+    let lost = guard.lost();
+    for (member, proxy) in proxies.iter().enumerate() {
+        proxy.blackhole();
+        let until = Instant::now() + ttl * 2;
+        while Instant::now() < until {
+            assert!(
+                !lost.is_cancelled(),
+                "lost() fired while only member {member}'s endpoint hung"
+            );
+            match rival.try_lock("hung").await {
+                Ok(None) => {}
+                Ok(Some(_)) => panic!("a rival got the lock while member {member} hung"),
+                Err(e) => panic!("rival: {e}"),
+            }
+            sleep(Duration::from_millis(200)).await;
+        }
+        proxy.pass();
+        sleep(ttl / 2).await;
+    }
+    assert!(
+        !lost.is_cancelled(),
+        "lost() fired after the last endpoint healed"
+    );
+    guard
+        .release()
+        .await
+        .expect("the lock was still held at the end");
+}
+
 async fn lease_count(client: &etcd_client::Client) -> usize {
     let mut leases = client.lease_client();
     leases.leases().await.expect("leases").leases().len()

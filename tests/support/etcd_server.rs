@@ -150,6 +150,14 @@ impl EtcdCluster {
         cluster
     }
 
+    /// Each member's client address, in member order.
+    pub fn client_addrs(&self) -> Vec<SocketAddr> {
+        self.members
+            .iter()
+            .map(|m| SocketAddr::from(([127, 0, 0, 1], m.client_port)))
+            .collect()
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::endpoint).collect()
     }
@@ -198,6 +206,32 @@ impl EtcdCluster {
 
     pub fn is_running(&self, index: usize) -> bool {
         self.members[index].child.is_some()
+    }
+
+    /// Waits until member `index` answers and knows a leader: it has rejoined the cluster.
+    pub async fn wait_member_ready(&self, index: usize) {
+        let endpoint = self.members[index].endpoint();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = async {
+                let mut client = etcd_client::Client::connect([endpoint.as_str()], None)
+                    .await
+                    .ok()?;
+                client.status().await.ok()
+            };
+            if let Ok(Some(status)) = tokio::time::timeout(Duration::from_millis(500), status).await
+            {
+                if status.leader() != 0 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "member {index} did not rejoin within 20 s; log tail:\n{}",
+                self.members[index].log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn restart_member(&mut self, index: usize) {

@@ -10,7 +10,9 @@
 //!    again: the next acquisition grants a new lease.
 //! 3. Ownership of attached keys is checked once per renewal for the whole session (the
 //!    lease's key list, `LeaseTimeToLive` with keys), not once per key; a key missing from it
-//!    is confirmed gone with a read of that key before its attachment fires. A key is
+//!    is confirmed gone with a read of that key before its attachment fires. The check
+//!    follows the keep-alive and never delays its confirmation: one that fails or hangs is
+//!    tried again at the next renewal. A key is
 //!    attached *before* its put is sent and confirmed once the put is known to be written,
 //!    and only confirmed keys can be found missing.
 //! 4. A key on the lease that nobody has attached is an orphan — a put still in flight when
@@ -21,12 +23,13 @@
 //!    its backend is dropped; otherwise, if the process dies, it expires after one TTL.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions};
 use tokio::sync::{watch, Notify};
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::super::{recover, safety_margin, Context, Loss, TAKEN};
@@ -271,7 +274,7 @@ impl Drop for Attachment {
 }
 
 /// The session's task: renews every TTL/3 and checks the attached keys (invariants 1–3),
-/// retries errors every TTL/10 until the safety deadline, and revokes the lease at the end
+/// retries errors every TTL/30 (an unanswered renewal at once) until the safety deadline, and revokes the lease at the end
 /// (invariant 4).
 async fn keep_alive(
     client: Client,
@@ -280,7 +283,11 @@ async fn keep_alive(
     dropped: CancellationToken,
 ) {
     let ttl = session.ttl;
-    let (period, retry) = (ttl / 3, (ttl / 10).max(Duration::from_millis(5)));
+    let (period, retry) = (ttl / 3, (ttl / 30).max(Duration::from_millis(20)));
+    // One renewal may wait this long before it is abandoned and sent again on a new stream:
+    // a request to a member that just died can hang until HTTP/2 notices, and the channel
+    // sends the next one to another member. Several tries fit before the safety deadline.
+    let attempt_bound = cx.bound((ttl / 6).max(Duration::from_millis(250)));
     let shutdown = async {
         tokio::select! {
             _ = dropped.cancelled() => {}
@@ -317,11 +324,24 @@ async fn keep_alive(
         if sent >= deadline {
             return session.end(Loss::Unconfirmed { last_error });
         }
-        match timeout_at(deadline, renewer.renew()).await {
+        match timeout_at(deadline.min(sent + attempt_bound), renewer.keep_alive()).await {
             Ok(Ok(true)) => {
                 session.confirmed.send_replace(sent);
                 next = sent + period;
                 last_error = None;
+                // The lease is renewed whatever the key check says; a check that fails or
+                // hangs is tried again at the next renewal.
+                match timeout(attempt_bound, renewer.check_keys()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(component = "dlock", backend = "etcd",
+                        lease_id = session.lease_id, error = %e, "key check failed; retried at the next renewal"),
+                    Err(_) => tracing::debug!(
+                        component = "dlock",
+                        backend = "etcd",
+                        lease_id = session.lease_id,
+                        "key check unanswered; retried at the next renewal"
+                    ),
+                }
             }
             Ok(Ok(false)) => {
                 return session.end(Loss::NotHeld("the session lease expired or was revoked"))
@@ -333,8 +353,36 @@ async fn keep_alive(
                 renewer.stream = None;
                 next = sent + retry;
             }
-            Err(_) => return session.end(Loss::Unconfirmed { last_error }),
+            Err(_) => {
+                tracing::warn!(
+                    component = "dlock",
+                    backend = "etcd",
+                    lease_id = session.lease_id,
+                    "session renewal unanswered; sending it again on a new stream"
+                );
+                last_error = Some(format!("no answer within {attempt_bound:?}"));
+                renewer.stream = None;
+                next = Instant::now();
+            }
         }
+    }
+}
+
+/// The first of `a` and `b` to succeed, or the last error when both fail.
+async fn first_ok<T>(
+    a: impl Future<Output = Result<T>>,
+    b: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::pin!(a, b);
+    tokio::select! {
+        first = &mut a => match first {
+            Ok(done) => Ok(done),
+            Err(_) => b.await,
+        },
+        first = &mut b => match first {
+            Ok(done) => Ok(done),
+            Err(_) => a.await,
+        },
     }
 }
 
@@ -343,7 +391,7 @@ pub(super) fn lease_not_found(e: &Error) -> bool {
     e.to_string().contains("lease not found")
 }
 
-/// One renewal of a session: a keep-alive on the session's stream, then the key check.
+/// One renewal of a session: a keep-alive (`keep_alive`), then the key check (`check_keys`).
 struct Renewer<'a> {
     client: &'a Client,
     cx: &'a Context,
@@ -352,32 +400,44 @@ struct Renewer<'a> {
 }
 
 impl Renewer<'_> {
-    /// `Ok(true)`: renewed; `Ok(false)`: the lease is gone; `Err`: unknown.
-    async fn renew(&mut self) -> Result<bool> {
-        let (lease_id, ttl) = (self.session.lease_id, self.session.ttl);
-        let (client, stream) = (self.client, &mut self.stream);
-        let reply = self
-            .cx
-            .call("etcd", "", ttl, async {
-                if stream.is_none() {
-                    *stream = Some(client.lease_client().keep_alive(lease_id).await?);
+    /// One keep-alive. `Ok(true)`: renewed; `Ok(false)`: the lease is gone; `Err`: unknown.
+    ///
+    /// On the open stream; with none open (the first renewal, or the last one failed or
+    /// went unanswered), on two fresh streams at once, keeping the first that answers. The
+    /// client's channel sends each new stream to a member picked at random and cannot tell
+    /// a member that hangs from one that answers, so one stream alone could land on the
+    /// hung member again and again; two rarely do both.
+    async fn keep_alive(&mut self) -> Result<bool> {
+        let lease_id = self.session.lease_id;
+        let failed = |e: etcd_client::Error| Error::backend("etcd", "", e);
+        let reply = match self.stream.as_mut() {
+            Some((keeper, replies)) => {
+                let sent = async {
+                    keeper.keep_alive().await?;
+                    replies.message().await
+                };
+                match sent.await.map_err(failed) {
+                    Ok(Some(reply)) => Ok(reply.ttl() > 0),
+                    Ok(None) => Err(Error::backend("etcd", "", "keep-alive stream closed")),
+                    Err(e) => Err(e),
                 }
-                let (keeper, replies) = stream.as_mut().expect("opened above");
-                keeper.keep_alive().await?;
-                replies.message().await
-            })
-            .await;
-        let reply = match reply {
-            Err(e) if lease_not_found(&e) => return Ok(false),
-            other => other?,
+            }
+            None => {
+                // Opening a stream sends a keep-alive and reads its answer (TTL 0: an error).
+                let open = || {
+                    let mut leases = self.client.lease_client();
+                    async move { leases.keep_alive(lease_id).await.map_err(failed) }
+                };
+                let opened = first_ok(open(), open()).await;
+                opened.map(|stream| {
+                    self.stream = Some(stream);
+                    true
+                })
+            }
         };
         match reply {
-            Some(reply) if reply.ttl() > 0 => {
-                self.check_keys().await?;
-                Ok(true)
-            }
-            Some(_) => Ok(false),
-            None => Err(Error::backend("etcd", "", "keep-alive stream closed")),
+            Err(e) if lease_not_found(&e) => Ok(false),
+            other => other,
         }
     }
 
