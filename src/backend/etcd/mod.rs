@@ -50,6 +50,13 @@ pub(crate) struct EtcdHeld {
     attachment: Attachment,
 }
 
+/// Whether a call failed before its request could leave: the connection to the member the
+/// channel picked was refused. Sending it again cannot apply it twice.
+fn never_sent(e: &crate::Error) -> bool {
+    let text = format!("{e:?}");
+    text.contains("tcp connect error") || text.contains("ConnectionRefused")
+}
+
 /// `%` and `/` percent-encoded: injective, and no key's queue contains another's.
 fn escape(key: &str) -> String {
     key.replace('%', "%25").replace('/', "%2F")
@@ -227,9 +234,19 @@ impl Backend for EtcdBackend {
     ) -> Result<bool> {
         // The key's name carries this acquisition's token: deleting it can only ever
         // delete our own acquisition, so no compare is needed (a txn costs etcd more).
-        let mut kv = self.client.kv_client();
-        let delete = kv.delete(held.attachment.own_key.as_bytes(), None);
-        Ok(cx.call("etcd", &lease.key, limit, delete).await?.deleted() == 1)
+        let own_key = held.attachment.own_key.as_bytes();
+        let mut tries = 0;
+        loop {
+            let mut kv = self.client.kv_client();
+            let delete = kv.delete(own_key, None);
+            match cx.call("etcd", &lease.key, limit, delete).await {
+                Ok(reply) => return Ok(reply.deleted() == 1),
+                // The channel had a dead connection to a member (one that restarted): the
+                // delete never left, and the next try goes to a member picked again.
+                Err(e) if never_sent(&e) && tries < 3 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
