@@ -90,11 +90,12 @@ pub(super) async fn enqueue<'a>(
         drop(in_flight);
         reply
     });
+    // etcd's own error stays the source, so that `Context::call` can read a refused right.
     let put = async {
-        let reply = put
-            .await
-            .map_err(|e| Error::backend("etcd", request.key, e))?;
-        reply.map_err(|e| Error::backend("etcd", request.key, e))
+        match put.await {
+            Ok(reply) => reply.map_err(crate::error::BoxError::from),
+            Err(joined) => Err(crate::error::BoxError::from(joined)),
+        }
     };
     let reply = match cx
         .call("etcd", request.key, request.useful_for(), put)
