@@ -292,22 +292,34 @@ impl RedisCluster {
         panic!("no master owns slot {slot}");
     }
 
-    /// The index of a replica of the master at `master`.
+    /// The index of a replica of the master at `master`. Asked until the node that answers
+    /// `CLUSTER NODES` knows of one: a replica's role reaches the other nodes by gossip, some
+    /// time after it reaches its master (it was missing in 1 run in 8 beside a busy core).
     pub async fn replica_index_of(&self, master: usize) -> usize {
-        let nodes = self.cluster_nodes().await;
         let port = self.nodes[master].port;
-        let id = nodes
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 3 && node_port(f[1]) == port)
-            .map(|f| f[0].to_owned())
-            .expect("the master in CLUSTER NODES");
-        nodes
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 3 && f[3] == id)
-            .map(|f| self.index_of_port(node_port(f[1])))
-            .expect("a replica of the master")
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let nodes = self.cluster_nodes().await;
+            let id = nodes
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|f| f.len() > 3 && node_port(f[1]) == port)
+                .map(|f| f[0].to_owned())
+                .expect("the master in CLUSTER NODES");
+            let replica = nodes
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|f| f.len() > 3 && f[3] == id)
+                .map(|f| self.index_of_port(node_port(f[1])));
+            if let Some(replica) = replica {
+                return replica;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no node knew of a replica of master {master} within 10 s:\n{nodes}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Cuts replication into the replica at `replica`: it drops its link to the master and
