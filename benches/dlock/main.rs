@@ -7,7 +7,7 @@
 //!    own waiting; a waiter polling every 100 ms beside it;
 //! 3. `contention`: one hot key, many tasks over 2 lockers: acquisitions/s, attempts per
 //!    acquisition and the fewest/most acquisitions one task got, against rslock;
-//! 4. `hold`: 10,000 locks held, on Redis and on etcd: live heap per guard (`heap.rs`), the
+//! 4. `hold`: 100,000 locks held, on Redis and on etcd: live heap per guard (`heap.rs`), the
 //!    CPU the client and the server spend on renewal, and etcd's lease count.
 //!
 //! Baselines are the floor (the least the job needs, `baselines.rs`) or a peer a user would
@@ -60,8 +60,8 @@ impl Settings {
             window: Duration::from_secs(2),
             handoff_samples: 40,
             long_wait_samples: 6,
-            hold_locks: 10_000,
-            hold_for: Duration::from_secs(60),
+            hold_locks: 100_000,
+            hold_for: Duration::from_secs(20),
         }
     }
 

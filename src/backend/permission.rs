@@ -83,6 +83,7 @@ fn script_command(error: &str) -> Option<String> {
         [
             include_str!("redis/obtain.lua"),
             include_str!("redis/refresh.lua"),
+            include_str!("redis/refresh_many.lua"),
             include_str!("redis/release.lua"),
         ]
         .into_iter()

@@ -18,6 +18,7 @@
 //! deadline, a release once the key has expired; every call is also bounded by the
 //! locker's call timeout. Scripts live beside this file, one per operation, each idempotent.
 
+mod batch;
 mod notifications;
 mod replicas;
 mod sentinel;
@@ -55,6 +56,8 @@ pub(crate) type PubsubSlot = Arc<Mutex<Option<PubsubSource>>>;
 /// call): `ConnectionManager`, `MultiplexedConnection`, a cluster connection...
 pub(crate) struct RedisBackend<C> {
     scripts: Scripts<C>,
+    /// Renewals, sent in batches (`batch.rs`).
+    renewals: Arc<batch::Batcher>,
     pubsub: PubsubSlot,
     notifications: OnceLock<Option<Notifications>>,
     /// Replica acknowledgement of acquisitions and renewals (`replicas.rs`), if configured.
@@ -82,7 +85,11 @@ where
     /// of other processes learn of releases by polling.
     /// `replica_ack`: where the builder leaves the acknowledgement setting, if any.
     pub fn new(conn: C, pubsub: PubsubSlot, replica_ack: AckSlot) -> Self {
+        // A Cluster's scripts take keys of one hash slot only: its batches are split by slot.
+        let cluster = std::any::TypeId::of::<C>()
+            == std::any::TypeId::of::<redis::cluster_async::ClusterConnection>();
         RedisBackend {
+            renewals: batch::Batcher::new(cluster),
             scripts: Scripts {
                 conn,
                 wakeups: Wakeups::new(),
@@ -263,16 +270,12 @@ where
             }
             return Ok(Renewal::still_ours(renewed == 1));
         }
-        let mut refresh = REFRESH.prepare_invoke();
-        refresh
-            .key(&lease.storage_key)
-            .arg(&*token)
-            .arg(millis(lease.ttl));
-        let renewed: i64 = self
-            .scripts
-            .call(cx, &lease.key, lease.ttl, &refresh)
+        let (key, storage_key, ttl) = (&lease.key, &lease.storage_key, lease.ttl);
+        let renewals = &self.renewals;
+        let renewed = renewals
+            .renew(&self.scripts, cx, key, storage_key, token, ttl)
             .await?;
-        Ok(Renewal::still_ours(renewed == 1))
+        Ok(Renewal::still_ours(renewed))
     }
 
     async fn holder(&self, cx: &Context, key: &str, lock_key: &str) -> Result<Option<Holder>> {
