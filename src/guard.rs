@@ -282,6 +282,9 @@ fn lifecycle(
             _ = release.cancelled() => None,
             loss = acquired.held.keep(&cx, &acquired.lease, &mut confirmed) => Some(loss),
         };
+        if let Some(later) = acquired.held.confirmed() {
+            confirmed = confirmed.max(later);
+        }
         // Boxed: the ending runs once, so the task that lives as long as the guard need
         // not reserve room for its state (the release call and the deadline timer).
         Box::pin(end(name, acquired, confirmed, loss, cx, lost, metrics)).await

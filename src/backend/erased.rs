@@ -67,6 +67,8 @@ pub(crate) trait HeldLock: Send {
         lease: &'a Lease,
         confirmed: &'a mut Instant,
     ) -> BoxFuture<'a, Loss>;
+    /// [`Backend::confirmed`].
+    fn confirmed(&self) -> Option<Instant>;
     /// [`Backend::release`], given up when the server forgets the lock anyway (`expiry`).
     fn release<'a>(
         self: Box<Self>,
@@ -160,6 +162,10 @@ impl<B: Backend> HeldLock for Holding<B> {
         // Boxed: it lives as long as the guard, and the backends' futures differ in size by
         // kilobytes (etcd's gRPC state), which every guard would otherwise pay for.
         Box::pin(self.backend.keep(cx, lease, &mut self.held, confirmed))
+    }
+
+    fn confirmed(&self) -> Option<Instant> {
+        self.backend.confirmed(&self.held)
     }
 
     fn release<'a>(

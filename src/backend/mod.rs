@@ -218,8 +218,9 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Renewal>> + Send;
 
     /// Keeps the lock alive; returns only when ownership is lost. `confirmed` is the send
-    /// time of the last command that proved ownership, kept current for the caller, which
-    /// fires `lost()` at [`Lease::deadline`] of it. The default renews every TTL/3 and
+    /// time of the last command that proved ownership, kept current for the caller (or
+    /// told by [`confirmed`](Backend::confirmed)), which fires `lost()` at
+    /// [`Lease::deadline`] of it. The default renews every TTL/3 and
     /// retries errors every TTL/10 until that deadline. Dropping the future stops renewal.
     fn keep(
         &self,
@@ -229,6 +230,15 @@ pub trait Backend: Send + Sync + 'static {
         confirmed: &mut Instant,
     ) -> impl Future<Output = Loss> + Send {
         support::watchdog(self, cx, lease, held, confirmed)
+    }
+
+    /// The send time of the latest command that proved `held` still ours, when the backend
+    /// knows a later one than [`keep`](Backend::keep) reported (a session confirming all its
+    /// locks at once need not wake each lock's `keep` to report it). The locker reads it
+    /// once `keep` has stopped, to bound the release. The default: `None`.
+    fn confirmed(&self, held: &Self::Held) -> Option<Instant> {
+        let _ = held;
+        None
     }
 
     /// Who holds the lock at `storage_key` now (`Ok(None)`: free), with the value its

@@ -189,9 +189,10 @@ impl Backend for EtcdBackend {
         Ok(Renewal::still_ours(self.still_ours(cx, lease, held).await?))
     }
 
-    /// Follows the session: each of its renewals confirms this lock too, and the lock is
-    /// lost when the session ends (lost, or unconfirmed at the safety deadline) or the key
-    /// alone is gone.
+    /// Follows the session: the lock is lost when the session ends (lost, or unconfirmed at
+    /// the safety deadline: no timer per lock) or the key alone is gone. Nothing wakes the
+    /// lock at each of the session's renewals: its confirmation is read when it is needed
+    /// ([`Backend::confirmed`]).
     async fn keep(
         &self,
         _cx: &Context,
@@ -199,16 +200,14 @@ impl Backend for EtcdBackend {
         held: &mut EtcdHeld,
         confirmed: &mut Instant,
     ) -> Loss {
-        let mut confirmations = held.attachment.session.confirmations();
-        loop {
-            *confirmed = (*confirmed).max(*confirmations.borrow_and_update());
-            // No timer per lock: the session ends at the same safety deadline (its own
-            // `confirmed` is this one), and ending it fires every attachment.
-            tokio::select! {
-                _ = held.attachment.gone() => return held.attachment.loss(),
-                _ = confirmations.changed() => {}
-            }
-        }
+        held.attachment.gone().await;
+        *confirmed = (*confirmed).max(held.attachment.session.confirmed());
+        held.attachment.loss()
+    }
+
+    /// Every renewal of the session confirms each lock attached to it.
+    fn confirmed(&self, held: &EtcdHeld) -> Option<Instant> {
+        Some(held.attachment.session.confirmed())
     }
 
     /// The head of the queue; its lease's remaining TTL is what remains of the lock's.

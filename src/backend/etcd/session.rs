@@ -150,11 +150,6 @@ impl Session {
         *self.confirmed.borrow()
     }
 
-    /// Follows [`Session::confirmed`].
-    pub fn confirmations(&self) -> watch::Receiver<Instant> {
-        self.confirmed.subscribe()
-    }
-
     /// Ends the session (invariant 2); the first reason given is kept.
     pub fn end(&self, why: Loss) {
         let attached = recover(self.attached.lock()).keys.len();

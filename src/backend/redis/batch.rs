@@ -95,7 +95,11 @@ impl Batcher {
         }
         answered.await.unwrap_or_else(|_| {
             // The sending task was not run (no runtime any more) or panicked.
-            Err(Error::backend("redis", key, "the renewal batch was dropped"))
+            Err(Error::backend(
+                "redis",
+                key,
+                "the renewal batch was dropped",
+            ))
         })
     }
 }
@@ -163,9 +167,7 @@ where
     }
     // Useless once the shortest TTL in the batch has run out.
     let limit = batch.iter().map(|r| r.ttl).min().unwrap_or(Duration::MAX);
-    let outcome: Result<Vec<i64>> = scripts
-        .call(cx, &batch[0].key, limit, &invocation)
-        .await;
+    let outcome: Result<Vec<i64>> = scripts.call(cx, &batch[0].key, limit, &invocation).await;
     match outcome {
         Ok(renewed) if renewed.len() == batch.len() => {
             for (renewal, renewed) in batch.into_iter().zip(renewed) {
