@@ -17,7 +17,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::backend::erased::Acquired;
-use crate::backend::{Context, Loss};
+use crate::backend::{Context, Loss, Settling};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -58,6 +58,8 @@ pub struct LockGuard {
     lost: CancellationToken,
     release: CancellationToken,
     task: Option<JoinHandle<Result<()>>>,
+    /// A dropped guard's release counts as unsettled there until it ends.
+    settling: Settling,
 }
 
 impl LockGuard {
@@ -87,6 +89,7 @@ impl LockGuard {
             lost,
             release,
             task: Some(task),
+            settling: cx.settling(),
         }
     }
 
@@ -206,6 +209,13 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         // The lifecycle task sees this and releases; nothing here can block or panic.
         self.release.cancel();
+        // Until that release ends, the locker's next attempt on this key waits for it
+        // rather than find the lock still held by this guard.
+        if let Some(task) = self.task.take().filter(|task| !task.is_finished()) {
+            self.settling.after(&self.key, async move {
+                let _ = task.await;
+            });
+        }
     }
 }
 

@@ -682,7 +682,7 @@ impl Locker {
         // Our own interrupted attempts on this key settle first: a retry must not take
         // their leftover for another holder.
         let acquire = async {
-            cx.settled(&call.storage_key).await;
+            cx.settled(call.key).await;
             acquire.await
         };
         let bounded = async {
@@ -714,7 +714,7 @@ impl Locker {
                 held,
             } = acquired;
             let cleanup = cx.clone();
-            cx.spawn_undo(&call.storage_key, async move {
+            cx.spawn_undo(call.key, async move {
                 let _ = held
                     .release(&cleanup, &lease, confirmed_at + lease.ttl)
                     .await;

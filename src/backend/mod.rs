@@ -31,7 +31,6 @@ pub(crate) mod redis;
 mod support;
 mod wake;
 
-pub(crate) use support::recover;
 #[cfg(feature = "redis")]
 pub(crate) use support::retry_until_acquired;
 #[cfg(feature = "etcd")]
@@ -39,6 +38,7 @@ pub(crate) use support::safety_margin;
 pub use support::Context;
 #[cfg_attr(not(feature = "unstable-backend"), allow(unused_imports))]
 pub use support::UndoOnDrop;
+pub(crate) use support::{recover, Settling};
 pub use wake::Wakeups;
 
 /// A lock server, as dlock drives it.

@@ -85,19 +85,19 @@ impl Context {
         }
     }
 
-    /// Arms `undo` of an attempt on `storage_key` until [`UndoOnDrop::disarm`]: if the
-    /// returned value is dropped armed (the acquire future was dropped, or failed before the
-    /// server's answer was read), the future `undo` makes runs in the background, tracked
-    /// like [`Context::spawn`]. `undo` is called only then, so an attempt that succeeds
-    /// clones nothing for it.
+    /// Arms `undo` of the attempt `request` until [`UndoOnDrop::disarm`]: if the returned
+    /// value is dropped armed (the acquire future was dropped, or failed before the server's
+    /// answer was read), the future `undo` makes runs in the background, tracked like
+    /// [`Context::spawn`]. `undo` is called only then, so an attempt that succeeds clones
+    /// nothing for it.
     ///
-    /// Until that future ends, the locker's next attempts on `storage_key` wait for it
+    /// Until that future ends, the locker's next attempts on the same key wait for it
     /// (bounded by the call timeout): a retry never finds the lock held by its own locker's
     /// interrupted attempt. So the undo should retry until the server confirms it or the
     /// attempt's key has expired anyway; [`Context::until_confirmed`] does that.
     pub fn undo_on_drop<'a, F, Fut>(
         &'a self,
-        storage_key: &'a str,
+        request: &Request<'a>,
         undo: F,
     ) -> UndoOnDrop<'a, F, Fut>
     where
@@ -106,30 +106,31 @@ impl Context {
     {
         UndoOnDrop {
             context: self,
-            storage_key,
+            key: request.key,
             undo: Some(undo),
             _future: PhantomData,
         }
     }
 
-    /// Runs `undo` in the background like [`Context::spawn`], registered as unsettled on
-    /// `storage_key` until it ends (see [`Context::undo_on_drop`]).
-    pub(crate) fn spawn_undo(
-        &self,
-        storage_key: &str,
-        undo: impl Future<Output = ()> + Send + 'static,
-    ) {
-        let unsettled = Unsettled::register(&self.unsettled, storage_key);
+    /// Runs `undo` in the background like [`Context::spawn`], counted as unsettled on the
+    /// user's `key` until it ends (see [`Context::undo_on_drop`]).
+    pub(crate) fn spawn_undo(&self, key: &str, undo: impl Future<Output = ()> + Send + 'static) {
+        let registration = Unsettled::register(&self.unsettled, key);
         self.spawn(async move {
             undo.await;
-            drop(unsettled);
+            drop(registration);
         });
     }
 
-    /// Waits until no undo of this locker on `storage_key` is in flight, at most the call
-    /// timeout (an undo that cannot reach the server leaves the key to its TTL).
-    pub(crate) async fn settled(&self, storage_key: &str) {
-        let _ = timeout(self.call_timeout, self.unsettled.settled(storage_key)).await;
+    /// The locker's count of work in flight per key that a new attempt must wait for.
+    pub(crate) fn settling(&self) -> Settling {
+        Settling(self.unsettled.clone())
+    }
+
+    /// Waits until no undo or release of this locker on `key` is in flight, at most the
+    /// call timeout (one that cannot reach the server leaves the key to its TTL).
+    pub(crate) async fn settled(&self, key: &str) {
+        let _ = timeout(self.call_timeout, self.unsettled.settled(key)).await;
     }
 
     /// Runs `attempt` (one server call that undoes or releases something) until the server
@@ -201,7 +202,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     context: &'a Context,
-    storage_key: &'a str,
+    key: &'a str,
     undo: Option<F>,
     _future: PhantomData<fn() -> Fut>,
 }
@@ -224,33 +225,34 @@ where
 {
     fn drop(&mut self) {
         if let Some(undo) = self.undo.take() {
-            self.context.spawn_undo(self.storage_key, undo());
+            self.context.spawn_undo(self.key, undo());
         }
     }
 }
 
-/// Undos in flight, by storage key: a new attempt on a key waits for them, so that it
-/// never finds its own locker's interrupted attempt holding the lock.
+/// Undos of interrupted attempts and releases of dropped guards in flight, by the user's key
+/// (one locker, one prefix: it names one lock): a new attempt on a key waits for them, so
+/// that it never finds its own locker's leftover holding the lock.
 #[derive(Debug, Default)]
 struct Unsettled {
     in_flight: Mutex<HashMap<String, usize>>,
-    /// Notified each time an undo ends.
+    /// Notified each time one ends.
     settled: Notify,
 }
 
 impl Unsettled {
-    /// Counts one undo on `storage_key` until the returned value is dropped.
-    fn register(this: &Arc<Unsettled>, storage_key: &str) -> UnsettledUndo {
+    /// Counts one piece of work on `key` until the returned value is dropped.
+    fn register(this: &Arc<Unsettled>, key: &str) -> Registration {
         *recover(this.in_flight.lock())
-            .entry(storage_key.to_owned())
+            .entry(key.to_owned())
             .or_default() += 1;
-        UnsettledUndo {
+        Registration {
             unsettled: this.clone(),
-            storage_key: storage_key.to_owned(),
+            key: key.to_owned(),
         }
     }
 
-    async fn settled(&self, storage_key: &str) {
+    async fn settled(&self, key: &str) {
         loop {
             let settled = self.settled.notified();
             tokio::pin!(settled);
@@ -258,7 +260,7 @@ impl Unsettled {
             {
                 let in_flight = recover(self.in_flight.lock());
                 // Almost always empty: no hashing on the common path.
-                if in_flight.is_empty() || !in_flight.contains_key(storage_key) {
+                if in_flight.is_empty() || !in_flight.contains_key(key) {
                     return;
                 }
             }
@@ -267,22 +269,41 @@ impl Unsettled {
     }
 }
 
-struct UnsettledUndo {
+struct Registration {
     unsettled: Arc<Unsettled>,
-    storage_key: String,
+    key: String,
 }
 
-impl Drop for UnsettledUndo {
+impl Drop for Registration {
     fn drop(&mut self) {
         let mut in_flight = recover(self.unsettled.in_flight.lock());
-        if let Some(count) = in_flight.get_mut(&self.storage_key) {
+        if let Some(count) = in_flight.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                in_flight.remove(&self.storage_key);
+                in_flight.remove(&self.key);
             }
         }
         drop(in_flight);
         self.unsettled.settled.notify_waiters();
+    }
+}
+
+/// A handle on a locker's unsettled work, small enough for every guard to keep one.
+#[derive(Clone, Debug)]
+pub(crate) struct Settling(Arc<Unsettled>);
+
+impl Settling {
+    /// Runs `work` in the background (nothing without a runtime), counted as unsettled on
+    /// `key` from now until it ends. Untracked: use it only for work that is itself tracked
+    /// or bounded (a guard's lifecycle task, an undo spawned through [`Context::spawn`]).
+    pub(crate) fn after(&self, key: &str, work: impl Future<Output = ()> + Send + 'static) {
+        let registration = Unsettled::register(&self.0, key);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                work.await;
+                drop(registration);
+            });
+        }
     }
 }
 

@@ -285,6 +285,23 @@ pub async fn a_retry_after_an_interrupted_attempt_finds_the_lock_free<F: Fixture
         );
     }
     println!("{cut_off} of 300 attempts were cut before their answer");
+    // A dropped guard's release is on its way too: the next attempt waits for it.
+    for round in 0..100 {
+        let key = format!("dropped{round}");
+        drop(
+            locker
+                .try_lock(&key)
+                .await
+                .expect("try_lock")
+                .expect("free"),
+        );
+        let retry = locker.try_lock(&key).await.expect("try_lock");
+        assert!(
+            retry.is_some(),
+            "round {round}: try_lock right after dropping the guard answered None, although \
+             only this locker's own release was on its way"
+        );
+    }
 }
 
 /// `wait_timeout` ends a wait with `Timeout`, and a release lets the next waiter in.

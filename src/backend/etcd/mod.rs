@@ -145,7 +145,7 @@ impl Backend for EtcdBackend {
         request: &Request<'_>,
     ) -> Result<Option<Grant<EtcdHeld>>> {
         let landed = Landed::default();
-        let undo = cx.undo_on_drop(request.storage_key, || {
+        let undo = cx.undo_on_drop(request, || {
             queue::delete(&self.client, cx, request, &landed)
         });
         let entry = self.enqueue(cx, request, false, &landed).await?;
@@ -163,7 +163,7 @@ impl Backend for EtcdBackend {
     ) -> Result<Option<Grant<EtcdHeld>>> {
         // Armed until the outcome is known: a waiter dropped anywhere leaves no key.
         let landed = Landed::default();
-        let undo = cx.undo_on_drop(request.storage_key, || {
+        let undo = cx.undo_on_drop(request, || {
             queue::delete(&self.client, cx, request, &landed)
         });
         let entry = self

@@ -111,7 +111,7 @@ where
         // Until the server answers, the script may or may not have run: if this future is
         // dropped or the call fails, release whatever our token may hold.
         let sent = Instant::now();
-        let undo = cx.undo_on_drop(request.storage_key, || {
+        let undo = cx.undo_on_drop(request, || {
             let (scripts, cx) = (self.scripts.clone(), cx.clone());
             let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
             let (token, ttl) = (request.token.to_owned(), request.ttl);
