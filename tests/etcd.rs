@@ -212,21 +212,14 @@ async fn failover_keeps_the_lock_and_quorum_loss_fires_lost() {
     let new_leader = cluster.leader_index().await;
     assert_ne!(leader, new_leader);
     // Two full TTLs after the leader died: only keep-alives through survivors hold it.
-    let until = Instant::now() + ttl * 2;
-    while Instant::now() < until {
-        assert!(
-            !lost.is_cancelled(),
-            "lost() fired although a quorum survived"
-        );
-        match rival.try_lock("failover").await {
-            Ok(None) => {}
-            Ok(Some(_)) => panic!("a rival got the lock after the leader failed over"),
-            // The rival's client may first try the dead member.
-            Err(Error::Backend { .. }) => {}
-            Err(e) => panic!("rival: {e}"),
-        }
-        sleep(Duration::from_millis(300)).await;
-    }
+    still_held(
+        &lost,
+        &rival,
+        "failover",
+        ttl * 2,
+        "after the leader failed over",
+    )
+    .await;
 
     let other = (0..3)
         .find(|&i| i != leader && cluster.is_running(i))
@@ -264,20 +257,8 @@ async fn a_lock_survives_a_minority_killed_again_and_again() {
                 (leader + 1) % 3
             };
             cluster.kill_member(victim);
-            let until = Instant::now() + ttl * 2;
-            while Instant::now() < until {
-                assert!(
-                    !lost.is_cancelled(),
-                    "round {round}: lost() fired with the {role} (member {victim}) down, \
-                     although a quorum survived"
-                );
-                match rival.try_lock("minority").await {
-                    Ok(None) | Err(Error::Backend { .. }) => {}
-                    Ok(Some(_)) => panic!("round {round}: a rival got the lock"),
-                    Err(e) => panic!("rival: {e}"),
-                }
-                sleep(Duration::from_millis(200)).await;
-            }
+            let what = format!("in round {round} with the {role} (member {victim}) down");
+            still_held(&lost, &rival, "minority", ttl * 2, &what).await;
             cluster.restart_member(victim);
             cluster.wait_member_ready(victim).await;
         }
@@ -315,19 +296,8 @@ async fn renewals_reach_a_surviving_member_when_one_endpoint_hangs() {
     let lost = guard.lost();
     for (member, proxy) in proxies.iter().enumerate() {
         proxy.blackhole();
-        let until = Instant::now() + ttl * 2;
-        while Instant::now() < until {
-            assert!(
-                !lost.is_cancelled(),
-                "lost() fired while only member {member}'s endpoint hung"
-            );
-            match rival.try_lock("hung").await {
-                Ok(None) => {}
-                Ok(Some(_)) => panic!("a rival got the lock while member {member} hung"),
-                Err(e) => panic!("rival: {e}"),
-            }
-            sleep(Duration::from_millis(200)).await;
-        }
+        let what = format!("while only member {member}'s endpoint hung");
+        still_held(&lost, &rival, "hung", ttl * 2, &what).await;
         proxy.pass();
         sleep(ttl / 2).await;
     }
@@ -339,6 +309,30 @@ async fn renewals_reach_a_surviving_member_when_one_endpoint_hangs() {
         .release()
         .await
         .expect("the lock was still held at the end");
+}
+
+/// For `how_long`, every 200 ms: `lost` has not fired and `rival` cannot take `key` (a
+/// backend error of the rival is allowed: its own client may first try a dead member).
+async fn still_held(
+    lost: &tokio_util::sync::CancellationToken,
+    rival: &Locker,
+    key: &str,
+    how_long: Duration,
+    what: &str,
+) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        assert!(
+            !lost.is_cancelled(),
+            "lost() fired {what}, although a quorum survived"
+        );
+        match rival.try_lock(key).await {
+            Ok(None) | Err(Error::Backend { .. }) => {}
+            Ok(Some(_)) => panic!("a rival got the lock {what}"),
+            Err(e) => panic!("rival: {e}"),
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn lease_count(client: &etcd_client::Client) -> usize {

@@ -15,26 +15,6 @@ fn config() -> Config {
     dlock::testing::config(Driver::Redis, "renew:", TTL)
 }
 
-/// Script calls (EVALSHA and EVAL) a node has run so far.
-async fn script_calls(conn: &mut redis::aio::ConnectionManager) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 /// Holds [`LOCKS`] locks for three TTLs (each renewed about nine times), counting the script
 /// calls the servers ran meanwhile; every lock must still be held.
 async fn hold_and_count(locker: &Locker, nodes: &mut [redis::aio::ConnectionManager]) -> u64 {
@@ -44,12 +24,12 @@ async fn hold_and_count(locker: &Locker, nodes: &mut [redis::aio::ConnectionMana
     }
     let mut before = 0;
     for node in nodes.iter_mut() {
-        before += script_calls(node).await;
+        before += support::script_calls(node).await;
     }
     sleep(TTL * 3).await;
     let mut after = 0;
     for node in nodes.iter_mut() {
-        after += script_calls(node).await;
+        after += support::script_calls(node).await;
     }
     let lost = guards.iter().filter(|g| g.is_lost()).count();
     assert_eq!(lost, 0, "{lost} of {LOCKS} locks lost while held");

@@ -58,7 +58,7 @@ async fn hold(
     }
     let per_guard = super::heap::live_bytes().saturating_sub(heap_before) as f64 / n as f64;
     let calls0 = match &redis_admin {
-        Some(admin) => renewal_calls(admin).await,
+        Some(admin) => super::support::script_calls(&mut admin.clone()).await,
         None => 0,
     };
     let (cpu0, server0) = (cpu_time("self"), cpu_time(server));
@@ -76,7 +76,9 @@ async fn hold(
         None => String::new(),
     };
     let renewal_calls = match &redis_admin {
-        Some(admin) => (renewal_calls(admin).await - calls0).to_string(),
+        Some(admin) => {
+            (super::support::script_calls(&mut admin.clone()).await - calls0).to_string()
+        }
         None => String::new(),
     };
     drop(guards);
@@ -98,26 +100,6 @@ async fn hold(
         cpu * 100.0,
         server_cpu * 100.0
     )
-}
-
-/// Script calls the Redis server has run so far (`INFO commandstats`: EVALSHA and EVAL).
-async fn renewal_calls(admin: &redis::aio::ConnectionManager) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut admin.clone())
-        .await
-        .unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 /// The redis-server's process id, as it reports it (`INFO server`).

@@ -14,7 +14,8 @@ mod sentinel;
 pub use etcd_server::{client_at, EtcdCluster, EtcdServer};
 pub use proxy::Proxy;
 pub use redis_server::{
-    connection_manager_at, connection_manager_for, form_cluster, RedisCluster, RedisServer,
+    connection_manager_at, connection_manager_for, form_cluster, script_calls, RedisCluster,
+    RedisServer,
 };
 pub use sentinel::{ReplicatedRedis, SentinelGroup, SERVICE as SENTINEL_SERVICE};
 

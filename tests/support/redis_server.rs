@@ -146,6 +146,27 @@ impl Drop for RedisServer {
     }
 }
 
+/// Script calls (EVALSHA and EVAL) the server behind `conn` has run so far (`INFO
+/// commandstats`).
+pub async fn script_calls(conn: &mut redis::aio::ConnectionManager) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// A reconnecting connection to `url`, with short timeouts so that fault tests stay fast.
 pub async fn connection_manager_at(url: &str) -> redis::aio::ConnectionManager {
     connection_manager_for(redis::Client::open(url).expect("redis url")).await
