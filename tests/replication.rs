@@ -110,7 +110,15 @@ async fn an_acknowledged_lock_is_on_every_replica_it_waited_for() {
 async fn unacknowledged_renewals_fire_lost_while_the_replica_still_has_the_lock() {
     let redis = support::ReplicatedRedis::start(1).await;
     let ttl = Duration::from_secs(3);
-    let locker = locker_at(&redis.master().url(), ttl, Some(ReplicaAck::new(1, ms(50)))).await;
+    // 250 ms, not 50: the first lock must be acknowledged, and 50 ms was a scheduling
+    // deadline the replica missed under load (1 run of the file in 5 beside a busy core).
+    // Renewals fail once replication is cut, whatever the timeout.
+    let locker = locker_at(
+        &redis.master().url(),
+        ttl,
+        Some(ReplicaAck::new(1, ms(250))),
+    )
+    .await;
     let guard = locker.try_lock("k").await.expect("try_lock").expect("free");
     redis.cut_replication();
     // Renewals still reach the master but no replica confirms them: the holder must be told
@@ -155,6 +163,10 @@ async fn sentinel_locker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_locker_follows_a_failover_and_locks_on_the_new_master() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("dlock=debug")
+        .with_test_writer()
+        .try_init();
     let mut group = support::SentinelGroup::start(2).await;
     let ttl = Duration::from_secs(5);
     let locker = sentinel_locker(&group, ttl, Some(ReplicaAck::new(1, ms(200)))).await;
