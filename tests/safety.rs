@@ -439,3 +439,99 @@ async fn calls_are_bounded_even_with_a_long_ttl() {
     let closed = timeout(bound, locker.close()).await;
     assert!(closed.is_ok(), "close() hung on a blackholed server");
 }
+
+/// A connection that sends one command through `slow` when asked to (`slow_next`), and
+/// every other through `fast`: an acquire attempt on one connection and its undo on another,
+/// as after a Sentinel or `ConnectionManager` reconnect (a timed-out command's connection is
+/// replaced while the command itself is still on its way to the server).
+#[derive(Clone)]
+struct FirstCommandSlow {
+    slow: redis::aio::MultiplexedConnection,
+    fast: redis::aio::MultiplexedConnection,
+    slow_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FirstCommandSlow {
+    fn pick(&self) -> redis::aio::MultiplexedConnection {
+        if self
+            .slow_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.slow.clone()
+        } else {
+            self.fast.clone()
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for FirstCommandSlow {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        let mut conn = self.pick();
+        Box::pin(async move { conn.req_packed_command(cmd).await })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        let mut conn = self.pick();
+        Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// An attempt that times out, is undone on another connection, and only then reaches the
+/// server must not take the lock: nobody would own it, and the next try_lock of the same
+/// locker would find it held for a whole TTL ("nobody holds `after`" in the Sentinel
+/// failover test). The undo bars the attempt's token, so its late copy acquires nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_lands_after_its_undo_takes_nothing() {
+    let server = support::RedisServer::start().await;
+    let proxy = support::Proxy::start(server.addr()).await;
+    let connect = |url: String| async move {
+        let client = redis::Client::open(url).expect("url");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    };
+    let conn = FirstCommandSlow {
+        slow: connect(format!("redis://{}/", proxy.addr())).await,
+        fast: connect(server.url()).await,
+        slow_next: Default::default(),
+    };
+    let slow_next = conn.slow_next.clone();
+    let locker = Locker::builder(config(Driver::Redis, Duration::from_secs(30)))
+        .redis(conn)
+        .call_timeout(Duration::from_millis(100))
+        .build()
+        .expect("build");
+    // The scripts are loaded on the server first (a late EVALSHA of an unknown script would
+    // fail for that reason alone).
+    let warm = locker
+        .try_lock("warm")
+        .await
+        .expect("try_lock")
+        .expect("free");
+    warm.release().await.expect("release");
+    // The attempt's script waits in the proxy past the call timeout; its undo goes at once.
+    proxy.delay(Duration::from_millis(400));
+    slow_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    let first = locker.try_lock("late").await;
+    assert!(matches!(first, Err(Error::Backend { .. })), "{first:?}");
+    // Past the moment the attempt's script reached the server.
+    sleep(Duration::from_millis(800)).await;
+    let retry = locker.try_lock("late").await.expect("try_lock");
+    assert!(
+        retry.is_some(),
+        "the late attempt took the lock after its undo: nobody holds it, yet try_lock says held"
+    );
+}

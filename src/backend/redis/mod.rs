@@ -116,7 +116,7 @@ where
             let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
             let (token, ttl) = (request.token.to_owned(), request.ttl);
             async move {
-                let release = || scripts.release(&cx, &key, &lock_key, &token, ttl);
+                let release = || scripts.undo(&cx, &key, &lock_key, &token, ttl);
                 cx.until_confirmed("redis", &key, sent + ttl, release).await;
             }
         });
@@ -312,12 +312,49 @@ impl<C: ConnectionLike + Clone + Send + Sync> Scripts<C> {
         limit: Duration,
     ) -> Result<bool> {
         let limit = cx.bound(limit);
+        self.release_or_bar(cx, key, lock_key, token, limit, limit, "")
+            .await
+    }
+
+    /// Undoes an attempt whose outcome is unknown: releases it if it took the lock, and
+    /// otherwise bars its token for the attempt's `ttl`, so that the attempt takes nothing
+    /// if it reaches the server later (sent on a connection replaced meanwhile: release.lua,
+    /// ARGV[4]).
+    async fn undo(
+        &self,
+        cx: &Context,
+        key: &str,
+        lock_key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let limit = cx.bound(ttl);
+        self.release_or_bar(cx, key, lock_key, token, limit, ttl, "bar")
+            .await
+    }
+
+    /// One release.lua call bounded by `limit`, leaving its tombstone for `tombstone`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the script's arguments, one each"
+    )]
+    async fn release_or_bar(
+        &self,
+        cx: &Context,
+        key: &str,
+        lock_key: &str,
+        token: &str,
+        limit: Duration,
+        tombstone: Duration,
+        bar: &str,
+    ) -> Result<bool> {
         let mut release = RELEASE.prepare_invoke();
         release
             .key(lock_key)
             .arg(token)
-            .arg(millis(limit).max(1))
-            .arg(self.wakeups.id());
+            .arg(millis(tombstone).max(1))
+            .arg(self.wakeups.id())
+            .arg(bar);
         let released = self.call::<i64>(cx, key, limit, &release).await? == 1;
         if released {
             self.wakeups.released(lock_key);

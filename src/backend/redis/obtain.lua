@@ -4,7 +4,8 @@
 -- KEYS[1]  lock key. Its value is `<token>:<fencing token>` while held, then the value the
 --          holder published (see ARGV[4]), then the marks `!` and/or `^` of waiters that
 --          announced themselves (see ARGV[3]), then optionally `~<token>` of the holder released just before (see
---          release.lua); a released lock is a tombstone `~<token>` that counts as free.
+--          release.lua); a released lock is a tombstone `~<token>` that counts as free, except
+--          for the token it names (an undone attempt's late copy, a resent acquire).
 -- ARGV[1]  token of this acquisition (a ULID: no `:`, `!` or `~`)
 -- ARGV[2]  TTL in milliseconds
 -- ARGV[3]  how the caller listens for the release, when it waits for a notification: `!`
@@ -40,6 +41,11 @@ if value then
       local marked = string.sub(value, 1, released - 1) .. mark .. string.sub(value, released)
       redis.call('SET', KEYS[1], marked, 'KEEPTTL')
     end
+    return 0
+  end
+  -- A tombstone that bars this token: the attempt was undone (or released) before this copy
+  -- arrived, and must take nothing.
+  if string.find(value, '~' .. ARGV[1], 1, true) then
     return 0
   end
   previous = value

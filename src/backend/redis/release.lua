@@ -7,6 +7,10 @@
 -- ARGV[2]  how long the tombstone `~<token>` stays, in milliseconds: the window in which a
 --          resent release can still recognise its own earlier success
 -- ARGV[3]  id of the releasing store handle: it woke its own waiter already
+-- ARGV[4]  `bar` when this undoes an attempt whose outcome is unknown: if the attempt has not
+--          taken the lock (yet), its token is barred with a tombstone `~<token>` (for ARGV[2]),
+--          so that the attempt, should it reach the server later (sent on a connection that
+--          was replaced meanwhile), takes nothing (obtain.lua)
 --
 -- Publishes on `<lock key>:released` only when the value carries a waiter's mark, the way
 -- that waiter listens: `!` PUBLISH (broadcast to every node of a Cluster), `^` SPUBLISH
@@ -16,6 +20,9 @@
 -- or holds another acquisition.
 local value = redis.call('GET', KEYS[1])
 if not value then
+  if ARGV[4] == 'bar' then
+    redis.call('SET', KEYS[1], '~' .. ARGV[1], 'PX', ARGV[2])
+  end
   return 0
 end
 local own = ARGV[1] .. ':'
@@ -39,5 +46,9 @@ end
 local marker = '~' .. ARGV[1]
 if string.sub(value, -#marker) == marker then
   return 1
+end
+-- Another release's tombstone: the bar goes in front of it (its own end stays its own).
+if ARGV[4] == 'bar' and string.byte(value, 1) == 126 and not string.find(value, marker, 1, true) then
+  redis.call('SET', KEYS[1], marker .. value, 'PX', ARGV[2])
 end
 return 0
