@@ -64,6 +64,11 @@ async fn on_redis(fx: &Redis, tasks: usize, s: &Settings) {
 
     let pollers = vec![locker(fx).await, locker(fx).await];
     let polling = rate(tasks, window, polling(pollers, format!("hot-poll-{tasks}"))).await;
+    // The chart shows the 32-task case: one fair line for one task count.
+    if tasks == 32 {
+        super::charts::shares("dlock", &per_task);
+        super::charts::shares("rslock 0.10", &peer_per_task);
+    }
     println!(
         "| redis | {tasks} | {acquisitions:.0} | {attempts:.2} | {} | {peer:.0} | {peer_attempts:.2} | {} | {:.2}x | {polling:.0} |",
         shares(&per_task),

@@ -127,6 +127,11 @@ async fn rows(name: &str, holder: &Locker, waiter: &Locker, peer: &Peer, s: &Set
         let fast = handoff(holder, waiter, waited, samples, false).await;
         let theirs = peer.handoff(waited, samples).await;
         let slow = handoff(holder, waiter, waited, samples.min(10), true).await;
+        let wait = format!("{} ms wait", waited.as_millis());
+        super::charts::handoff(name, &format!("dlock, {wait}"), &fast);
+        if !theirs.is_empty() {
+            super::charts::handoff(name, &format!("{}, {wait}", peer.name()), &theirs);
+        }
         let peer_cells = if theirs.is_empty() {
             " | | ".to_owned()
         } else {

@@ -10,6 +10,9 @@
 //! 4. `hold`: 100,000 locks held, on Redis and on etcd: live heap per guard (`heap.rs`), the
 //!    CPU the client and the server spend on renewal, and etcd's lease count.
 //!
+//! Each section also records its figures for `charts.rs`, which ends the run by drawing
+//! them as SVG files in `benches/charts/` (shown by BENCHMARKS.md).
+//!
 //! Baselines are the floor (the least the job needs, `baselines.rs`) or a peer a user would
 //! pick instead (rslock, etcd's lock service), in the same run on the same server; never our
 //! own protocol sent by hand, which measures nothing but the client. The comparison points
@@ -25,6 +28,7 @@
 mod support;
 
 mod baselines;
+mod charts;
 mod contention;
 mod handoff;
 mod heap;
@@ -44,6 +48,8 @@ use support::fixtures::{Etcd, Memory, Redis};
 pub struct Settings {
     /// One measuring window of the throughput section (twice that for the hot key).
     pub window: Duration,
+    /// The task counts of the throughput section (the points of its chart).
+    pub task_counts: &'static [usize],
     /// Handoffs measured after the waiter waited 50 ms.
     pub handoff_samples: usize,
     /// Handoffs measured after the waiter waited 1 s.
@@ -58,6 +64,7 @@ impl Settings {
     fn full() -> Settings {
         Settings {
             window: Duration::from_secs(2),
+            task_counts: &[1, 4, 16, 64],
             handoff_samples: 40,
             long_wait_samples: 6,
             hold_locks: 100_000,
@@ -68,6 +75,7 @@ impl Settings {
     fn quick() -> Settings {
         Settings {
             window: Duration::from_millis(500),
+            task_counts: &[1, 64],
             handoff_samples: 10,
             long_wait_samples: 2,
             hold_locks: 2_000,
@@ -121,4 +129,5 @@ async fn run(s: Settings) {
     if wanted("hold") {
         hold::run(&redis, &etcd, &s).await;
     }
+    charts::write(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/charts"));
 }

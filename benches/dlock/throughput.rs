@@ -17,7 +17,7 @@ pub async fn run(redis: &Redis, etcd: &Etcd, memory: &Memory, s: &Settings) {
     println!("In-process: `tokio::sync::Mutex` as a comparison point, not a floor.\n");
     println!("| backend | tasks | dlock pairs/s | floor pairs/s | dlock / floor | peer | peer pairs/s | dlock / peer |");
     println!("|---|---|---|---|---|---|---|---|");
-    for tasks in [1, 64] {
+    for &tasks in s.task_counts {
         let dlock = boxed(lock_release(locker(redis).await));
         let (floor, peer) = (
             baselines::redis_floor(redis).await,
@@ -44,6 +44,9 @@ async fn against(name: &str, peer_name: &str, tasks: usize, s: &Settings, ops: [
         }
     }
     let [d, f, p] = best;
+    for (series, rate) in [("dlock", d), ("floor", f), (peer_name, p)] {
+        super::charts::throughput(name, series, tasks, rate);
+    }
     println!(
         "| {name} | {tasks} | {d:.0} | {f:.0} | {:.2}x | {peer_name} | {p:.0} | {:.2}x |",
         d / f,
