@@ -204,7 +204,7 @@ async fn failover_keeps_the_lock_and_quorum_loss_fires_lost() {
     let mut cluster = support::EtcdCluster::start(3).await;
     let holder = locker(cluster.client().await, ttl).await;
     let rival = locker(cluster.client().await, ttl).await;
-    let guard = holder.lock("failover").await.expect("lock");
+    let guard = first_lock(&holder, "failover").await;
     let lost = guard.lost();
 
     let leader = cluster.leader_index().await;
@@ -246,7 +246,7 @@ async fn a_lock_survives_a_minority_killed_again_and_again() {
     let mut cluster = support::EtcdCluster::start(3).await;
     let holder = locker(cluster.client().await, ttl).await;
     let rival = locker(cluster.client().await, ttl).await;
-    let guard = holder.lock("minority").await.expect("lock");
+    let guard = first_lock(&holder, "minority").await;
     let lost = guard.lost();
     for round in 0..3 {
         for role in ["leader", "follower"] {
@@ -292,7 +292,7 @@ async fn renewals_reach_a_surviving_member_when_one_endpoint_hangs() {
         .collect();
     let holder = locker(support::client_at(&endpoints).await, ttl).await;
     let rival = locker(cluster.client().await, ttl).await;
-    let guard = holder.lock("hung").await.expect("lock");
+    let guard = first_lock(&holder, "hung").await;
     let lost = guard.lost();
     for (member, proxy) in proxies.iter().enumerate() {
         proxy.blackhole();
@@ -309,6 +309,23 @@ async fn renewals_reach_a_surviving_member_when_one_endpoint_hangs() {
         .release()
         .await
         .expect("the lock was still held at the end");
+}
+
+/// The lock a member-loss test starts from. On a loaded machine a fresh cluster's first
+/// requests can fail with a transport error (an HTTP/2 keep-alive of the test client's 1 s
+/// missed: seen once in a README run beside the test loops); the test is about what
+/// happens afterwards, so such a first lock is tried again.
+async fn first_lock(holder: &Locker, key: &str) -> dlock::LockGuard {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match holder.lock(key).await {
+            Ok(guard) => return guard,
+            Err(Error::Backend { .. }) if Instant::now() < deadline => {
+                sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("the first lock of {key}: {e}"),
+        }
+    }
 }
 
 /// For `how_long`, every 200 ms: `lost` has not fired and `rival` cannot take `key` (a
