@@ -60,13 +60,21 @@ pub fn write(dir: &Path) {
     };
     std::fs::create_dir_all(dir).expect("chart directory");
     let mut written = Vec::new();
+    // "redis (no pub/sub: polls)" → "redis-no-pub-sub-polls": a file name on every system.
+    let file_name = |kind: &str, backend: &str| {
+        let words: Vec<&str> = backend
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        format!("{kind}-{}.svg", words.join("-"))
+    };
     for (backend, series) in &recorded.throughput {
-        let file = dir.join(format!("throughput-{backend}.svg"));
+        let file = dir.join(file_name("throughput", backend));
         draw_throughput(&file, backend, series).expect("throughput chart");
         written.push(file);
     }
     for (backend, series) in &recorded.handoff {
-        let file = dir.join(format!("handoff-{backend}.svg"));
+        let file = dir.join(file_name("handoff", backend));
         draw_handoff(&file, backend, series).expect("handoff chart");
         written.push(file);
     }
