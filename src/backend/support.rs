@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LockResult, Mutex};
 use std::time::Duration;
 
@@ -130,6 +131,10 @@ impl Context {
     /// Waits until no undo or release of this locker on `key` is in flight, at most the
     /// call timeout (one that cannot reach the server leaves the key to its TTL).
     pub(crate) async fn settled(&self, key: &str) {
+        // The common path: nothing in flight anywhere, no lock taken and no timer made.
+        if self.unsettled.count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let _ = timeout(self.call_timeout, self.unsettled.settled(key)).await;
     }
 
@@ -235,6 +240,8 @@ where
 /// that it never finds its own locker's leftover holding the lock.
 #[derive(Debug, Default)]
 struct Unsettled {
+    /// How many are in flight in all: every lock call reads it, and nearly always finds 0.
+    count: AtomicUsize,
     in_flight: Mutex<HashMap<String, usize>>,
     /// Notified each time one ends.
     settled: Notify,
@@ -246,6 +253,7 @@ impl Unsettled {
         *recover(this.in_flight.lock())
             .entry(key.to_owned())
             .or_default() += 1;
+        this.count.fetch_add(1, Ordering::SeqCst);
         Registration {
             unsettled: this.clone(),
             key: key.to_owned(),
@@ -257,12 +265,8 @@ impl Unsettled {
             let settled = self.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            {
-                let in_flight = recover(self.in_flight.lock());
-                // Almost always empty: no hashing on the common path.
-                if in_flight.is_empty() || !in_flight.contains_key(key) {
-                    return;
-                }
+            if !recover(self.in_flight.lock()).contains_key(key) {
+                return;
             }
             settled.await;
         }
@@ -283,6 +287,7 @@ impl Drop for Registration {
                 in_flight.remove(&self.key);
             }
         }
+        self.unsettled.count.fetch_sub(1, Ordering::SeqCst);
         drop(in_flight);
         self.unsettled.settled.notify_waiters();
     }

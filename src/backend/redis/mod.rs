@@ -116,7 +116,12 @@ where
             let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
             let (token, ttl) = (request.token.to_owned(), request.ttl);
             async move {
-                let release = || scripts.undo(&cx, &key, &lock_key, &token, ttl);
+                // Releases the attempt if it took the lock; otherwise bars its token for its
+                // TTL, so that it takes nothing if it reaches the server later (sent on a
+                // connection replaced meanwhile: release.lua, ARGV[4]).
+                let (limit, bar) = (cx.bound(ttl), "bar");
+                let release =
+                    || scripts.release_or_bar(&cx, &key, &lock_key, &token, limit, ttl, bar);
                 cx.until_confirmed("redis", &key, sent + ttl, release).await;
             }
         });
@@ -313,23 +318,6 @@ impl<C: ConnectionLike + Clone + Send + Sync> Scripts<C> {
     ) -> Result<bool> {
         let limit = cx.bound(limit);
         self.release_or_bar(cx, key, lock_key, token, limit, limit, "")
-            .await
-    }
-
-    /// Undoes an attempt whose outcome is unknown: releases it if it took the lock, and
-    /// otherwise bars its token for the attempt's `ttl`, so that the attempt takes nothing
-    /// if it reaches the server later (sent on a connection replaced meanwhile: release.lua,
-    /// ARGV[4]).
-    async fn undo(
-        &self,
-        cx: &Context,
-        key: &str,
-        lock_key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<bool> {
-        let limit = cx.bound(ttl);
-        self.release_or_bar(cx, key, lock_key, token, limit, ttl, "bar")
             .await
     }
 
