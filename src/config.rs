@@ -49,7 +49,7 @@ const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(3600);
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Driver {
-    /// Redis (single node, or Cluster): `SET NX PX` with a token, renewed by a watchdog.
+    /// Redis (single node, or Cluster): `SET NX PX` with a token, renewed by the locker's engine.
     Redis,
     /// etcd: a key attached to a lease kept alive, waiters queued by revision.
     Etcd,
@@ -132,7 +132,7 @@ pub struct Config {
 ///
 /// If fewer replicas acknowledge within `timeout`, an acquisition is undone (token-checked
 /// release) and the attempt fails with [`Error::Backend`](crate::Error::Backend) ("only 0 of
-/// 1 replicas acknowledged ..."); a renewal counts as unconfirmed, so the watchdog retries it
+/// 1 replicas acknowledged ..."); a renewal counts as unconfirmed, so the engine retries it
 /// until the lock's safety deadline and then fires `lost()`. A lock is safe from a failover
 /// only if the replica that gets promoted is one that acknowledged it: ask for as many
 /// replicas as can be promoted.

@@ -1,25 +1,20 @@
-//! `LockGuard`: a held lock and its whole lifecycle.
+//! `LockGuard`: a held lock, as its holder sees it.
 //!
-//! Acquisition hands the guard a [`Lease`](crate::backend::Lease) and the backend's held state ([`HeldLock`](crate::backend::erased::HeldLock)). From
-//! then on one task per guard, [`lifecycle`], owns both: it keeps it alive until either the guard asks for release (explicit
-//! [`LockGuard::release`], drop, or [`Locker::close`](crate::Locker::close)) or ownership is
-//! lost, and then it releases. Because that task is the only place that renews and the only
-//! place that releases, no renewal can follow a release, and drop needs no runtime of its
-//! own: it only signals the task.
+//! The guard owns a slot in its locker's engine (`src/engine/`), which renews the lock while
+//! the guard lives and fires the guard's `lost` token when ownership is lost. The guard ends
+//! the slot: [`LockGuard::release`] waits for the release, drop hands it to the engine. The
+//! whole lifecycle (renew, lose, release) and its invariants are in the engine.
 
 use pin_project::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{self, Poll};
-use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::backend::erased::Acquired;
-use crate::backend::{Context, Loss, Settling};
+use crate::engine::{Engine, SlotId};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 
 /// A held distributed lock. Dropping it releases the lock (asynchronously).
 ///
@@ -33,8 +28,8 @@ use crate::metrics::Metrics;
 ///
 /// # Drop
 ///
-/// Dropping the guard stops renewal and sends the release from the guard's background task,
-/// on the runtime that acquired it; drop itself never blocks and never panics. If that
+/// Dropping the guard stops renewal and hands the release to the locker's engine, which
+/// sends it in the background on the runtime that acquired the lock; drop itself never blocks and never panics. If that
 /// runtime is already shut down, nothing is sent and the key expires after its TTL.
 ///
 /// ```
@@ -56,40 +51,24 @@ pub struct LockGuard {
     fencing_token: u64,
     backend: &'static str,
     lost: CancellationToken,
-    release: CancellationToken,
-    task: Option<JoinHandle<Result<()>>>,
-    /// A dropped guard's release counts as unsettled there until it ends.
-    settling: Settling,
+    /// The lock in the engine; `None` once released.
+    slot: Option<SlotId>,
+    engine: Engine,
 }
 
 impl LockGuard {
-    /// Starts the lifecycle task of a freshly acquired lock, tracked by the locker. Its
-    /// release token is a child of the locker's closing token, so closing the locker
-    /// releases every guard.
-    pub(crate) fn start(
-        backend: &'static str,
-        acquired: Acquired,
-        cx: &Context,
-        metrics: Metrics,
-    ) -> LockGuard {
-        let (lost, release) = (CancellationToken::new(), cx.closing().child_token());
+    /// Hands a freshly acquired lock to the locker's engine, which renews it until the
+    /// guard releases it (or the locker closes).
+    pub(crate) fn start(backend: &'static str, acquired: Acquired, engine: &Engine) -> LockGuard {
         let (key, fencing_token) = (acquired.lease.key.clone(), acquired.lease.fencing_token);
-        let task = cx.track(lifecycle(
-            backend,
-            acquired,
-            cx.clone(),
-            lost.clone(),
-            release.clone(),
-            metrics,
-        ));
+        let (slot, lost) = engine.hold(acquired);
         LockGuard {
             key,
             fencing_token,
             backend,
             lost,
-            release,
-            task: Some(task),
-            settling: cx.settling(),
+            slot: Some(slot),
+            engine: engine.clone(),
         }
     }
 
@@ -196,25 +175,18 @@ impl LockGuard {
     /// # Ok(()) }
     /// ```
     pub async fn release(mut self) -> Result<()> {
-        self.release.cancel();
-        let task = self.task.take().expect("a guard is released only once");
-        match task.await {
-            Ok(result) => result,
-            Err(e) => Err(Error::backend(self.backend, &self.key, e)),
-        }
+        let slot = self.slot.take().expect("a guard is released only once");
+        self.engine.release(slot).await
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        // The lifecycle task sees this and releases; nothing here can block or panic.
-        self.release.cancel();
-        // Until that release ends, the locker's next attempt on this key waits for it
-        // rather than find the lock still held by this guard.
-        if let Some(task) = self.task.take().filter(|task| !task.is_finished()) {
-            self.settling.after(&self.key, async move {
-                let _ = task.await;
-            });
+        // The engine releases in the background; nothing here can block or panic. Until
+        // that release ends, the locker's next attempt on this key waits for it rather than
+        // find the lock still held by this guard.
+        if let Some(slot) = self.slot.take() {
+            self.engine.drop_slot(slot, &self.key);
         }
     }
 }
@@ -262,102 +234,5 @@ impl<F: Future> Future for Run<F> {
             return Poll::Ready(Err(Error::lost(&key)));
         }
         this.work.poll(cx).map(Ok)
-    }
-}
-
-/// Keeps the lock until release is requested or ownership is lost, then releases it.
-///
-/// `lost` fires no later than the safety deadline measured from the last confirmed renewal,
-/// whatever the release is doing: a release that hangs must not let the holder believe it
-/// still holds a lock that a rival may already have taken.
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn would keep a second copy of its arguments for the guard's life"
-)]
-fn lifecycle(
-    name: &'static str,
-    mut acquired: Acquired,
-    cx: Context,
-    lost: CancellationToken,
-    release: CancellationToken,
-    metrics: Metrics,
-) -> impl Future<Output = Result<()>> + Send {
-    // An `async` block rather than an `async fn`, and `acquired` used in place rather than
-    // destructured: either would keep a second copy of the arguments in the task for the
-    // guard's whole life.
-    async move {
-        let mut confirmed = acquired.confirmed_at;
-        let loss = tokio::select! {
-            biased;
-            _ = release.cancelled() => None,
-            loss = acquired.held.keep(&cx, &acquired.lease, &mut confirmed) => Some(loss),
-        };
-        if let Some(later) = acquired.held.confirmed() {
-            confirmed = confirmed.max(later);
-        }
-        // Boxed: the ending runs once, so the task that lives as long as the guard need
-        // not reserve room for its state (the release call and the deadline timer).
-        Box::pin(end(name, acquired, confirmed, loss, cx, lost, metrics)).await
-    }
-}
-
-/// Releases the lock once renewal stopped: after a `loss`, or on request (`None`).
-/// `confirmed`: the send time of the last command that proved ownership.
-async fn end(
-    name: &'static str,
-    acquired: Acquired,
-    confirmed: Instant,
-    loss: Option<Loss>,
-    cx: Context,
-    lost: CancellationToken,
-    metrics: Metrics,
-) -> Result<()> {
-    let Acquired {
-        lease,
-        confirmed_at: held_since,
-        held,
-    } = acquired;
-    // Past this instant the server has forgotten the key: no release call is worth more.
-    let expiry = confirmed + lease.ttl;
-    if let Some(loss) = loss {
-        lost.cancel();
-        metrics.lost(name, &lease.key);
-        tracing::warn!(component = "dlock", backend = name, key = %lease.key,
-            fencing_token = lease.fencing_token, reason = %loss, "ownership lost");
-        // If renewal merely went unconfirmed, the key may still be ours: free it for the next
-        // holder now rather than at expiry. A token-checked release cannot harm another holder.
-        let _ = held.release(&cx, &lease, expiry).await;
-        return Err(Error::lost(&lease.key));
-    }
-    let releasing = held.release(&cx, &lease, expiry);
-    tokio::pin!(releasing);
-    let outcome = tokio::select! {
-        outcome = &mut releasing => outcome,
-        _ = sleep_until(lease.deadline(confirmed)) => {
-            lost.cancel();
-            releasing.await
-        }
-    };
-    lost.cancel();
-    match outcome {
-        Ok(true) => {
-            metrics.released(name, &lease.key, Instant::now() - held_since);
-            tracing::debug!(component = "dlock", backend = name, key = %lease.key,
-                fencing_token = lease.fencing_token, "lock released");
-            Ok(())
-        }
-        Ok(false) => {
-            metrics.lost(name, &lease.key);
-            tracing::warn!(component = "dlock", backend = name, key = %lease.key,
-                fencing_token = lease.fencing_token,
-                "ownership lost before release: the key was deleted or taken");
-            Err(Error::lost(&lease.key))
-        }
-        Err(e) => {
-            tracing::error!(component = "dlock", backend = name, key = %lease.key,
-                fencing_token = lease.fencing_token, error = %e,
-                "release failed; the key will expire after its TTL");
-            Err(e)
-        }
     }
 }

@@ -60,7 +60,7 @@
 //! # Backends
 //!
 //! - **Redis** ([`Driver::Redis`], feature `redis`): `SET NX PX` with a ULID token in a Lua
-//!   script that also draws the fencing token; a watchdog renews every TTL/3; a waiter marks
+//!   script that also draws the fencing token; the locker's engine renews every TTL/3, in batches; a waiter marks
 //!   the held lock, and a marked release is published so waiters retry at once (unmarked
 //!   releases publish nothing). Single node or Cluster.
 //! - **etcd** ([`Driver::Etcd`], feature `etcd`): a key per acquisition, attached to the
@@ -95,6 +95,7 @@ mod backend;
 mod compat;
 mod config;
 mod election;
+mod engine;
 mod error;
 mod guard;
 mod holder;

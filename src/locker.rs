@@ -11,6 +11,7 @@ use crate::backend::erased::{erase, Acquired, BoxFuture, SharedBackend};
 use crate::backend::memory::{MemoryBackend, MemoryStore};
 use crate::backend::{Context, Request};
 use crate::config::{check_ttl, Config, Driver, MAX_KEY_LEN};
+use crate::engine::Engine;
 use crate::error::{display_key, Error, Result};
 use crate::guard::LockGuard;
 use crate::holder::MAX_VALUE;
@@ -47,6 +48,8 @@ struct Inner {
     backend: SharedBackend,
     /// Everything the locker starts runs on it, so that `close()` can wait for it.
     context: Context,
+    /// Keeps every lock this locker holds, from grant to release.
+    engine: Engine,
     registry: Registry,
     metrics: Metrics,
 }
@@ -375,11 +378,14 @@ impl LockerBuilder {
             let _ = self.key_attribute;
             Metrics::default()
         };
+        let context = Context::new(self.call_timeout);
+        let engine = Engine::new(backend.clone(), context.clone(), metrics.clone());
         Ok(Locker {
             inner: Arc::new(Inner {
                 config,
                 backend,
-                context: Context::new(self.call_timeout),
+                context,
+                engine,
                 registry: Registry::default(),
                 metrics,
             }),
@@ -713,11 +719,10 @@ impl Locker {
                 confirmed_at,
                 held,
             } = acquired;
-            let cleanup = cx.clone();
+            let (cleanup, backend) = (cx.clone(), inner.backend.clone());
             cx.spawn_undo(call.key, async move {
-                let _ = held
-                    .release(&cleanup, &lease, confirmed_at + lease.ttl)
-                    .await;
+                let expiry = confirmed_at + lease.ttl;
+                let _ = backend.release(&cleanup, &lease, held, expiry).await;
             });
             return Err(self.failed(
                 call,
@@ -729,7 +734,7 @@ impl Locker {
             ));
         }
         let fencing_token = acquired.lease.fencing_token;
-        let guard = LockGuard::start(name, acquired, cx, inner.metrics.clone());
+        let guard = LockGuard::start(name, acquired, &inner.engine);
         if self.is_closed() {
             return Err(Error::Closed); // the guard's drop releases at once
         }

@@ -61,7 +61,7 @@ impl Registry {
         matches!(self.slots().get(key), Some(Slot::Held(_)))
     }
 
-    /// Drops every held guard (each drop asks its lifecycle task to release).
+    /// Drops every held guard (each drop hands its release to the engine).
     pub fn clear(&self) {
         let slots = std::mem::take(&mut *self.slots());
         drop(slots);

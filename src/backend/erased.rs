@@ -1,16 +1,18 @@
 //! The one seam where a backend's type is erased: `LockerBuilder::backend` boxes the backend
-//! once ([`erase`]), and every grant it makes is boxed once with its held state
-//! ([`HeldLock`]). The locker and the guard see only these two object-safe traits; the
-//! futures they return are boxed here and nowhere else.
+//! once ([`erase`]), and every grant it makes boxes its held state once ([`Held`]). The
+//! locker and the engine see only the object-safe [`DynBackend`]; the futures it returns are
+//! boxed here and nowhere else.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::{Backend, Context, Lease, Loss, Request};
+use super::{Backend, Context, Lease, Renewal, Request};
 use crate::config::Driver;
 use crate::error::Result;
 use crate::Holder;
@@ -25,12 +27,22 @@ pub(crate) fn erase<B: Backend>(backend: B) -> SharedBackend {
     Arc::new(Seam(Arc::new(backend)))
 }
 
-/// A granted lock, its backend's type erased: what the locker turns into a guard.
+/// A backend's held state, its type erased: only the [`Seam`] of the backend that made it
+/// looks inside (by downcasting to its `Backend::Held`).
+pub(crate) type Held = Box<dyn Any + Send>;
+
+/// A granted lock, its backend's type erased: what the locker hands to the engine.
 pub(crate) struct Acquired {
     pub lease: Lease,
     /// Send time of the acquiring command.
     pub confirmed_at: Instant,
-    pub held: Box<dyn HeldLock>,
+    pub held: Held,
+}
+
+/// A held lock as the engine keeps it: what a renewal or the release needs.
+pub(crate) struct Kept {
+    pub lease: Lease,
+    pub held: Held,
 }
 
 /// [`Backend`], object-safe.
@@ -56,34 +68,27 @@ pub(crate) trait DynBackend: Send + Sync {
         key: &'a str,
         storage_key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Holder>>>;
-}
-
-/// A held lock's backend and state, object-safe: what the guard's lifecycle task owns.
-pub(crate) trait HeldLock: Send {
-    /// [`Backend::keep`].
-    fn keep<'a>(
-        &'a mut self,
+    /// [`Backend::renew_many`]: one answer per lock of `locks`, in order.
+    fn renew_many<'a>(
+        &'a self,
         cx: &'a Context,
-        lease: &'a Lease,
-        confirmed: &'a mut Instant,
-    ) -> BoxFuture<'a, Loss>;
+        locks: &'a mut [Kept],
+    ) -> BoxFuture<'a, Vec<Result<Renewal>>>;
     /// [`Backend::confirmed`].
-    fn confirmed(&self) -> Option<Instant>;
+    fn confirmed(&self, held: &Held) -> Option<Instant>;
+    /// [`Backend::loss_signal`].
+    fn loss_signal(&self, held: &Held) -> Option<CancellationToken>;
     /// [`Backend::release`], given up when the server forgets the lock anyway (`expiry`).
     fn release<'a>(
-        self: Box<Self>,
+        &'a self,
         cx: &'a Context,
         lease: &'a Lease,
+        held: Held,
         expiry: Instant,
     ) -> BoxFuture<'a, Result<bool>>;
 }
 
 struct Seam<B>(Arc<B>);
-
-struct Holding<B: Backend> {
-    backend: Arc<B>,
-    held: B::Held,
-}
 
 impl<B: Backend> Seam<B> {
     fn acquired(
@@ -94,10 +99,7 @@ impl<B: Backend> Seam<B> {
         grant.map(|grant| Acquired {
             lease: Lease::new(request, grant.fencing_token),
             confirmed_at: grant.confirmed_at,
-            held: Box::new(Holding {
-                backend: self.0.clone(),
-                held: grant.held,
-            }),
+            held: Box::new(grant.held),
         })
     }
 }
@@ -150,32 +152,43 @@ impl<B: Backend> DynBackend for Seam<B> {
     ) -> BoxFuture<'a, Result<Option<Holder>>> {
         Box::pin(self.0.holder(cx, key, storage_key))
     }
-}
 
-impl<B: Backend> HeldLock for Holding<B> {
-    fn keep<'a>(
-        &'a mut self,
+    fn renew_many<'a>(
+        &'a self,
         cx: &'a Context,
-        lease: &'a Lease,
-        confirmed: &'a mut Instant,
-    ) -> BoxFuture<'a, Loss> {
-        // Boxed: it lives as long as the guard, and the backends' futures differ in size by
-        // kilobytes (etcd's gRPC state), which every guard would otherwise pay for.
-        Box::pin(self.backend.keep(cx, lease, &mut self.held, confirmed))
+        locks: &'a mut [Kept],
+    ) -> BoxFuture<'a, Vec<Result<Renewal>>> {
+        let locks = locks
+            .iter_mut()
+            .map(|kept| (&kept.lease, own::<B>(&mut kept.held)))
+            .collect();
+        Box::pin(self.0.renew_many(cx, locks))
     }
 
-    fn confirmed(&self) -> Option<Instant> {
-        self.backend.confirmed(&self.held)
+    fn confirmed(&self, held: &Held) -> Option<Instant> {
+        self.0.confirmed(held.downcast_ref().expect(FOREIGN))
+    }
+
+    fn loss_signal(&self, held: &Held) -> Option<CancellationToken> {
+        self.0.loss_signal(held.downcast_ref().expect(FOREIGN))
     }
 
     fn release<'a>(
-        self: Box<Self>,
+        &'a self,
         cx: &'a Context,
         lease: &'a Lease,
+        held: Held,
         expiry: Instant,
     ) -> BoxFuture<'a, Result<bool>> {
         let limit = expiry.saturating_duration_since(Instant::now());
-        let Holding { backend, held } = *self;
-        Box::pin(async move { backend.release(cx, lease, held, limit).await })
+        let held = *held.downcast::<B::Held>().expect(FOREIGN);
+        Box::pin(self.0.release(cx, lease, held, limit))
     }
+}
+
+/// Every held state a locker keeps was made by that locker's one backend.
+const FOREIGN: &str = "a held lock handed to a backend that did not grant it";
+
+fn own<B: Backend>(held: &mut Held) -> &mut B::Held {
+    held.downcast_mut().expect(FOREIGN)
 }

@@ -1,9 +1,10 @@
 //! The [`Backend`] trait: what a lock server must do for dlock, and nothing more.
 //!
 //! A backend makes single attempts, renews and releases what it holds; it knows nothing of
-//! guards, registries or metrics. Waiting ([`Backend::acquire`]) and keeping a lock alive
-//! ([`Backend::keep`]) are provided on top of those calls and may be overridden (etcd queues
-//! waiters natively). The locker erases the backend's type once, when it is given to the
+//! guards, registries or metrics. Waiting ([`Backend::acquire`]) and renewing in batches
+//! ([`Backend::renew_many`]) are provided on top of those calls and may be overridden (etcd
+//! queues waiters natively). When each lock is renewed is the locker's engine's business
+//! (`src/engine/`). The locker erases the backend's type once, when it is given to the
 //! builder (`erased.rs`); nothing else in the crate is generic over backends.
 //!
 //! Public with the cargo feature `unstable-backend`: the trait may still change between
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Driver;
 use crate::error::Result;
@@ -38,14 +40,14 @@ pub(crate) use support::safety_margin;
 pub use support::Context;
 #[cfg_attr(not(feature = "unstable-backend"), allow(unused_imports))]
 pub use support::UndoOnDrop;
-pub(crate) use support::{recover, Settling};
+pub(crate) use support::{recover, Unsettling};
 pub use wake::Wakeups;
 
 /// A lock server, as dlock drives it.
 ///
 /// Implement [`try_acquire`](Backend::try_acquire), [`renew`](Backend::renew) and
-/// [`release`](Backend::release), and name the backend; waiting and the renewal watchdog
-/// come with it. Give it to a locker with
+/// [`release`](Backend::release), and name the backend; waiting and batched renewal come
+/// with it, and the locker's engine decides when each lock is renewed (every TTL/3). Give it to a locker with
 /// [`LockerBuilder::backend`](crate::LockerBuilder::backend).
 ///
 /// # Contract
@@ -68,7 +70,7 @@ pub use wake::Wakeups;
 /// 5. **Renewal outcomes mean what they say.** `Ok(Renewal::Renewed)`: the server extended
 ///    the lock by its TTL, counted from when the renewal was *sent*. `Ok(Renewal::Lost(_))`:
 ///    the server proved it is not ours (deleted, taken, its lease ended); the holder is told
-///    at once. `Err(_)`: unknown; the watchdog retries until the safety deadline.
+///    at once. `Err(_)`: unknown; the engine retries every TTL/10 until the safety deadline.
 /// 6. **Bounded calls.** No server call waits longer than it is useful (an attempt: the
 ///    request's safety deadline; a release: `limit`) nor longer than the locker's call
 ///    timeout: use [`Context::call`] or [`Context::bound`].
@@ -217,26 +219,37 @@ pub trait Backend: Send + Sync + 'static {
         held: &mut Self::Held,
     ) -> impl Future<Output = Result<Renewal>> + Send;
 
-    /// Keeps the lock alive; returns only when ownership is lost. `confirmed` is the send
-    /// time of the last command that proved ownership, kept current for the caller (or
-    /// told by [`confirmed`](Backend::confirmed)), which fires `lost()` at
-    /// [`Lease::deadline`] of it. The default renews every TTL/3 and
-    /// retries errors every TTL/10 until that deadline. Dropping the future stops renewal.
-    fn keep(
-        &self,
-        cx: &Context,
-        lease: &Lease,
-        held: &mut Self::Held,
-        confirmed: &mut Instant,
-    ) -> impl Future<Output = Loss> + Send {
-        support::watchdog(self, cx, lease, held, confirmed)
+    /// Renews many held locks at once, one answer per lock in the order given (contract
+    /// point 5 for each). The locker's engine calls it with every renewal that falls due in
+    /// the same tick, so that a backend can send them together (Redis: a few script calls
+    /// for hundreds of locks). The default renews each with [`renew`](Backend::renew), all
+    /// at once.
+    fn renew_many<'a>(
+        &'a self,
+        cx: &'a Context,
+        locks: Vec<(&'a Lease, &'a mut Self::Held)>,
+    ) -> impl Future<Output = Vec<Result<Renewal>>> + Send + 'a {
+        let renewals = locks
+            .into_iter()
+            .map(move |(lease, held)| self.renew(cx, lease, held));
+        futures_util::future::join_all(renewals)
     }
 
-    /// The send time of the latest command that proved `held` still ours, when the backend
-    /// knows a later one than [`keep`](Backend::keep) reported (a session confirming all its
-    /// locks at once need not wake each lock's `keep` to report it). The locker reads it
-    /// once `keep` has stopped, to bound the release. The default: `None`.
+    /// The send time of the latest command that proved `held` still ours, for a backend
+    /// whose locks are kept alive by something else than [`renew`](Backend::renew) (etcd:
+    /// one session's keep-alive confirms all its locks). When it is `Some`, a renewal that
+    /// answers [`Renewal::Renewed`] only says that nothing proved the lock lost, and the
+    /// lock counts as confirmed at this time, not at the renewal's send time. The
+    /// default: `None`, every renewal is a server's answer.
     fn confirmed(&self, held: &Self::Held) -> Option<Instant> {
+        let _ = held;
+        None
+    }
+
+    /// A token the backend cancels as soon as it learns that `held` is lost (a session that
+    /// ended, a watched key deleted): the guard's `lost()` then fires at once rather than
+    /// at the next renewal, which still reports why. The default: `None`.
+    fn loss_signal(&self, held: &Self::Held) -> Option<CancellationToken> {
         let _ = held;
         None
     }
@@ -401,10 +414,9 @@ impl Renewal {
     }
 }
 
-/// Why a held lock is no longer ours, as [`Backend::keep`] reports it.
+/// Why a held lock is no longer ours, as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Loss {
+pub(crate) enum Loss {
     /// The server proved the lock is not ours: deleted, taken, its lease ended.
     NotHeld(&'static str),
     /// No renewal could be confirmed before the safety deadline.

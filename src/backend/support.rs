@@ -1,6 +1,6 @@
 //! What every backend shares, written once: the locker's [`Context`] (tracked spawns, the
 //! bounded call), [`UndoOnDrop`] for interrupted acquires, poisoned-lock recovery, and the
-//! provided waiting loop and watchdog of [`Backend`].
+//! provided waiting loop of [`Backend`].
 // The in-process backend alone needs none of the helpers for server calls.
 #![cfg_attr(
     not(any(feature = "redis", feature = "etcd", feature = "unstable-backend")),
@@ -15,14 +15,13 @@ use std::sync::{Arc, LockResult, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
-use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use super::permission::refused_right;
-use super::{Backend, Grant, Lease, Loss, Renewal, Request};
+use super::{Backend, Grant, Request};
 use crate::error::{BoxError, Error, Result};
 
 /// What the locker lends its backend: where background work runs (so that
@@ -178,14 +177,6 @@ impl Context {
         &self.closing
     }
 
-    /// Runs a guard's lifecycle task, tracked.
-    pub(crate) fn track<T: Send + 'static>(
-        &self,
-        work: impl Future<Output = T> + Send + 'static,
-    ) -> JoinHandle<T> {
-        self.tasks.spawn(work)
-    }
-
     /// Held by a lock call until it returns: `close()` waits for calls in flight too.
     pub(crate) fn in_flight(&self) -> TaskTrackerToken {
         self.tasks.token()
@@ -249,12 +240,12 @@ struct Unsettled {
 
 impl Unsettled {
     /// Counts one piece of work on `key` until the returned value is dropped.
-    fn register(this: &Arc<Unsettled>, key: &str) -> Registration {
+    fn register(this: &Arc<Unsettled>, key: &str) -> Unsettling {
         *recover(this.in_flight.lock())
             .entry(key.to_owned())
             .or_default() += 1;
         this.count.fetch_add(1, Ordering::SeqCst);
-        Registration {
+        Unsettling {
             unsettled: this.clone(),
             key: key.to_owned(),
         }
@@ -273,12 +264,13 @@ impl Unsettled {
     }
 }
 
-struct Registration {
+/// One piece of unsettled work on a key, counted until dropped.
+pub(crate) struct Unsettling {
     unsettled: Arc<Unsettled>,
     key: String,
 }
 
-impl Drop for Registration {
+impl Drop for Unsettling {
     fn drop(&mut self) {
         let mut in_flight = recover(self.unsettled.in_flight.lock());
         if let Some(count) = in_flight.get_mut(&self.key) {
@@ -298,17 +290,10 @@ impl Drop for Registration {
 pub(crate) struct Settling(Arc<Unsettled>);
 
 impl Settling {
-    /// Runs `work` in the background (nothing without a runtime), counted as unsettled on
-    /// `key` from now until it ends. Untracked: use it only for work that is itself tracked
-    /// or bounded (a guard's lifecycle task, an undo spawned through [`Context::spawn`]).
-    pub(crate) fn after(&self, key: &str, work: impl Future<Output = ()> + Send + 'static) {
-        let registration = Unsettled::register(&self.0, key);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                work.await;
-                drop(registration);
-            });
-        }
+    /// Counts one piece of work on `key` as unsettled until the returned value is dropped:
+    /// the release of a dropped guard.
+    pub(crate) fn hold(&self, key: &str) -> Unsettling {
+        Unsettled::register(&self.0, key)
     }
 }
 
@@ -373,107 +358,4 @@ where
 
 fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.8 + 0.4 * fastrand::f64())
-}
-
-/// The renewal time `due` moved back onto a grid of 1/32 of the renewal period (at most
-/// 100 ms) shared by the whole process: guards with the same TTL then renew together, in
-/// one timer tick and one write to the server, instead of each waking the runtime on its
-/// own. Renewing up to a grid step early is always safe.
-fn on_renewal_grid(due: Instant, period: Duration) -> Instant {
-    static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-    let step = (period / 32).min(Duration::from_millis(100));
-    let origin = *ORIGIN;
-    if step.is_zero() || due <= origin {
-        return due;
-    }
-    let step = step.as_nanos() as u64; // at most 100 ms
-    let since = u64::try_from((due - origin).as_nanos()).unwrap_or(u64::MAX);
-    origin + Duration::from_nanos(since - since % step)
-}
-
-/// [`Backend::keep`]'s default: renews every TTL/3 (a little earlier, see
-/// [`on_renewal_grid`]). Transient errors are retried every
-/// TTL/10 until the safety deadline, measured from the send time of the last confirmed
-/// command (`confirmed`, kept current); then the lock is declared lost.
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn would keep a second copy of its arguments for the guard's life"
-)]
-pub(crate) fn watchdog<'b, 'c, 'l, 'h, 'i, B: Backend + ?Sized>(
-    backend: &'b B,
-    cx: &'c Context,
-    lease: &'l Lease,
-    held: &'h mut B::Held,
-    confirmed: &'i mut Instant,
-) -> impl Future<Output = Loss> + Send + use<'b, 'c, 'l, 'h, 'i, B> {
-    // An `async` block rather than an `async fn`: the latter would keep a second copy of
-    // the arguments in the future, which lives as long as the guard.
-    async move {
-        let period = lease.ttl / 3;
-        let retry = (lease.ttl / 10).max(Duration::from_millis(5));
-        let mut next = on_renewal_grid(*confirmed + period, period);
-        let mut last_error = None;
-        loop {
-            let deadline = lease.deadline(*confirmed);
-            sleep_until(next.min(deadline)).await;
-            let sent = Instant::now();
-            if sent >= deadline {
-                return Loss::Unconfirmed { last_error };
-            }
-            // Boxed with its timer: a guard sleeps far more than it renews, so keep its
-            // resident state small.
-            match Box::pin(timeout_at(deadline, backend.renew(cx, lease, held))).await {
-                Ok(Ok(Renewal::Renewed)) => {
-                    *confirmed = sent;
-                    next = on_renewal_grid(sent + period, period);
-                    last_error = None;
-                }
-                Ok(Ok(Renewal::Lost(reason))) => return Loss::NotHeld(reason),
-                Ok(Err(e)) => {
-                    tracing::warn!(
-                        component = "dlock",
-                        backend = backend.name(),
-                        key = %lease.key,
-                        fencing_token = lease.fencing_token,
-                        error = %e,
-                        "renewal failed; retrying until the lock can no longer be proven held"
-                    );
-                    last_error = Some(e.to_string());
-                    next = sent + retry;
-                }
-                Err(_) => return Loss::Unconfirmed { last_error },
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use tokio::time::Instant;
-
-    use super::on_renewal_grid;
-
-    #[test]
-    fn renewals_move_earlier_by_less_than_a_grid_step_and_line_up() {
-        let period = Duration::from_millis(3333);
-        let step = period / 32;
-        let now = Instant::now();
-        for offset_ms in [0, 1, 50, 103, 104, 2000, 3333] {
-            let due = now + period + Duration::from_millis(offset_ms);
-            let renew_at = on_renewal_grid(due, period);
-            assert!(renew_at <= due, "a renewal moved later than it was due");
-            assert!(
-                due - renew_at < step,
-                "a renewal moved earlier by a step or more"
-            );
-        }
-        let (a, b) = (now + period, now + period + step / 4);
-        assert!(
-            on_renewal_grid(a, period) == on_renewal_grid(b, period)
-                || on_renewal_grid(b, period) - on_renewal_grid(a, period) == step,
-            "renewals due close together did not share a grid point"
-        );
-    }
 }

@@ -30,8 +30,9 @@ mod session;
 
 use std::time::Duration;
 
-use etcd_client::{Client, LeaseTimeToLiveOptions};
+use etcd_client::Client;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{Backend, Context, Grant, Lease, Loss, Renewal, Request};
 use crate::config::Driver;
@@ -68,17 +69,6 @@ impl EtcdBackend {
             sessions: Sessions::new(client.clone()),
             client,
         }
-    }
-
-    /// Whether our key still exists with our create revision, on our session's lease.
-    async fn still_ours(&self, cx: &Context, lease: &Lease, held: &EtcdHeld) -> Result<bool> {
-        let mut kv = self.client.kv_client();
-        let get = kv.get(held.attachment.own_key.as_bytes(), None);
-        let reply = cx.call("etcd", &lease.key, lease.ttl, get).await?;
-        Ok(reply.kvs().first().is_some_and(|kv| {
-            kv.create_revision() as u64 == lease.fencing_token
-                && kv.lease() == held.attachment.session.lease_id
-        }))
     }
 
     /// Puts a key for `request` in its queue (only if the queue is empty when `wait` is
@@ -177,37 +167,32 @@ impl Backend for EtcdBackend {
         Ok(Some(entry.grant()))
     }
 
-    /// A one-off renewal, for completeness: [`Backend::keep`] below renews every lock of a
-    /// session at once instead.
-    async fn renew(&self, cx: &Context, lease: &Lease, held: &mut EtcdHeld) -> Result<Renewal> {
-        let session = &held.attachment.session;
-        let mut leases = self.client.lease_client();
-        let ttl = leases.time_to_live(session.lease_id, Some(LeaseTimeToLiveOptions::new()));
-        if cx.call("etcd", &lease.key, lease.ttl, ttl).await?.ttl() <= 0 {
-            return Ok(Renewal::Lost("the session lease expired or was revoked"));
+    /// Answers from the session, with no server call: the session's keep-alive renews
+    /// every lock attached to it at once and checks their keys (`session.rs`), and it
+    /// cancels a lock's attachment as soon as the lock is lost.
+    async fn renew(&self, _cx: &Context, lease: &Lease, held: &mut EtcdHeld) -> Result<Renewal> {
+        if !held.attachment.is_gone() {
+            return Ok(Renewal::Renewed);
         }
-        Ok(Renewal::still_ours(self.still_ours(cx, lease, held).await?))
-    }
-
-    /// Follows the session: the lock is lost when the session ends (lost, or unconfirmed at
-    /// the safety deadline: no timer per lock) or the key alone is gone. Nothing wakes the
-    /// lock at each of the session's renewals: its confirmation is read when it is needed
-    /// ([`Backend::confirmed`]).
-    async fn keep(
-        &self,
-        _cx: &Context,
-        _lease: &Lease,
-        held: &mut EtcdHeld,
-        confirmed: &mut Instant,
-    ) -> Loss {
-        held.attachment.gone().await;
-        *confirmed = (*confirmed).max(held.attachment.session.confirmed());
-        held.attachment.loss()
+        match held.attachment.loss() {
+            Loss::NotHeld(reason) => Ok(Renewal::Lost(reason)),
+            // Unconfirmed until the safety deadline: the engine sees that deadline too.
+            Loss::Unconfirmed { last_error } => Err(crate::Error::backend(
+                "etcd",
+                &lease.key,
+                last_error.unwrap_or_else(|| "the session's renewal went unanswered".into()),
+            )),
+        }
     }
 
     /// Every renewal of the session confirms each lock attached to it.
     fn confirmed(&self, held: &EtcdHeld) -> Option<Instant> {
         Some(held.attachment.session.confirmed())
+    }
+
+    /// The attachment's token: cancelled when the session ends or the key alone is gone.
+    fn loss_signal(&self, held: &EtcdHeld) -> Option<CancellationToken> {
+        Some(held.attachment.gone_token())
     }
 
     /// The head of the queue; its lease's remaining TTL is what remains of the lock's.

@@ -248,6 +248,16 @@ impl Attachment {
         self.gone.cancelled().await
     }
 
+    /// Whether the key is gone.
+    pub fn is_gone(&self) -> bool {
+        self.gone.is_cancelled()
+    }
+
+    /// Cancelled when the key is gone.
+    pub fn gone_token(&self) -> CancellationToken {
+        self.gone.clone()
+    }
+
     /// Why the key is gone: its session ended, or the key alone was deleted.
     pub fn loss(&self) -> Loss {
         self.session

@@ -1,31 +1,20 @@
-//! Renewals batched per backend: a guard's renewal joins a queue, and one task sends the
-//! queue as few `refresh_many.lua` calls as it can (at most [`MAX_BATCH`] locks each, and
-//! on a Cluster one call per hash slot, since a script's keys must share one).
+//! Renewals in batches: the engine hands over every renewal that falls due in the same tick
+//! ([`Backend::renew_many`](crate::backend::Backend::renew_many)), and they leave as few
+//! `refresh_many.lua` calls as they can: at most [`MAX_BATCH`] locks each, and on a Cluster
+//! one call per hash slot, since a script's keys must share one. The calls go out at once,
+//! on the backend's multiplexed connection.
 //!
-//! Renewals fall due together: the watchdog moves them onto a shared grid
-//! (`support::on_renewal_grid`), so the locks of one TTL wake in the same timer tick and
-//! their renewals meet in the queue. The sending task yields once before it takes the
-//! queue, so that renewals woken in the same tick join it; renewals that arrive while a
-//! batch is in flight go in the next one. A guard still owns its renewal: it decides when
-//! to renew, waits for its own answer, and stops renewing when it is dropped.
-//!
-//! A renewal is counted from its send time by the watchdog (contract point 5), before it
-//! waits in the queue: the server's new expiry is later, never earlier.
-//!
-//! A guard that is released stops waiting for its renewal, and a batch leaves out every
-//! renewal nobody waits for any more. A renewal already in a batch on its way can reach
-//! the server just after the release; it is token-checked like every renewal, so it finds
-//! the release's tombstone (or a newer holder) and extends nothing.
+//! Each lock is token-checked like a single renewal: a batch sent just before a release
+//! reaches the server before it (the engine sends no release while a renewal is away), and
+//! one that found its lock gone or taken extends nothing.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::Script;
-use tokio::sync::oneshot;
 
 use super::{millis, Scripts};
-use crate::backend::{recover, Context};
+use crate::backend::{Context, Lease, Renewal};
 use crate::error::{Error, Result};
 
 static REFRESH_MANY: std::sync::LazyLock<Script> =
@@ -35,170 +24,116 @@ static REFRESH_MANY: std::sync::LazyLock<Script> =
 /// server (a single-threaded Redis runs nothing else during a script) for long.
 pub(super) const MAX_BATCH: usize = 100;
 
-/// The queue of one backend's renewals.
-pub(super) struct Batcher {
-    queue: Mutex<Queue>,
-    /// Whether the connection is a Redis Cluster's: then batches are split by hash slot.
+/// Renews `locks` (lease, token), one answer per lock in order. `cluster`: split by slot.
+pub(super) async fn renew_many<C>(
+    scripts: &Scripts<C>,
+    cx: &Context,
+    locks: &[(&Lease, &mut String)],
     cluster: bool,
-}
-
-#[derive(Default)]
-struct Queue {
-    pending: Vec<Pending>,
-    /// Whether a task is sending (it takes what is pending until the queue is empty).
-    sending: bool,
-}
-
-struct Pending {
-    key: String,
-    storage_key: String,
-    token: String,
-    ttl: Duration,
-    answer: oneshot::Sender<Result<bool>>,
-}
-
-impl Batcher {
-    pub fn new(cluster: bool) -> Arc<Batcher> {
-        Arc::new(Batcher {
-            queue: Mutex::default(),
-            cluster,
-        })
-    }
-
-    /// Renews one lock in the next batch: `Ok(true)` renewed, `Ok(false)` not ours.
-    pub async fn renew<C>(
-        self: &Arc<Self>,
-        scripts: &Scripts<C>,
-        cx: &Context,
-        key: &str,
-        storage_key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<bool>
-    where
-        C: ConnectionLike + Clone + Send + Sync + 'static,
-    {
-        let (answer, answered) = oneshot::channel();
-        let start_sending = {
-            let mut queue = recover(self.queue.lock());
-            queue.pending.push(Pending {
-                key: key.to_owned(),
-                storage_key: storage_key.to_owned(),
-                token: token.to_owned(),
-                ttl,
-                answer,
-            });
-            !std::mem::replace(&mut queue.sending, true)
-        };
-        if start_sending {
-            cx.spawn(send_all(self.clone(), scripts.clone(), cx.clone()));
-        }
-        answered.await.unwrap_or_else(|_| {
-            // The sending task was not run (no runtime any more) or panicked.
-            Err(Error::backend(
-                "redis",
-                key,
-                "the renewal batch was dropped",
-            ))
-        })
-    }
-}
-
-/// Sends what is queued, batch after batch, until the queue is empty.
-async fn send_all<C>(batcher: Arc<Batcher>, scripts: Scripts<C>, cx: Context)
+) -> Vec<Result<Renewal>>
 where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
+    C: ConnectionLike + Clone + Send + Sync,
 {
-    loop {
-        // Renewals woken in the same timer tick join before the queue is taken.
-        tokio::task::yield_now().await;
-        let pending = {
-            let mut queue = recover(batcher.queue.lock());
-            if queue.pending.is_empty() {
-                queue.sending = false;
-                return;
-            }
-            std::mem::take(&mut queue.pending)
-        };
-        let batches = split(pending, batcher.cluster);
-        futures_util::future::join_all(batches.into_iter().map(|batch| send(&scripts, &cx, batch)))
-            .await;
+    let batches = split(locks, cluster);
+    let sent = batches.iter().map(|batch| send(scripts, cx, locks, batch));
+    let answers = futures_util::future::join_all(sent).await;
+    let mut renewed: Vec<Option<Result<Renewal>>> = (0..locks.len()).map(|_| None).collect();
+    for (batch, answer) in batches.iter().zip(answers) {
+        for (&i, outcome) in batch.iter().zip(answer) {
+            renewed[i] = Some(outcome);
+        }
     }
+    renewed
+        .into_iter()
+        .zip(locks)
+        .map(|(outcome, (lease, _))| {
+            outcome.unwrap_or_else(|| Err(Error::backend("redis", &lease.key, "not sent")))
+        })
+        .collect()
 }
 
-/// Batches of at most [`MAX_BATCH`] renewals; on a Cluster, each of one hash slot.
-fn split(mut pending: Vec<Pending>, cluster: bool) -> Vec<Vec<Pending>> {
-    if cluster {
-        pending.sort_by_key(|p| hash_slot(p.storage_key.as_bytes()));
-    }
-    let mut batches: Vec<Vec<Pending>> = Vec::new();
-    for renewal in pending {
-        let joins_last = batches.last().is_some_and(|batch| {
-            batch.len() < MAX_BATCH
-                && (!cluster
-                    || hash_slot(batch[0].storage_key.as_bytes())
-                        == hash_slot(renewal.storage_key.as_bytes()))
-        });
-        if joins_last {
-            batches.last_mut().expect("checked").push(renewal);
+/// Batches of at most [`MAX_BATCH`] indices into `locks`; on a Cluster, each of one slot.
+fn split(locks: &[(&Lease, &mut String)], cluster: bool) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..locks.len()).collect();
+    let slot = |i: usize| {
+        if cluster {
+            hash_slot(locks[i].0.storage_key.as_bytes())
         } else {
-            batches.push(vec![renewal]);
+            0
+        }
+    };
+    if cluster {
+        order.sort_by_key(|&i| slot(i));
+    }
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match batches.last_mut() {
+            Some(batch) if batch.len() < MAX_BATCH && slot(batch[0]) == slot(i) => batch.push(i),
+            _ => batches.push(vec![i]),
         }
     }
     batches
 }
 
-/// One `refresh_many.lua` call for `batch`; every renewal in it gets its own answer.
-async fn send<C>(scripts: &Scripts<C>, cx: &Context, mut batch: Vec<Pending>)
+/// One `refresh_many.lua` call for the locks at `batch`: one answer for each.
+async fn send<C>(
+    scripts: &Scripts<C>,
+    cx: &Context,
+    locks: &[(&Lease, &mut String)],
+    batch: &[usize],
+) -> Vec<Result<Renewal>>
 where
     C: ConnectionLike + Clone + Send + Sync,
 {
-    // A guard released or dropped since it asked no longer waits: its renewal is not sent.
-    batch.retain(|renewal| !renewal.answer.is_closed());
-    if batch.is_empty() {
-        return;
-    }
     let mut invocation = REFRESH_MANY.prepare_invoke();
-    for renewal in &batch {
+    for &i in batch {
+        let (lease, token) = &locks[i];
         invocation
-            .key(&renewal.storage_key)
-            .arg(&renewal.token)
-            .arg(millis(renewal.ttl));
+            .key(&lease.storage_key)
+            .arg(&**token)
+            .arg(millis(lease.ttl));
     }
+    let first = locks[batch[0]].0;
     // Useless once the shortest TTL in the batch has run out.
-    let limit = batch.iter().map(|r| r.ttl).min().unwrap_or(Duration::MAX);
-    let outcome: Result<Vec<i64>> = scripts.call(cx, &batch[0].key, limit, &invocation).await;
-    match outcome {
+    let limit = batch
+        .iter()
+        .map(|&i| locks[i].0.ttl)
+        .min()
+        .unwrap_or(Duration::MAX);
+    let outcome: Result<Vec<i64>> = scripts.call(cx, &first.key, limit, &invocation).await;
+    let error = match outcome {
         Ok(renewed) if renewed.len() == batch.len() => {
-            for (renewal, renewed) in batch.into_iter().zip(renewed) {
-                let _ = renewal.answer.send(Ok(renewed == 1));
-            }
+            return renewed
+                .into_iter()
+                .map(|renewed| Ok(Renewal::still_ours(renewed == 1)))
+                .collect();
         }
-        Ok(renewed) => {
-            let reason = format!(
+        Ok(renewed) => Error::backend(
+            "redis",
+            &first.key,
+            format!(
                 "refresh_many.lua answered {} results for {} locks",
                 renewed.len(),
                 batch.len()
-            );
-            for renewal in batch {
-                let error = Error::backend("redis", &renewal.key, reason.clone());
-                let _ = renewal.answer.send(Err(error));
-            }
-        }
-        Err(e) => {
-            for renewal in batch {
-                let error = match &e {
-                    Error::PermissionDenied { detail, .. } => Error::PermissionDenied {
-                        backend: "redis",
-                        key: Some(renewal.key),
-                        detail: detail.clone(),
-                    },
-                    other => Error::backend("redis", &renewal.key, other.to_string()),
-                };
-                let _ = renewal.answer.send(Err(error));
-            }
-        }
-    }
+            ),
+        ),
+        Err(e) => e,
+    };
+    // Every lock of the batch gets the error, under its own key.
+    batch
+        .iter()
+        .map(|&i| {
+            let key = &locks[i].0.key;
+            Err(match &error {
+                Error::PermissionDenied { detail, .. } => Error::PermissionDenied {
+                    backend: "redis",
+                    key: Some(key.clone()),
+                    detail: detail.clone(),
+                },
+                other => Error::backend("redis", key, other.to_string()),
+            })
+        })
+        .collect()
 }
 
 /// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the part between

@@ -1,4 +1,4 @@
-//! The Redis backend: one key per lock, renewed by a watchdog, released with a tombstone.
+//! The Redis backend: one key per lock, renewed in batches by the locker's engine, released with a tombstone.
 //!
 //! `<prefix>{<key>}` holds `<token>:<fencing token>` while the lock is held (`PX` = TTL), and
 //! a short-lived tombstone `~<token>` after a release (it counts as free; it lets a release
@@ -56,8 +56,8 @@ pub(crate) type PubsubSlot = Arc<Mutex<Option<PubsubSource>>>;
 /// call): `ConnectionManager`, `MultiplexedConnection`, a cluster connection...
 pub(crate) struct RedisBackend<C> {
     scripts: Scripts<C>,
-    /// Renewals, sent in batches (`batch.rs`).
-    renewals: Arc<batch::Batcher>,
+    /// Whether the connection is a Redis Cluster's: renewal batches are split by hash slot.
+    cluster: bool,
     pubsub: PubsubSlot,
     notifications: OnceLock<Option<Notifications>>,
     /// Replica acknowledgement of acquisitions and renewals (`replicas.rs`), if configured.
@@ -89,7 +89,7 @@ where
         let cluster = std::any::TypeId::of::<C>()
             == std::any::TypeId::of::<redis::cluster_async::ClusterConnection>();
         RedisBackend {
-            renewals: batch::Batcher::new(cluster),
+            cluster,
             scripts: Scripts {
                 conn,
                 wakeups: Wakeups::new(),
@@ -255,7 +255,7 @@ where
     async fn renew(&self, cx: &Context, lease: &Lease, token: &mut String) -> Result<Renewal> {
         if let Some(ack) = self.replica_ack.get() {
             // Unacknowledged, the new expiry may be missing on the replica that gets
-            // promoted: an `Err`, which the watchdog retries until the safety deadline.
+            // promoted: an `Err`, which the engine retries until the safety deadline.
             let mut refresh = replicas::evalsha(&REFRESH, &lease.storage_key);
             refresh.arg(&*token).arg(millis(lease.ttl));
             let wait = replicas::wait_timeout(cx, ack, lease.ttl / 10);
@@ -275,12 +275,32 @@ where
             }
             return Ok(Renewal::still_ours(renewed == 1));
         }
-        let (key, storage_key, ttl) = (&lease.key, &lease.storage_key, lease.ttl);
-        let renewals = &self.renewals;
-        let renewed = renewals
-            .renew(&self.scripts, cx, key, storage_key, token, ttl)
+        let mut refresh = REFRESH.prepare_invoke();
+        refresh
+            .key(&lease.storage_key)
+            .arg(&*token)
+            .arg(millis(lease.ttl));
+        let renewed: i64 = self
+            .scripts
+            .call(cx, &lease.key, lease.ttl, &refresh)
             .await?;
-        Ok(Renewal::still_ours(renewed))
+        Ok(Renewal::still_ours(renewed == 1))
+    }
+
+    /// As few script calls as the batch allows (`batch.rs`). With replica acknowledgement,
+    /// one by one: each renewal waits for its own acknowledgement.
+    async fn renew_many(
+        &self,
+        cx: &Context,
+        locks: Vec<(&Lease, &mut String)>,
+    ) -> Vec<Result<Renewal>> {
+        if self.replica_ack.get().is_some() {
+            let renewals = locks
+                .into_iter()
+                .map(|(lease, token)| self.renew(cx, lease, token));
+            return futures_util::future::join_all(renewals).await;
+        }
+        batch::renew_many(&self.scripts, cx, &locks, self.cluster).await
     }
 
     async fn holder(&self, cx: &Context, key: &str, lock_key: &str) -> Result<Option<Holder>> {

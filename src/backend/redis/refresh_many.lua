@@ -7,11 +7,15 @@
 --
 -- Returns an array with, for each lock in order, 1 when renewed, 0 when the key is gone,
 -- released or holds another acquisition.
+--
+-- Written for the server's time: the token is found in place (a plain `find` at position 1
+-- and the byte after it), so that checking a lock makes no new Lua string.
 local renewed = {}
 for i = 1, #KEYS do
   local value = redis.call('GET', KEYS[i])
-  local own = ARGV[2 * i - 1] .. ':'
-  if value and string.sub(value, 1, #own) == own then
+  local token = ARGV[2 * i - 1]
+  if value and string.find(value, token, 1, true) == 1
+      and string.byte(value, #token + 1) == 58 then -- `:`
     renewed[i] = redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
   else
     renewed[i] = 0

@@ -4,7 +4,7 @@
 //! `MultiplexedConnection`, which keeps talking to the old master (or to nothing) after a
 //! failover. This handle asks the sentinels again whenever the current connection fails or
 //! answers `READONLY` (it reached a demoted master): the failed command returns its error
-//! (dlock's watchdog retries renewals; lock calls report it), the next one goes to the new
+//! (dlock's engine retries renewals; lock calls report it), the next one goes to the new
 //! master.
 
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use crate::backend::recover;
 /// [`LockerBuilder::redis`](crate::LockerBuilder::redis). Cheap to clone; clones share the
 /// connection. After a failover, the first command that fails (the old master is gone, or
 /// answers `READONLY`) returns its error, and the next one is sent to the master the
-/// sentinels name then. Renewals are retried by the guard's watchdog, so a held lock
+/// sentinels name then. Renewals are retried by the locker's engine, so a held lock
 /// survives a failover that completes before its safety deadline, if the new master has it
 /// (see [`ReplicaAck`](crate::ReplicaAck)).
 ///
