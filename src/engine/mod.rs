@@ -39,8 +39,8 @@
 //!    never answers cannot keep a slot `Renewing` or `Ending` for longer than the TTL.
 
 mod schedule;
+mod slots;
 
-use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,6 +54,8 @@ use crate::backend::erased::{Acquired, BoxFuture, Kept, SharedBackend};
 use crate::backend::{recover, Context, Loss, Renewal, Unsettling};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use schedule::Schedule;
+use slots::Slots;
 
 /// A locker's engine. Cheap to clone.
 #[derive(Clone)]
@@ -70,10 +72,9 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    slots: HashMap<u64, Slot>,
-    /// `(when, slot)`: when each `Holding` or `Renewing` slot needs the driver next.
-    schedule: BTreeSet<(Instant, u64)>,
-    next_id: u64,
+    slots: Slots<Slot>,
+    /// When each `Holding` or `Renewing` slot needs the driver next.
+    schedule: Schedule,
     /// Whether a driver task runs; it stops when no slot is left.
     driving: bool,
     /// The instant the driver sleeps until, if it sleeps on a timer.
@@ -82,7 +83,8 @@ struct State {
 
 struct Slot {
     phase: Phase,
-    /// The entry of this slot in [`State::schedule`], if scheduled.
+    /// When this slot needs the driver next, if scheduled: its live entry in
+    /// [`State::schedule`] (any other entry of the slot there is stale).
     scheduled: Option<Instant>,
     /// Send time of the last command that proved ownership (invariant 3).
     confirmed: Instant,
@@ -155,9 +157,7 @@ impl Engine {
             claim: Claim::None,
         };
         let mut state = shared.lock();
-        let id = state.next_id;
-        state.next_id += 1;
-        state.slots.insert(id, slot);
+        let id = state.slots.insert(slot);
         shared.reschedule(&mut state, id);
         (SlotId(id), lost)
     }
@@ -277,10 +277,10 @@ impl Shared {
         let Some(slot) = state.slots.get_mut(&id) else {
             return;
         };
-        if let Some(old) = slot.scheduled.replace(at) {
-            state.schedule.remove(&(old, id));
+        if slot.scheduled.replace(at) == Some(at) {
+            return;
         }
-        state.schedule.insert((at, id));
+        state.schedule.insert(at, id);
         if !std::mem::replace(&mut state.driving, true) {
             self.cx.spawn(drive(self.clone()));
         } else if state.sleeping_until.is_some_and(|until| at < until) {
@@ -291,9 +291,6 @@ impl Shared {
     /// Removes a `Holding` slot from the engine, with its lock: its guard ends it.
     fn remove_holding(&self, state: &mut State, id: u64) -> (Ending, Kept) {
         let slot = state.slots.remove(&id).expect("a holding slot");
-        if let Some(at) = slot.scheduled {
-            state.schedule.remove(&(at, id));
-        }
         let ending = slot.ending();
         let Phase::Holding(kept) = slot.phase else {
             unreachable!("checked by the caller, under the same lock")
@@ -305,9 +302,7 @@ impl Shared {
     /// leaving the slot `Ending`. Spawns the ending, which settles the slot when done.
     fn start_ending(self: &Arc<Self>, state: &mut State, id: u64, kept: Kept, loss: Option<Loss>) {
         let slot = state.slots.get_mut(&id).expect("a slot being ended");
-        if let Some(at) = slot.scheduled.take() {
-            state.schedule.remove(&(at, id));
-        }
+        slot.scheduled = None;
         slot.phase = Phase::Ending;
         let ending = self.end(slot.ending(), kept, loss);
         let shared = self.clone();
@@ -343,62 +338,86 @@ impl Shared {
         let closing = self.cx.closing().is_cancelled();
         let mut batch = Vec::new();
         let mut still_renewing = Vec::new();
-        while let Some(&(at, id)) = state.schedule.first() {
-            if at > now && !closing {
-                break;
-            }
-            state.schedule.pop_first();
-            let slot = state.slots.get_mut(&id).expect("scheduled slots exist");
-            slot.scheduled = None;
-            let kept = match std::mem::replace(&mut slot.phase, Phase::Renewing) {
-                Phase::Holding(kept) => kept,
-                Phase::Renewing if at > now => {
-                    // Closing: its renewal ends it when answered; its deadline still holds.
-                    still_renewing.push((at, id));
-                    continue;
-                }
-                Phase::Renewing => {
-                    // Its deadline, with the renewal still unanswered (invariant 2).
-                    slot.expired = true;
-                    slot.lost.cancel();
-                    continue;
-                }
-                other => {
-                    slot.phase = other;
-                    continue;
-                }
-            };
-            if let Some(later) = self.backend.confirmed(&kept.held) {
-                slot.confirmed = slot.confirmed.max(later);
-            }
-            let deadline = kept.lease.deadline(slot.confirmed);
-            if closing {
-                self.start_ending(&mut state, id, kept, None);
-            } else if now >= deadline {
-                let loss = slot.unconfirmed();
-                self.start_ending(&mut state, id, kept, Some(loss));
-            } else if now >= slot.renew_at {
-                // Away in a batch, but still due at its deadline (invariant 2).
-                slot.scheduled = Some(deadline);
-                state.schedule.insert((deadline, id));
-                batch.push((id, kept));
-            } else {
-                slot.phase = Phase::Holding(kept);
-                self.reschedule(&mut state, id);
+        for (at, ids) in state.schedule.pop_due(now, closing) {
+            for id in ids {
+                self.take_one(
+                    &mut state,
+                    now,
+                    closing,
+                    at,
+                    id,
+                    &mut batch,
+                    &mut still_renewing,
+                );
             }
         }
         for (at, id) in still_renewing {
-            if let Some(slot) = state.slots.get_mut(&id) {
-                slot.scheduled = Some(at);
-                state.schedule.insert((at, id));
-            }
+            state.schedule.insert(at, id);
         }
-        let next = state.schedule.first().map(|&(at, _)| at);
+        let next = state.schedule.first();
         // Closing: what is left renewing ends with its answer, which nothing but the
         // answer's own bound (invariant 5) needs to wait for.
         state.driving = next.is_some() && !closing;
         state.sleeping_until = next;
         (batch, next.filter(|_| !closing))
+    }
+
+    /// One entry of a due bucket: see [`Shared::take_due`].
+    #[allow(clippy::too_many_arguments, reason = "one loop body of take_due")]
+    fn take_one(
+        self: &Arc<Self>,
+        state: &mut State,
+        now: Instant,
+        closing: bool,
+        at: Instant,
+        id: u64,
+        batch: &mut Vec<(u64, Kept)>,
+        still_renewing: &mut Vec<(Instant, u64)>,
+    ) {
+        let Some(slot) = state.slots.get_mut(&id) else {
+            return; // released since
+        };
+        if slot.scheduled != Some(at) {
+            return; // a stale entry: the slot was rescheduled
+        }
+        slot.scheduled = None;
+        let kept = match std::mem::replace(&mut slot.phase, Phase::Renewing) {
+            Phase::Holding(kept) => kept,
+            Phase::Renewing if at > now => {
+                // Closing: its renewal ends it when answered; its deadline still holds.
+                slot.scheduled = Some(at);
+                still_renewing.push((at, id));
+                return;
+            }
+            Phase::Renewing => {
+                // Its deadline, with the renewal still unanswered (invariant 2).
+                slot.expired = true;
+                slot.lost.cancel();
+                return;
+            }
+            other => {
+                slot.phase = other;
+                return;
+            }
+        };
+        if let Some(later) = self.backend.confirmed(&kept.held) {
+            slot.confirmed = slot.confirmed.max(later);
+        }
+        let deadline = kept.lease.deadline(slot.confirmed);
+        if closing {
+            self.start_ending(state, id, kept, None);
+        } else if now >= deadline {
+            let loss = slot.unconfirmed();
+            self.start_ending(state, id, kept, Some(loss));
+        } else if now >= slot.renew_at {
+            // Away in a batch, but still due at its deadline (invariant 2).
+            slot.scheduled = Some(deadline);
+            state.schedule.insert(deadline, id);
+            batch.push((id, kept));
+        } else {
+            slot.phase = Phase::Holding(kept);
+            self.reschedule(state, id);
+        }
     }
 
     /// Sends one batch of renewals and files each answer.
@@ -436,7 +455,8 @@ impl Shared {
                 Ok(Renewal::Lost(reason)) => Some(Loss::NotHeld(reason)),
                 Ok(Renewal::Renewed) => {
                     let period = schedule::renewal_period(kept.lease.ttl);
-                    slot.renew_at = schedule::on_grid(slot.confirmed + period, period);
+                    // From the send time: a backend's own confirmation (`confirmed`) may be older.
+                    slot.renew_at = schedule::on_grid(sent + period, period);
                     slot.last_error = None;
                     None
                 }

@@ -1,6 +1,8 @@
 //! When a held lock needs the engine: renewals every TTL/3, moved onto a grid shared by the
-//! whole process so that locks of one TTL fall due together and leave in one batch.
+//! whole process so that locks of one TTL fall due together and leave in one batch; and the
+//! [`Schedule`] of those instants, in buckets.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -29,6 +31,40 @@ pub(super) fn on_grid(due: Instant, period: Duration) -> Instant {
     let step = step.as_nanos() as u64; // at most 100 ms
     let since = u64::try_from((due - origin).as_nanos()).unwrap_or(u64::MAX);
     origin + Duration::from_nanos(since - since % step)
+}
+
+/// Slots by the instant they need the driver, one bucket per instant: renewals fall on the
+/// grid ([`on_grid`]) and the locks of one batch share their deadline, so thousands of
+/// slots share a few buckets, and scheduling one is a push.
+///
+/// Entries are never removed but by [`Schedule::pop_due`]: the engine keeps each slot's
+/// current instant in the slot, and an entry for another instant is stale and skipped.
+#[derive(Default)]
+pub(super) struct Schedule {
+    buckets: BTreeMap<Instant, Vec<u64>>,
+}
+
+impl Schedule {
+    pub fn insert(&mut self, at: Instant, id: u64) {
+        self.buckets.entry(at).or_default().push(id);
+    }
+
+    /// The earliest instant with entries (some may be stale).
+    pub fn first(&self) -> Option<Instant> {
+        self.buckets.first_key_value().map(|(&at, _)| at)
+    }
+
+    /// Takes every entry due by `now` (every entry when `all`), earliest first.
+    pub fn pop_due(&mut self, now: Instant, all: bool) -> Vec<(Instant, Vec<u64>)> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.buckets.first_entry() {
+            if *entry.key() > now && !all {
+                break;
+            }
+            due.push(entry.remove_entry());
+        }
+        due
+    }
 }
 
 #[cfg(test)]

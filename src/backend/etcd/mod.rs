@@ -171,18 +171,19 @@ impl Backend for EtcdBackend {
     /// every lock attached to it at once and checks their keys (`session.rs`), and it
     /// cancels a lock's attachment as soon as the lock is lost.
     async fn renew(&self, _cx: &Context, lease: &Lease, held: &mut EtcdHeld) -> Result<Renewal> {
-        if !held.attachment.is_gone() {
-            return Ok(Renewal::Renewed);
-        }
-        match held.attachment.loss() {
-            Loss::NotHeld(reason) => Ok(Renewal::Lost(reason)),
-            // Unconfirmed until the safety deadline: the engine sees that deadline too.
-            Loss::Unconfirmed { last_error } => Err(crate::Error::backend(
-                "etcd",
-                &lease.key,
-                last_error.unwrap_or_else(|| "the session's renewal went unanswered".into()),
-            )),
-        }
+        local_renewal(lease, held)
+    }
+
+    /// All local: each answer is ready at once, so none is a future of its own.
+    async fn renew_many(
+        &self,
+        _cx: &Context,
+        locks: Vec<(&Lease, &mut EtcdHeld)>,
+    ) -> Vec<Result<Renewal>> {
+        locks
+            .into_iter()
+            .map(|(lease, held)| local_renewal(lease, held))
+            .collect()
     }
 
     /// Every renewal of the session confirms each lock attached to it.
@@ -231,6 +232,22 @@ impl Backend for EtcdBackend {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// What the session knows of one lock: still attached, or lost and why.
+fn local_renewal(lease: &Lease, held: &EtcdHeld) -> Result<Renewal> {
+    if !held.attachment.is_gone() {
+        return Ok(Renewal::Renewed);
+    }
+    match held.attachment.loss() {
+        Loss::NotHeld(reason) => Ok(Renewal::Lost(reason)),
+        // Unconfirmed until the safety deadline: the engine sees that deadline too.
+        Loss::Unconfirmed { last_error } => Err(crate::Error::backend(
+            "etcd",
+            &lease.key,
+            last_error.unwrap_or_else(|| "the session's renewal went unanswered".into()),
+        )),
     }
 }
 
