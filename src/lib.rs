@@ -126,3 +126,9 @@ pub use guard::{LockGuard, Run};
 pub use holder::Holder;
 pub use locker::{Locker, LockerBuilder, DEFAULT_CALL_TIMEOUT};
 pub use options::LockOptions;
+
+// The README's Rust examples, compiled (and run where not `no_run`) by `cargo test --doc`;
+// never part of the documentation.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -21,9 +21,11 @@
 //!   - `src/election.rs`: leader election over the public lock API and `Locker::holder` (no
 //!     backend code); `src/bin/dlock/` the `dlock` command (`main.rs` arguments, `connect.rs`
 //!     server and config, `run.rs` the child's supervision, `exit.rs` the exit statuses,
-//!     `redact.rs` password removal), feature `cli`.
+//!     `redact.rs` password removal, `generate.rs` the man pages and completions), feature `cli`.
 //!   - `src/testing/`: the conformance suite (feature `testing`); `tests/conformance.rs` runs it
 //!     on every backend and redis-rs connection kind.
+//!   - `src/guide/`: this guide, one module per chapter, every example a doctest; the
+//!     README's Rust examples are doctests too (`ReadmeDoctests` in `src/lib.rs`).
 //! - Tests and tools: `tests/support/` is the real-server harness (Redis, Redis Cluster, etcd
 //!   single and 3-member, all on free loopback ports) and the fault proxy;
 //!   `tests/support/fixtures.rs` has the crate's backends as `Fixture`s, used by the
@@ -31,7 +33,9 @@
 //!   test per safety defect fixed, `tests/soak.rs` the no-growth soak, `tests/faults.rs` the
 //!   proxy-driven fault scenarios, `tests/etcd.rs` etcd-only behaviour (FIFO, failover), `tests/election.rs` leader election on
 //!   every backend, `tests/cli.rs` the `dlock` binary end to end.
-//!   `tools/torture/` is the multi-process torture checker (an unpublished workspace member).
+//!   `tools/torture/` is the multi-process torture checker (an unpublished workspace member):
+//!   `main.rs` the command line, its fault model and rules; `workers.rs`, `servers.rs` (the
+//!   coordinator), `faults.rs`, `checker.rs`.
 //!
 //! ### Adding a backend
 //! - Pictures: `tools/pictures` draws this guide's timelines into `docs/pictures/`
