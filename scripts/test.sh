@@ -22,6 +22,9 @@ fi
 # the fault tests next to them measure deadlines.
 cargo test --all-features -- --test-threads "${DLOCK_TEST_THREADS:-4}" --skip _does_not_grow
 cargo test --all-features --test soak -- --test-threads 1
+# The guide's pictures (tools/pictures, a workspace member the root's `cargo test` skips):
+# fails when docs/pictures/*.svg are not what `cargo run -p dlock-pictures` draws.
+cargo test --quiet -p dlock-pictures
 
 for example in examples/*.rs; do
   name=$(basename "$example" .rs)

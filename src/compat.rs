@@ -19,7 +19,8 @@ use crate::registry::Reservation;
 ///
 /// Go's `Lock`, `TryLock` and `Unlock` are [`Compat::lock`], [`Compat::try_lock`] and
 /// [`Compat::unlock`] (`WithTTL` is [`LockOptions::ttl`] through the `_with` variants); the
-/// whole Go → Rust mapping is one table in the README ("Go → Rust").
+/// whole Go → Rust mapping is one table in the guide ([coming from
+/// Go](crate::guide::from_go)).
 ///
 /// ```
 /// use dlock::{Config, Error, Locker};

@@ -1,5 +1,11 @@
 //! Distributed locks for async Rust, over Redis, etcd, or an in-process store.
 //!
+//! New here? The [guide] walks through it chapter by chapter: [getting
+//! started](guide::getting_started), the [guarantees and limits](guide::guarantees), [choosing
+//! a backend](guide::backends), [production connections](guide::production),
+//! [elections](guide::elections), the [`dlock` command](guide::command), [coming from the Go
+//! component](guide::from_go) and [writing a backend](guide::writing_a_backend).
+//!
 //! A [`Locker`] hands out [`LockGuard`]s. A guard is renewed in the background while it
 //! lives, tells you through a [`CancellationToken`](tokio_util::sync::CancellationToken) if
 //! ownership is lost, carries a fencing token, and releases the lock when dropped.
@@ -55,7 +61,7 @@
 //! ```
 //!
 //! The `dlock` command (cargo feature `cli`) runs any program under a lock:
-//! `dlock --redis redis://host/ run KEY -- CMD ARGS...`; see the README.
+//! `dlock --redis redis://host/ run KEY -- CMD ARGS...`; see [its chapter](guide::command).
 //!
 //! # Backends
 //!
@@ -82,7 +88,8 @@
 //! server-side expiry when renewals cannot be confirmed, and at once when the key is found
 //! deleted or taken. A pause longer than the TTL (GC-like stop, suspended VM) can still let
 //! two processes believe they hold the lock: use [`LockGuard::fencing_token`] at the
-//! protected resource. The README's "Guarantees and limits" section has the details.
+//! protected resource. The guide's [guarantees and limits](guide::guarantees) has the details,
+//! each guarantee with the test that proves it.
 #![warn(missing_docs)]
 // docs.rs (nightly) marks each feature-gated item with the feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -98,6 +105,7 @@ mod election;
 mod engine;
 mod error;
 mod guard;
+pub mod guide;
 mod holder;
 mod locker;
 pub mod metrics;
@@ -119,3 +127,9 @@ pub use guard::{LockGuard, Run};
 pub use holder::Holder;
 pub use locker::{Locker, LockerBuilder, DEFAULT_CALL_TIMEOUT};
 pub use options::LockOptions;
+
+// The README's Rust examples, compiled (and run where not `no_run`) by `cargo test --doc`;
+// never part of the documentation.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,4 +1,4 @@
-//! Production connections (README "Production connections"): Redis and etcd over TLS with
+//! Production connections (the guide's "Production connections" chapter): Redis and etcd over TLS with
 //! client certificates, a least-privilege Redis ACL user and an etcd user whose role covers
 //! only the prefix, typed errors for a missing right, secrets kept out of logs and `Debug`,
 //! and hostile keys kept inside the prefix. Every server is real and started by the test
@@ -24,13 +24,14 @@ use tls::{Certs, SecureEtcd, TlsRedis, TlsRedisCluster};
 const PASSWORD: &str = "pw-Secret-7f3b9c";
 
 // ---------------------------------------------------------------------------------------
-// The README's ACL line, the one source of the restricted Redis user.
+// The guide's ACL line (README's before), the one source of the restricted Redis user.
 // ---------------------------------------------------------------------------------------
 
-/// The `ACL SETUSER` line of README's "Production connections" section, for `user` on
-/// `prefix` with `password`: the README's placeholders (`dlock`, `CHANGE-ME`, `myapp:lock:`)
-/// replaced, nothing else. A command dlock starts sending without it being in README fails
-/// the conformance suite below with `NOPERM`.
+/// The `ACL SETUSER` line of the guide's "Production connections" chapter
+/// (`src/guide/production.rs`; it was the README's), for `user` on `prefix` with `password`:
+/// its placeholders (`dlock`, `CHANGE-ME`, `myapp:lock:`) replaced, nothing else. A command
+/// dlock starts sending without it being in that line fails the conformance suite below
+/// with `NOPERM`.
 fn readme_acl(user: &str, password: &str, prefix: &str) -> String {
     readme_acl_line()
         .replacen("ACL SETUSER dlock ", &format!("ACL SETUSER {user} "), 1)
@@ -39,25 +40,23 @@ fn readme_acl(user: &str, password: &str, prefix: &str) -> String {
 }
 
 fn readme_acl_line() -> String {
-    let readme = include_str!("../README.md");
-    let section = readme
-        .split("## Production connections")
-        .nth(1)
-        .expect("README has a \"Production connections\" section");
-    let lines: Vec<&str> = section
+    // The guide's chapter, as rustdoc shows it: its `//! ` lines.
+    let chapter = include_str!("../src/guide/production.rs");
+    let lines: Vec<&str> = chapter
         .lines()
+        .filter_map(|l| l.strip_prefix("//! "))
         .filter(|l| l.starts_with("ACL SETUSER dlock "))
         .collect();
     assert_eq!(
         lines.len(),
         1,
-        "README's Production connections section must have exactly one `ACL SETUSER dlock ...` line"
+        "the guide's Production connections chapter must have exactly one `ACL SETUSER dlock ...` line"
     );
     let line = lines[0];
     for placeholder in [">CHANGE-ME", "~myapp:lock:*", "&myapp:lock:*"] {
         assert!(
             line.contains(placeholder),
-            "README's ACL line lacks {placeholder}: {line}"
+            "the guide's ACL line lacks {placeholder}: {line}"
         );
     }
     line.to_owned()
@@ -91,7 +90,7 @@ async fn acl_denials<C: redis::aio::ConnectionLike>(admin: &mut C) -> Vec<String
 // ---------------------------------------------------------------------------------------
 
 /// `redis-server` over TLS (client certificates required); every locker connects as the
-/// README's ACL user for its prefix, with release notifications on, password in the URL.
+/// The guide's ACL user for its prefix, with release notifications on, password in the URL.
 pub struct RedisTlsAcl {
     certs: Certs,
     server: TlsRedis,
@@ -139,7 +138,7 @@ impl Drop for RedisTlsAcl {
         });
         assert!(
             denials.is_empty(),
-            "the README's ACL line lacks rights dlock used (ACL LOG): {denials:#?}"
+            "the guide's ACL line lacks rights dlock used (ACL LOG): {denials:#?}"
         );
     }
 }
@@ -262,7 +261,7 @@ async fn one_of_everything(locker: &Locker, waiter: &Locker) -> Result<(), Error
     Ok(())
 }
 
-/// Removing any one right of the README's ACL line makes dlock fail or Redis log a denial:
+/// Removing any one right of the guide's ACL line makes dlock fail or Redis log a denial:
 /// the line is the smallest set (and, with the conformance suite above, a sufficient one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_right_in_the_readme_acl_line_is_needed() {
@@ -320,7 +319,7 @@ async fn every_right_in_the_readme_acl_line_is_needed() {
     }
     assert!(
         unneeded.is_empty(),
-        "rights of the README's ACL line that dlock never used: {unneeded:?} (line: {full})"
+        "rights of the guide's ACL line that dlock never used: {unneeded:?} (line: {full})"
     );
 }
 
@@ -545,14 +544,14 @@ async fn a_missing_etcd_right_is_a_typed_error() {
 // Redis Cluster over TLS.
 // ---------------------------------------------------------------------------------------
 
-/// What a Cluster user needs beyond the README's line: redis-rs's cluster client asks for the
+/// What a Cluster user needs beyond the guide's line: redis-rs's cluster client asks for the
 /// topology (CLUSTER SLOTS) and checks its node connections with PING; notifications on the
 /// lock's shard (`redis_cluster_pubsub`) use the sharded pub/sub commands.
 const CLUSTER_EXTRA: &str = " +cluster|slots +ping +spublish +ssubscribe +sunsubscribe";
 
 /// Lock, renewal, release and a release notification on the lock's shard on a 3-master
-/// cluster whose client and bus connections are all TLS, as the README's ACL user (plus the
-/// README's Cluster additions).
+/// cluster whose client and bus connections are all TLS, as the guide's ACL user (plus the
+/// guide's Cluster additions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_over_tls_locks_renews_releases_and_notifies() {
     let certs = Certs::new();

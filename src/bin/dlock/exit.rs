@@ -16,6 +16,8 @@ pub const UNAVAILABLE: u8 = 69;
 pub const LOST: u8 = 70;
 /// `--no-wait` and someone else holds the lock (EX_TEMPFAIL). Nothing was run.
 pub const BUSY: u8 = 75;
+/// `dlock man DIR`: a page could not be written (EX_CANTCREAT).
+pub const CANT_CREATE: u8 = 73;
 /// Bad configuration: URL, config file, key, TTL, value (EX_CONFIG).
 pub const CONFIG: u8 = 78;
 /// `--wait` expired before the lock was acquired (as `timeout(1)`). Nothing was run.
@@ -25,7 +27,7 @@ pub const CANNOT_RUN: u8 = 126;
 /// The command was not found.
 pub const NOT_FOUND: u8 = 127;
 
-/// The table `dlock --help` ends with; the README has the same.
+/// The table `dlock --help` ends with; the guide's `dlock` chapter has the same.
 pub const HELP: &str = "\
 Exit status:
   CMD's status  dlock run: the command's own status (128+N if signal N killed it)
@@ -33,6 +35,7 @@ Exit status:
   64            bad command line
   69            the server is unreachable or failed; nothing was run
   70            the lock was lost while CMD ran: CMD got SIGTERM (SIGKILL after --grace)
+  73            dlock man DIR: a page could not be written
   75            --no-wait and the lock is held by someone else; nothing was run
   78            bad configuration: URL, config file, key, TTL or value
   124           --wait expired before the lock was acquired; nothing was run

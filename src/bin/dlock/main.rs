@@ -8,10 +8,14 @@
 //! command's `host:pid` (or `--value`) is published for `dlock status` and
 //! `Election::leader` readers; it excludes plain `Locker::lock(KEY)` holders too.
 //!
-//! Exit statuses: see [`exit`] (also printed by `dlock --help` and in the README).
+//! `dlock man [DIR]` and `dlock completions SHELL` generate the manual pages and the shell
+//! completions from this file's declaration (see `generate`).
+//!
+//! Exit statuses: see [`exit`] (also printed by `dlock --help` and in the guide).
 
 mod connect;
 mod exit;
+mod generate;
 mod redact;
 mod run;
 
@@ -19,7 +23,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 
 use crate::exit::Failure;
 
@@ -72,6 +77,26 @@ enum Command {
     Status {
         /// The lock's key (without the prefix).
         key: String,
+    },
+    /// Print the completion script for SHELL on stdout. Needs no server.
+    ///
+    /// bash: dlock completions bash > ~/.local/share/bash-completion/completions/dlock;
+    /// zsh: dlock completions zsh > ~/.zfunc/_dlock (with ~/.zfunc on fpath);
+    /// fish: dlock completions fish > ~/.config/fish/completions/dlock.fish.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page dlock(1) on stdout, or write one page per command into DIR.
+    /// Needs no server.
+    ///
+    /// dlock man | man -l -   reads it at once;
+    /// dlock man /usr/local/share/man/man1   installs dlock.1, dlock-run.1, dlock-status.1...
+    Man {
+        /// Write dlock.1 and a page per subcommand into this directory instead.
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -141,16 +166,17 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
-    let server = connect::Server::from_flags(cli.redis, cli.etcd, cli.config, cli.prefix)?;
+    // Only the lock commands reach a server; the generated documents need none.
+    let server = || connect::Server::from_flags(cli.redis, cli.etcd, cli.config, cli.prefix);
     match cli.command {
         Command::Run(args) => {
-            let locker = server.locker(args.ttl).await?;
+            let locker = server()?.locker(args.ttl).await?;
             let status = run::run(&locker, args, cli.quiet).await;
             let _ = locker.close().await;
             status
         }
         Command::Status { key } => {
-            let locker = server.locker(None).await?;
+            let locker = server()?.locker(None).await?;
             let holder = locker
                 .holder(&key)
                 .await
@@ -158,7 +184,37 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let _ = locker.close().await;
             Ok(print_status(&key, holder))
         }
+        Command::Completions { shell } => {
+            generate::completions(shell, Cli::command(), &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
     }
+}
+
+fn man(dir: Option<&std::path::Path>) -> Result<u8, Failure> {
+    let Some(dir) = dir else {
+        let mut out = std::io::stdout();
+        return match generate::man_page(Cli::command(), &mut out) {
+            Ok(()) => Ok(0),
+            // `dlock man | head`: the reader had enough.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+            Err(e) => Err(Failure::new(
+                exit::CANT_CREATE,
+                format!("writing the man page: {e}"),
+            )),
+        };
+    };
+    let written = generate::man_pages(Cli::command(), dir).map_err(|e| {
+        Failure::new(
+            exit::CANT_CREATE,
+            format!("writing the man pages into {}: {e}", dir.display()),
+        )
+    })?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(0)
 }
 
 fn print_status(key: &str, holder: Option<dlock::Holder>) -> u8 {

@@ -1,0 +1,47 @@
+//! # Benchmarks, and how to rerun them
+//!
+//! The figures live in the repository's `BENCHMARKS.md`, with the machine, the method, the
+//! history of each change and the charts (`benches/charts/*.svg`, drawn by the benchmark
+//! itself). This chapter says what is measured and how to measure it again; it deliberately
+//! quotes no figure, so that it cannot go stale.
+//!
+//! ## Running it
+//!
+//! The benchmark needs a checkout of the repository (it is not part of the published crate),
+//! the `redis`, `etcd` and `testing` features, and the servers the tests use (`redis-server`,
+//! `etcd`, and `protoc` to build etcd-client; `scripts/test.sh` installs them). It starts its own
+//! servers on free loopback ports:
+//!
+//! ```sh
+//! cargo bench --all-features --bench dlock                        # every section, a few minutes
+//! cargo bench --all-features --bench dlock -- --quick             # shorter windows: a smoke run
+//! cargo bench --all-features --bench dlock -- <section>           # one or more sections by name:
+//! cargo bench --all-features --bench dlock -- throughput handoff  #   throughput, handoff, contention, hold
+//! ```
+//!
+//! Each run prints its tables and redraws the charts in `benches/charts/`. On a shared or small
+//! machine absolute rates move by tens of percent between runs: compare ratios taken in the same
+//! run, and run a section three times before believing a change.
+//!
+//! ## What is measured, against what
+//!
+//! Every figure stands beside a **floor** (the least the job needs, sent by hand on the same
+//! server: `SET NX PX` then a compare-and-delete on Redis; a put-if-absent on a shared lease then
+//! a delete on etcd) or a **peer** (what a user would pick instead: `rslock` on Redis, etcd's own
+//! lock service), measured in the same run. Never against dlock's own protocol sent by hand,
+//! which would measure nothing but the client.
+//!
+//! - **`throughput`**: uncontended lock + release pairs per second on distinct keys, with 1 and
+//!   64 tasks, on Redis, etcd and the in-process store, beside the floors and the peers.
+//! - **`handoff`**: the latency from a release to a waiter already blocked in `lock()` (p50,
+//!   p99), the release made by a second locker with its own connection; with and without
+//!   release notifications, and against the peers' own waiting.
+//! - **`contention`**: one hot key, many tasks over two lockers: acquisitions per second,
+//!   attempts per acquisition, and how evenly the tasks were served, against rslock.
+//! - **`hold`**: 100,000 locks held at once: the heap per guard, the CPU the client and the
+//!   server spend on renewals, the calls sent, the keys left after release, and etcd's lease
+//!   count.
+//!
+//! The code is `benches/dlock/`: `main.rs` (arguments, section selection, output),
+//! `measure.rs` (the rate loop, percentiles), `baselines.rs` (the floors and peers), one module
+//! per section, `heap.rs` (the allocation count) and `charts.rs` (the SVG charts).

@@ -1,0 +1,32 @@
+//! The guide: how to use dlock, chapter by chapter. Every code block in it is a doctest,
+//! compiled by `cargo test --doc`, and run there when it needs no server (most use the
+//! in-process store).
+//!
+//! Read in this order:
+//!
+//! 1. [`getting_started`]: Getting started: a lock, the guard's life, `run`/`lost()`, fenced writes, waiting, configuration.
+//! 2. [`guarantees`]: Guarantees and limits: the failure timeline, each guarantee with the test that proves it, the torture checker, what dlock cannot promise.
+//! 3. [`backends`]: Choosing a backend: Redis (Cluster, Sentinel, replica acknowledgement), etcd, the in-process store.
+//! 4. [`production`]: Production connections: TLS, a least-privilege Redis ACL and etcd role, secrets, logs and metrics.
+//! 5. [`elections`]: Elections: campaign, lead under `run`, fence with the term, observe the leader.
+//! 6. [`command`]: The `dlock` command: run a program under a lock from a shell or cron; its man page and completions.
+//! 7. [`from_go`]: Coming from the Go component: the same config, the `lock`/`try_lock`/`unlock` layer, the mapping.
+//! 8. [`writing_a_backend`]: Writing a backend: the `Backend` trait in outline, and the conformance suite.
+//! 9. [`benchmarks`]: Benchmarks, and how to rerun them.
+//! 10. [`internals`]: How dlock is built: the layout and the test harness, for contributors.
+//!
+//! The [crate root](crate) has the whole API on one screen; each type's page says what it
+//! does on drop, on cancellation and on a lost lock.
+//!
+//! The chapters are modules with nothing in them but their documentation.
+
+pub mod backends;
+pub mod benchmarks;
+pub mod command;
+pub mod elections;
+pub mod from_go;
+pub mod getting_started;
+pub mod guarantees;
+pub mod internals;
+pub mod production;
+pub mod writing_a_backend;

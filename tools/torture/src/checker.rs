@@ -1,0 +1,617 @@
+//! The checker: the sections and resource writes recorded during the run, the violation rules
+//! of the crate docs applied to them, and the report.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use crate::faults::{Fault, Kind};
+use crate::workers::{holder_id, log_key};
+use crate::{support, Args, SLACK, TTL};
+
+// ---------------------------------------------------------------------------------------
+// Records.
+
+#[derive(Debug)]
+pub(crate) struct Section {
+    key: String,
+    pub(crate) proc: usize,
+    holder: String,
+    token: u64,
+    pub(crate) asked: u128,
+    granted: u128,
+    pub(crate) end: u128,
+    lost: bool,
+}
+
+impl Section {
+    pub(crate) fn parse(line: &str) -> Section {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 9, "bad record {line:?}");
+        let num = |i: usize| -> u128 { f[i].parse().unwrap_or_else(|_| panic!("{line:?}")) };
+        Section {
+            key: f[0].into(),
+            proc: num(1) as usize,
+            holder: holder_id(num(1) as usize, num(2) as usize, num(3) as u64),
+            token: num(4) as u64,
+            asked: num(5),
+            granted: num(6),
+            end: num(7),
+            lost: f[8] == "1",
+        }
+    }
+
+    /// `p0t1n2 token T [granted .. end]`, times in seconds since the coordinator started.
+    fn describe(&self, t0: u128) -> String {
+        format!(
+            "{} token {} [{} .. {}]{}",
+            self.holder,
+            self.token,
+            since(t0, self.granted),
+            since(t0, self.end),
+            if self.lost { " lost" } else { "" }
+        )
+    }
+}
+
+/// A wall-clock time as seconds since `t0`.
+pub(crate) fn since(t0: u128, t: u128) -> String {
+    format!("{:.3}s", t.saturating_sub(t0) as f64 / 1e9)
+}
+
+/// One write as the resource logged it, in the order it applied them (per key).
+#[derive(Debug)]
+pub(crate) struct ResourceWrite {
+    key: String,
+    token: u64,
+    holder: String,
+    accepted: bool,
+    at: u128,
+}
+
+pub(crate) async fn read_resource_log(
+    resource: &support::RedisServer,
+    keys: usize,
+) -> Vec<ResourceWrite> {
+    let mut conn = resource.connection_manager().await;
+    let mut writes = Vec::new();
+    for k in 0..keys {
+        let key = format!("k{k}");
+        let entries: Vec<String> = redis::cmd("LRANGE")
+            .arg(log_key(&key))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("LRANGE resource log");
+        for entry in entries {
+            let f: Vec<&str> = entry.split(' ').collect();
+            assert_eq!(f.len(), 5, "bad resource log entry {entry:?}");
+            let secs: u128 = f[3].parse().expect("seconds");
+            let micros: u128 = f[4].parse().expect("microseconds");
+            writes.push(ResourceWrite {
+                key: key.clone(),
+                token: f[0].parse().expect("token"),
+                holder: f[1].into(),
+                accepted: f[2] == "1",
+                at: (secs * 1_000_000 + micros) * 1000,
+            });
+        }
+    }
+    writes
+}
+
+// ---------------------------------------------------------------------------------------
+// Checker.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Finding {
+    // Reported, not violations.
+    Lost,
+    OverlapWithPause,
+    OverlapExcused,
+    Refused,
+    SupersededAccepted,
+    // Violations.
+    OverlapUnexcused,
+    DuplicateToken,
+    TokenBackwards,
+    StaleAccepted,
+    SameTokenAccepted,
+}
+
+impl Finding {
+    fn is_violation(self) -> bool {
+        self >= Finding::OverlapUnexcused
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Finding::Lost => "sections ended by lost()",
+            Finding::OverlapWithPause => "overlapping pairs, a pause involved (allowed)",
+            Finding::OverlapExcused => {
+                "overlapping pairs, no pause, the lock taken on the server and the loss noticed \
+                 in time (allowed)"
+            }
+            Finding::Refused => "writes refused by fencing",
+            Finding::SupersededAccepted => {
+                "writes of a superseded holder accepted before the newer holder wrote (allowed)"
+            }
+            Finding::OverlapUnexcused => "overlapping pairs, no excuse (rule 5)",
+            Finding::DuplicateToken => "duplicate tokens (rule 1)",
+            Finding::TokenBackwards => "tokens backwards (rule 2)",
+            Finding::StaleAccepted => "stale writes accepted (rule 3)",
+            Finding::SameTokenAccepted => "same-token writes accepted (rule 4)",
+        }
+    }
+}
+
+/// One finding, the sections it involves (to attribute it to faults), and a description.
+struct Event {
+    finding: Finding,
+    sections: Vec<usize>,
+    /// For an excused overlap: the kinds of fault that excuse it.
+    excused_by: BTreeSet<Kind>,
+    detail: String,
+}
+
+pub(crate) struct Report {
+    events: Vec<Event>,
+    /// Per event, the kinds of fault that touched one of its sections.
+    touched_by: Vec<BTreeSet<Kind>>,
+}
+
+/// Applies the rules of the module doc to the records; `t0` only serves the descriptions.
+pub(crate) fn check(
+    sections: &[Section],
+    writes: &[ResourceWrite],
+    faults: &[Fault],
+    t0: u128,
+) -> Report {
+    let by_key = indices_by_key(sections);
+    let mut checker = Checker {
+        sections,
+        faults,
+        t0,
+        by_key: &by_key,
+        events: Vec::new(),
+    };
+    checker.lost_sections();
+    for order in by_key.values() {
+        checker.overlaps(order);
+        checker.duplicates(order);
+        checker.backwards(order);
+    }
+    checker.writes(writes);
+    let events = checker.events;
+    let touched_by = events
+        .iter()
+        .map(|e| {
+            faults
+                .iter()
+                .filter(|f| e.sections.iter().any(|&i| f.touches(&sections[i])))
+                .map(|f| f.kind)
+                .collect()
+        })
+        .collect();
+    Report { events, touched_by }
+}
+
+/// Per key, section indices in grant order.
+fn indices_by_key(sections: &[Section]) -> BTreeMap<String, Vec<usize>> {
+    let mut by_key = BTreeMap::<String, Vec<usize>>::new();
+    for (i, s) in sections.iter().enumerate() {
+        by_key.entry(s.key.clone()).or_default().push(i);
+    }
+    for list in by_key.values_mut() {
+        list.sort_by_key(|&i| sections[i].granted);
+    }
+    by_key
+}
+
+/// The records under check, and the findings so far.
+struct Checker<'a> {
+    sections: &'a [Section],
+    faults: &'a [Fault],
+    t0: u128,
+    by_key: &'a BTreeMap<String, Vec<usize>>,
+    events: Vec<Event>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, finding: Finding, sections: Vec<usize>, detail: String) {
+        self.events.push(Event {
+            finding,
+            sections,
+            excused_by: BTreeSet::new(),
+            detail,
+        });
+    }
+
+    fn describe(&self, i: usize) -> String {
+        self.sections[i].describe(self.t0)
+    }
+
+    fn lost_sections(&mut self) {
+        for i in 0..self.sections.len() {
+            if self.sections[i].lost {
+                self.push(Finding::Lost, vec![i], self.describe(i));
+            }
+        }
+    }
+
+    /// Rule 5: every pair (older A, newer B) of one key with B granted before A's section
+    /// ended. `order`: the key's sections in grant order.
+    fn overlaps(&mut self, order: &[usize]) {
+        let mut open: Vec<usize> = Vec::new();
+        for &b in order {
+            let granted = self.sections[b].granted;
+            open.retain(|&a| self.sections[a].end > granted);
+            for &a in &open {
+                let (sa, sb) = (&self.sections[a], &self.sections[b]);
+                let (finding, excused_by) = self.classify_overlap(sa, sb);
+                let detail = format!(
+                    "{}: {} and {} overlap by {} ms",
+                    sa.key,
+                    self.describe(a),
+                    self.describe(b),
+                    (sa.end.min(sb.end) - granted) / 1_000_000
+                );
+                self.events.push(Event {
+                    finding,
+                    sections: vec![a, b],
+                    excused_by,
+                    detail,
+                });
+            }
+            open.push(b);
+        }
+    }
+
+    fn classify_overlap(&self, older: &Section, newer: &Section) -> (Finding, BTreeSet<Kind>) {
+        let paused = self
+            .faults
+            .iter()
+            .any(|f| f.kind == Kind::Pause && (f.touches(older) || f.touches(newer)));
+        if paused {
+            return (Finding::OverlapWithPause, BTreeSet::from([Kind::Pause]));
+        }
+        // The fault took the older holder's lock before the newer one got it; the older must
+        // notice by its next renewal, or by its watchdog when renewals fail.
+        let excused_by: BTreeSet<Kind> = self
+            .faults
+            .iter()
+            .filter(|f| {
+                f.kind.takes_locks()
+                    && f.touches(older)
+                    && newer.granted >= f.from
+                    && older.end <= f.to + self.notice_within(f, older).as_nanos()
+            })
+            .map(|f| f.kind)
+            .collect();
+        if excused_by.is_empty() {
+            (Finding::OverlapUnexcused, excused_by)
+        } else {
+            (Finding::OverlapExcused, excused_by)
+        }
+    }
+
+    /// How long after `fault` (which took the lock away on the server) the holder of
+    /// `section` may go on: its next renewal (TTL/3) sees the loss when it reaches the
+    /// server; if it cannot (a restart, or another fault on the way), the watchdog fires
+    /// at 0.9 TTL from the last confirmed renewal. Plus slack for scheduling.
+    fn notice_within(&self, fault: &Fault, section: &Section) -> Duration {
+        let renewals_may_fail = !fault.kind.is_operator()
+            || self
+                .faults
+                .iter()
+                .any(|g| g.touches(section) && !g.kind.is_operator());
+        if renewals_may_fail {
+            TTL + SLACK
+        } else {
+            TTL / 3 + SLACK
+        }
+    }
+
+    /// Rule 1: a token of one key handed out more than once.
+    fn duplicates(&mut self, order: &[usize]) {
+        let mut first = HashMap::<u64, usize>::new();
+        for &i in order {
+            let s = &self.sections[i];
+            match first.get(&s.token) {
+                Some(&earlier) => {
+                    let detail = format!(
+                        "{}: one token issued to {} and again to {}",
+                        s.key,
+                        self.describe(earlier),
+                        self.describe(i)
+                    );
+                    self.push(Finding::DuplicateToken, vec![earlier, i], detail);
+                }
+                None => {
+                    first.insert(s.token, i);
+                }
+            }
+        }
+    }
+
+    /// Rule 2: B newer than A (asked after A was granted) with a smaller token. In grant
+    /// order the candidates A for B are a prefix, so keep the prefix's maximum token.
+    fn backwards(&mut self, order: &[usize]) {
+        let mut prefix_max: Vec<usize> = Vec::with_capacity(order.len());
+        for &i in order {
+            let best = match prefix_max.last() {
+                Some(&m) if self.sections[m].token >= self.sections[i].token => m,
+                _ => i,
+            };
+            prefix_max.push(best);
+        }
+        for &b in order {
+            let sb = &self.sections[b];
+            let before = order.partition_point(|&a| self.sections[a].granted < sb.asked);
+            if before == 0 {
+                continue;
+            }
+            let a = prefix_max[before - 1];
+            if self.sections[a].token > sb.token {
+                let detail = format!(
+                    "{}: {} asked at {}, after {} was granted, and got a smaller token",
+                    sb.key,
+                    self.describe(b),
+                    since(self.t0, sb.asked),
+                    self.describe(a)
+                );
+                self.push(Finding::TokenBackwards, vec![a, b], detail);
+            }
+        }
+    }
+
+    /// Rules 3 and 4, and what fencing refused, from the resource's own log (its order).
+    fn writes(&mut self, writes: &[ResourceWrite]) {
+        let holders: HashMap<&str, usize> = self
+            .sections
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.holder.as_str(), i))
+            .collect();
+        // Per key: the accepted writer that asked last (the newest so far); per key and
+        // token: its first accepted writer.
+        let mut newest = HashMap::<&str, usize>::new();
+        let mut token_owner = HashMap::<(&str, u64), usize>::new();
+        for w in writes {
+            let Some(&a) = holders.get(w.holder.as_str()) else {
+                panic!(
+                    "the resource logged a write of {} that no worker recorded",
+                    w.holder
+                );
+            };
+            if !w.accepted {
+                let detail = format!("{}: write of {} refused", w.key, self.describe(a));
+                self.push(Finding::Refused, vec![a], detail);
+                continue;
+            }
+            let sa = &self.sections[a];
+            match newest.get(w.key.as_str()) {
+                Some(&b) if self.sections[b].asked > sa.granted => {
+                    self.write_event(
+                        Finding::StaleAccepted,
+                        w,
+                        a,
+                        b,
+                        "after a write of the newer",
+                    );
+                }
+                _ => {
+                    if let Some(b) = self.granted_newer(&w.key, sa, w.at) {
+                        let what = "while already superseded by";
+                        self.write_event(Finding::SupersededAccepted, w, a, b, what);
+                    }
+                }
+            }
+            match token_owner.get(&(w.key.as_str(), w.token)) {
+                Some(&b) if b != a => {
+                    self.write_event(Finding::SameTokenAccepted, w, a, b, "with the token of");
+                }
+                Some(_) => {}
+                None => {
+                    token_owner.insert((w.key.as_str(), w.token), a);
+                }
+            }
+            let is_newest = newest
+                .get(w.key.as_str())
+                .is_none_or(|&b| self.sections[b].asked < sa.asked);
+            if is_newest {
+                newest.insert(w.key.as_str(), a);
+            }
+        }
+    }
+
+    fn write_event(&mut self, finding: Finding, w: &ResourceWrite, a: usize, b: usize, what: &str) {
+        let detail = format!(
+            "{}: write of {} accepted at {} {what} {}",
+            w.key,
+            self.describe(a),
+            since(self.t0, w.at),
+            self.describe(b)
+        );
+        self.push(finding, vec![b, a], detail);
+    }
+
+    /// A section of `key` newer than `a` that had been granted by `at`.
+    fn granted_newer(&self, key: &str, a: &Section, at: u128) -> Option<usize> {
+        self.by_key[key]
+            .iter()
+            .copied()
+            .take_while(|&b| self.sections[b].granted < at)
+            .find(|&b| self.sections[b].asked > a.granted)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output.
+
+/// The table's count columns, in order.
+const COLUMNS: [(&str, &[Finding]); 8] = [
+    ("lost()", &[Finding::Lost]),
+    ("ovl+pause", &[Finding::OverlapWithPause]),
+    (
+        "ovl-pause",
+        &[Finding::OverlapExcused, Finding::OverlapUnexcused],
+    ),
+    ("refused", &[Finding::Refused]),
+    ("stale-acc", &[Finding::StaleAccepted]),
+    ("sametok-acc", &[Finding::SameTokenAccepted]),
+    ("dup-tokens", &[Finding::DuplicateToken]),
+    ("backwards", &[Finding::TokenBackwards]),
+];
+
+impl Report {
+    fn count(&self, finding: Finding) -> usize {
+        self.events.iter().filter(|e| e.finding == finding).count()
+    }
+
+    fn violations(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| e.finding.is_violation())
+            .count()
+    }
+
+    /// Prints the summary, the table and the violations; returns the exit status.
+    pub(crate) fn print(
+        &self,
+        args: &Args,
+        sections: &[Section],
+        writes: &[ResourceWrite],
+        faults: &[Fault],
+    ) -> i32 {
+        let persistence = match args.backend.as_str() {
+            "redis" => args.persistence.name(),
+            _ => "raft (3 members)",
+        };
+        println!(
+            "torture: backend={} persistence={} procs={} tasks={} keys={} secs={} ttl={:?}",
+            args.backend, persistence, args.procs, args.tasks, args.keys, args.secs, TTL
+        );
+        let accepted = writes.iter().filter(|w| w.accepted).count();
+        println!(
+            "  sections: {} ({} ended by lost()); resource writes: {} accepted, {} refused",
+            sections.len(),
+            self.count(Finding::Lost),
+            accepted,
+            writes.len() - accepted
+        );
+        self.print_table(sections, faults);
+        println!("  findings:");
+        for finding in [
+            Finding::OverlapWithPause,
+            Finding::OverlapExcused,
+            Finding::SupersededAccepted,
+            Finding::Refused,
+            Finding::OverlapUnexcused,
+            Finding::DuplicateToken,
+            Finding::TokenBackwards,
+            Finding::StaleAccepted,
+            Finding::SameTokenAccepted,
+        ] {
+            let n = self.count(finding);
+            let tag = if finding.is_violation() && n > 0 {
+                "VIOLATION "
+            } else {
+                ""
+            };
+            println!("    {tag}{}: {n}", finding.label());
+            if finding == Finding::OverlapExcused && n > 0 {
+                println!("      excused by: {}", self.excusers());
+            }
+            if finding.is_violation() {
+                let examples = self.events.iter().filter(|e| e.finding == finding);
+                for e in examples.take(3) {
+                    println!("      e.g. {}", e.detail);
+                }
+            }
+        }
+        let violations = self.violations();
+        println!("  violations: {violations}");
+        assert!(
+            !sections.is_empty(),
+            "no section was recorded: the workers never got a lock"
+        );
+        (violations > 0) as i32
+    }
+
+    /// How many excused overlaps each kind of fault excuses, and for how many it is the
+    /// only excuse (an overlap may have several).
+    fn excusers(&self) -> String {
+        let mut counts = BTreeMap::<Kind, (usize, usize)>::new();
+        for e in &self.events {
+            if e.finding == Finding::OverlapExcused {
+                for kind in &e.excused_by {
+                    let (any, alone) = counts.entry(*kind).or_default();
+                    *any += 1;
+                    *alone += (e.excused_by.len() == 1) as usize;
+                }
+            }
+        }
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(kind, (any, alone))| format!("{} {any} (only excuse: {alone})", kind.label()))
+            .collect();
+        parts.join(", ")
+    }
+
+    fn print_table(&self, sections: &[Section], faults: &[Fault]) {
+        let mut header = format!("  {:<28}{:>9}{:>9}", "fault", "injected", "sections");
+        for (name, _) in COLUMNS {
+            header += &format!("{name:>12}");
+        }
+        println!("{header}");
+        let kinds: BTreeSet<Kind> = faults.iter().map(|f| f.kind).collect();
+        for kind in kinds {
+            let injected = faults.iter().filter(|f| f.kind == kind).count();
+            let touched = sections
+                .iter()
+                .filter(|s| faults.iter().any(|f| f.kind == kind && f.touches(s)))
+                .count();
+            let row = self.row(|k| k.contains(&kind));
+            print_row(&kind.label(), &injected.to_string(), touched, &row);
+        }
+        let untouched = sections
+            .iter()
+            .filter(|s| !faults.iter().any(|f| f.touches(s)))
+            .count();
+        print_row("(no fault)", "-", untouched, &self.row(|k| k.is_empty()));
+        print_row(
+            "all",
+            &faults.len().to_string(),
+            sections.len(),
+            &self.row(|_| true),
+        );
+        println!(
+            "  (ovl+pause / ovl-pause: overlapping pairs with / without a pause involved; \
+             refused: writes refused by fencing; stale-acc, sametok-acc, dup-tokens, backwards: \
+             rules 3, 4, 1, 2. An event touched by several faults counts in each of their rows.)"
+        );
+    }
+
+    /// The column counts over the events whose touching kinds satisfy `select`.
+    fn row(&self, select: impl Fn(&BTreeSet<Kind>) -> bool) -> Vec<usize> {
+        COLUMNS
+            .iter()
+            .map(|(_, findings)| {
+                self.events
+                    .iter()
+                    .zip(&self.touched_by)
+                    .filter(|(e, k)| findings.contains(&e.finding) && select(k))
+                    .count()
+            })
+            .collect()
+    }
+}
+
+fn print_row(label: &str, injected: &str, sections: usize, counts: &[usize]) {
+    let mut line = format!("  {label:<28}{injected:>9}{sections:>9}");
+    for n in counts {
+        line += &format!("{n:>12}");
+    }
+    println!("{line}");
+}
