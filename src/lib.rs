@@ -99,6 +99,7 @@
 pub mod backend;
 #[cfg(not(feature = "unstable-backend"))]
 mod backend;
+mod builder;
 mod compat;
 mod config;
 mod election;
@@ -119,13 +120,14 @@ pub use backend::memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use backend::redis::SentinelConnection;
+pub use builder::{LockerBuilder, DEFAULT_CALL_TIMEOUT};
 pub use compat::Compat;
 pub use config::{Config, Driver, ReplicaAck, MAX_KEY_LEN, MAX_REPLICA_ACKS, MAX_TTL, MIN_TTL};
 pub use election::{Election, Leadership, Term};
 pub use error::{BoxError, Error, Result};
 pub use guard::{LockGuard, Run};
 pub use holder::Holder;
-pub use locker::{Locker, LockerBuilder, DEFAULT_CALL_TIMEOUT};
+pub use locker::Locker;
 pub use options::LockOptions;
 
 // The README's Rust examples, compiled (and run where not `no_run`) by `cargo test --doc`;

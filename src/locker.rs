@@ -1,5 +1,6 @@
-//! `Locker` and `LockerBuilder`: validation, the attempt (deadline, close), starting the
-//! guard, close. The locker knows backends only through the erased seam.
+//! `Locker`: per call, validation, the attempt (deadline, close), handing the grant to the
+//! engine and a guard; and close. The locker knows backends only through the erased seam;
+//! `builder.rs` makes one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,10 +8,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::backend::erased::{erase, Acquired, BoxFuture, SharedBackend};
-use crate::backend::memory::{MemoryBackend, MemoryStore};
+use crate::backend::erased::{Acquired, BoxFuture, SharedBackend};
 use crate::backend::{Context, Request};
-use crate::config::{check_ttl, Config, Driver, MAX_KEY_LEN};
+use crate::config::{check_ttl, Config, MAX_KEY_LEN};
 use crate::engine::Engine;
 use crate::error::{display_key, Error, Result};
 use crate::guard::LockGuard;
@@ -18,7 +18,7 @@ use crate::holder::MAX_VALUE;
 use crate::metrics::Metrics;
 use crate::options::LockOptions;
 use crate::registry::Registry;
-use crate::Holder;
+use crate::{Holder, LockerBuilder};
 
 /// A handle to distributed locks on one backend. Cheap to clone; clones share everything
 /// (backend connection, held locks, the compat registry).
@@ -54,345 +54,6 @@ struct Inner {
     metrics: Metrics,
 }
 
-/// Builds a [`Locker`]: the config plus the connection for its driver (injected, never
-/// created by dlock).
-///
-/// ```
-/// use dlock::{Config, Driver, Error, Locker};
-///
-/// // A Redis config without a Redis connection is refused once, at build time.
-/// let err = Locker::builder(Config::new(Driver::Redis)).build().unwrap_err();
-/// assert!(matches!(err, Error::ConnectorMissing { .. }));
-/// ```
-#[must_use = "call .build() to get a Locker"]
-pub struct LockerBuilder {
-    config: Config,
-    backend: Option<SharedBackend>,
-    #[cfg(feature = "metrics")]
-    meter: Option<opentelemetry::metrics::Meter>,
-    key_attribute: bool,
-    call_timeout: Duration,
-    #[cfg(feature = "redis")]
-    redis_pubsub: crate::backend::redis::PubsubSlot,
-    #[cfg(feature = "redis")]
-    redis_replica_ack: crate::backend::redis::AckSlot,
-}
-
-/// The default of [`LockerBuilder::call_timeout`].
-///
-/// ```
-/// assert_eq!(dlock::DEFAULT_CALL_TIMEOUT, std::time::Duration::from_secs(5));
-/// ```
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl LockerBuilder {
-    /// The backend to lock on, for [`Driver::Custom`] (or a built-in driver, when `backend`
-    /// is one of the crate's). `.redis(..)`, `.etcd(..)` and `.memory(..)` are this call with
-    /// the crate's backends. Feature `unstable-backend`: the [`Backend`](crate::backend::Backend)
-    /// trait may still change.
-    ///
-    /// A [`Driver::Custom`] config needs one (the trait's documentation has a whole backend
-    /// as its example):
-    ///
-    /// ```
-    /// let err = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Custom)).build().unwrap_err();
-    /// assert!(err.to_string().contains(".backend(..)"), "{err}");
-    /// ```
-    #[cfg(feature = "unstable-backend")]
-    pub fn backend<B: crate::backend::Backend>(self, backend: B) -> Self {
-        self.install(backend)
-    }
-
-    /// Erases the backend's type, once, and keeps it (the last one given wins).
-    fn install<B: crate::backend::Backend>(mut self, backend: B) -> Self {
-        self.backend = Some(erase(backend));
-        self
-    }
-
-    /// The Redis connection for [`Driver::Redis`] (Go: `WithRedisConnector`): any redis-rs
-    /// async connection that is a cheap, shareable handle. `ConnectionManager` (reconnects
-    /// by itself; renewals and waits survive reconnects), `MultiplexedConnection`, a
-    /// `cluster_async::ClusterConnection` (see [`LockerBuilder::redis_cluster`]), or one
-    /// managed through Sentinel.
-    ///
-    /// ```no_run
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
-    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Redis))
-    ///     .redis(conn)
-    ///     .build()?;
-    /// // Or a multiplexed connection (no automatic reconnect):
-    /// let conn = client.get_multiplexed_async_connection().await?;
-    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Redis))
-    ///     .redis(conn)
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "redis")]
-    pub fn redis<C>(self, conn: C) -> Self
-    where
-        C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
-    {
-        let (pubsub, ack) = (self.redis_pubsub.clone(), self.redis_replica_ack.clone());
-        self.install(crate::backend::redis::RedisBackend::new(conn, pubsub, ack))
-    }
-
-    /// A Redis Cluster connection for [`Driver::Redis`]. All keys of one lock share a hash
-    /// slot (`{key}` hash tag), so locks spread over the masters.
-    ///
-    /// ```no_run
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let client = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7000/"])?;
-    /// let conn = client.get_async_connection().await?;
-    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Redis))
-    ///     .redis_cluster(conn)
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "redis")]
-    pub fn redis_cluster(self, conn: redis::cluster_async::ClusterConnection) -> Self {
-        self.redis(conn)
-    }
-
-    /// A client for release notifications on Redis: the locker opens one subscription
-    /// connection with it, and a waiting `lock()` retries as soon as the lock is released
-    /// anywhere, instead of at its next poll. Without it, waiters in this process are still
-    /// woken by releases made in this process; other releases are seen by polling at
-    /// `retry_interval`. Subscribes with `SUBSCRIBE`, and releases `PUBLISH`, which a Cluster
-    /// copies to every node: on a Cluster prefer
-    /// [`redis_cluster_pubsub`](Self::redis_cluster_pubsub), which keeps them on one shard.
-    ///
-    /// ```no_run
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
-    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Redis))
-    ///     .redis(conn)
-    ///     .redis_pubsub(client)
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "redis")]
-    pub fn redis_pubsub(self, client: redis::Client) -> Self {
-        let source = crate::backend::redis::PubsubSource::Node(client);
-        *crate::backend::recover(self.redis_pubsub.lock()) = Some(source);
-        self
-    }
-
-    /// Release notifications on a Redis Cluster that stay on one shard: the locker opens its
-    /// own cluster connection with `client`, subscribes each waited-on lock's channel with
-    /// `SSUBSCRIBE` on the master that owns the lock's slot (following slot moves and
-    /// failovers), and a release announces itself there with `SPUBLISH`, instead of a
-    /// `PUBLISH` that the cluster copies to every node. The client must speak RESP3
-    /// (`.use_protocol(ProtocolVersion::RESP3)`): redis-rs delivers cluster pub/sub as RESP3
-    /// pushes. On Redis before 7 (no sharded pub/sub) it falls back to `SUBSCRIBE`/`PUBLISH`
-    /// by itself. Replaces [`redis_pubsub`](Self::redis_pubsub) if both are given (the last
-    /// one wins); waiting works as there.
-    ///
-    /// ```no_run
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use redis::cluster::ClusterClientBuilder;
-    ///
-    /// let client = ClusterClientBuilder::new(vec!["redis://127.0.0.1:7000/"])
-    ///     .use_protocol(redis::ProtocolVersion::RESP3)
-    ///     .build()?;
-    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Redis))
-    ///     .redis_cluster(client.get_async_connection().await?)
-    ///     .redis_cluster_pubsub(client)
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "redis")]
-    pub fn redis_cluster_pubsub(self, client: redis::cluster::ClusterClient) -> Self {
-        let source = crate::backend::redis::PubsubSource::Cluster(client);
-        *crate::backend::recover(self.redis_pubsub.lock()) = Some(source);
-        self
-    }
-
-    /// Redis only: a lock counts as acquired, and a renewal as confirmed, only once
-    /// `replicas` replicas have it (`WAIT replicas timeout`, sent with the lock's script), so
-    /// that a failover to one of them cannot grant it again. Sets the config's
-    /// [`replica_ack`](Config::replica_ack); off by default, because a Redis without replicas
-    /// could then never grant a lock. With too few acknowledgements, an acquisition is undone
-    /// and the call fails with [`Error::Backend`]; a renewal is retried until the lock's
-    /// safety deadline, then `lost()` fires. `build()` checks the values (`replica_ack`:
-    /// 1 ..= [`MAX_REPLICA_ACKS`](crate::MAX_REPLICA_ACKS) replicas, a timeout under 90 % of
-    /// the default TTL).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use std::time::Duration;
-    /// use dlock::{Config, Driver, Error, Locker};
-    ///
-    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// let builder = Locker::builder(Config::new(Driver::Redis))
-    ///     .redis(redis::aio::ConnectionManager::new_lazy_with_config(client, Default::default())?);
-    /// let locker = builder.replica_ack(2, Duration::from_millis(100)).build()?;
-    /// assert_eq!(locker.config().replica_ack.map(|ack| ack.replicas), Some(2));
-    ///
-    /// // No replica can acknowledge more than the lock's useful time:
-    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
-    /// let err = Locker::builder(Config::new(Driver::Redis))
-    ///     .redis(redis::aio::ConnectionManager::new_lazy_with_config(client, Default::default())?)
-    ///     .replica_ack(1, Duration::from_secs(60))
-    ///     .build()
-    ///     .unwrap_err();
-    /// assert!(matches!(err, Error::InvalidConfig { ref field, .. } if field == "replica_ack"), "{err}");
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "redis")]
-    pub fn replica_ack(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.config.replica_ack = Some(crate::config::ReplicaAck::new(replicas, timeout));
-        self
-    }
-
-    /// The etcd client for [`Driver::Etcd`] (Go: `WithEtcdConnector`).
-    ///
-    /// ```no_run
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let client = etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
-    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Etcd))
-    ///     .etcd(client)
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "etcd")]
-    pub fn etcd(self, client: etcd_client::Client) -> Self {
-        self.install(crate::backend::etcd::EtcdBackend::new(client))
-    }
-
-    /// The store for [`Driver::Memory`]; without it the process-wide [`MemoryStore::global`]
-    /// is used.
-    ///
-    /// ```
-    /// let locker = dlock::Locker::builder(dlock::Config::default())
-    ///     .memory(dlock::MemoryStore::new())
-    ///     .build()
-    ///     .unwrap();
-    /// ```
-    pub fn memory(self, store: MemoryStore) -> Self {
-        self.install(MemoryBackend(store))
-    }
-
-    /// Records the metrics of [`crate::metrics`] with this OpenTelemetry meter (Go:
-    /// `WithMeter`). Cargo feature `metrics`.
-    ///
-    /// ```
-    /// let meter = opentelemetry::global::meter("my-service");
-    /// let locker = dlock::Locker::builder(dlock::Config::default()).meter(meter).build().unwrap();
-    /// ```
-    #[cfg(feature = "metrics")]
-    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
-        self.meter = Some(meter);
-        self
-    }
-
-    /// Whether metrics carry the `key` attribute (default `true`). Turn it off when keys are
-    /// many and unbounded (one per order, per user): each distinct key is a new time series.
-    ///
-    /// ```
-    /// let locker = dlock::Locker::builder(dlock::Config::default())
-    ///     .key_attribute(false)
-    ///     .build()
-    ///     .unwrap();
-    /// ```
-    pub fn key_attribute(mut self, on: bool) -> Self {
-        self.key_attribute = on;
-        self
-    }
-
-    /// The longest any single server call may take (default [`DEFAULT_CALL_TIMEOUT`], 5 s).
-    /// Each call is also bounded by what it is useful for: an acquire attempt by the lock's
-    /// safety deadline (90 % of the TTL), a renewal by the safety deadline of the last
-    /// confirmed one, a release by the key's expiry. So with a 1 h TTL, a server that does
-    /// not answer still ends `release()`, `close()` and every `lock()` attempt within this
-    /// bound. Must be at least 1 ms; checked by `build()`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let locker = dlock::Locker::builder(dlock::Config::default())
-    ///     .call_timeout(Duration::from_secs(2))
-    ///     .build()
-    ///     .unwrap();
-    /// ```
-    pub fn call_timeout(mut self, bound: Duration) -> Self {
-        self.call_timeout = bound;
-        self
-    }
-
-    /// Validates the config and the connector, once; the locker never re-checks them.
-    ///
-    /// Errors: [`Error::InvalidConfig`] naming the field, [`Error::InvalidTtl`] for a default
-    /// TTL the backend cannot honour (etcd: whole seconds), [`Error::ConnectorMissing`] when no
-    /// connector or one for another driver was given.
-    ///
-    /// ```
-    /// let locker = dlock::Locker::builder(dlock::Config::default()).build();
-    /// assert!(locker.is_ok());
-    /// ```
-    pub fn build(self) -> Result<Locker> {
-        let config = self.config;
-        config.validate()?;
-        #[cfg(feature = "redis")]
-        if let Some(ack) = config.replica_ack {
-            let _ = self.redis_replica_ack.set(ack);
-        }
-        if self.call_timeout < Duration::from_millis(1) {
-            return Err(Error::InvalidConfig {
-                field: "call_timeout".into(),
-                reason: format!("is {:?}; at least 1ms", self.call_timeout),
-            });
-        }
-        let backend = match (config.driver, self.backend) {
-            (Driver::Memory, None) => erase(MemoryBackend(MemoryStore::global())),
-            (driver, None) => {
-                let call = match driver {
-                    Driver::Custom => "backend",
-                    named => named.as_str(),
-                };
-                return Err(Error::ConnectorMissing {
-                    driver,
-                    reason: format!("needs a connection: call .{call}(..) on the builder"),
-                });
-            }
-            (driver, Some(backend)) if backend.driver() != driver => {
-                return Err(Error::ConnectorMissing {
-                    driver,
-                    reason: format!("was given a {} connector instead", backend.name()),
-                })
-            }
-            (_, Some(backend)) => backend,
-        };
-        backend
-            .check_ttl(config.default_ttl)
-            .map_err(|reason| Error::InvalidTtl {
-                key: None,
-                ttl: config.default_ttl,
-                reason: format!("default_ttl {reason}"),
-            })?;
-        #[cfg(feature = "metrics")]
-        let metrics = Metrics::new(self.meter.as_ref(), self.key_attribute);
-        #[cfg(not(feature = "metrics"))]
-        let metrics = {
-            let _ = self.key_attribute;
-            Metrics::default()
-        };
-        let context = Context::new(self.call_timeout);
-        let engine = Engine::new(backend.clone(), context.clone(), metrics.clone());
-        Ok(Locker {
-            inner: Arc::new(Inner {
-                config,
-                backend,
-                context,
-                engine,
-                registry: Registry::default(),
-                metrics,
-            }),
-        })
-    }
-}
-
 impl Locker {
     /// Starts building a locker for `config`.
     ///
@@ -401,17 +62,26 @@ impl Locker {
     /// assert_eq!(locker.config().driver, dlock::Driver::Memory);
     /// ```
     pub fn builder(config: Config) -> LockerBuilder {
-        LockerBuilder {
-            config,
-            backend: None,
-            #[cfg(feature = "metrics")]
-            meter: None,
-            key_attribute: true,
-            call_timeout: DEFAULT_CALL_TIMEOUT,
-            #[cfg(feature = "redis")]
-            redis_pubsub: Default::default(),
-            #[cfg(feature = "redis")]
-            redis_replica_ack: Default::default(),
+        LockerBuilder::new(config)
+    }
+
+    /// The locker `LockerBuilder::build` validated: its engine runs on its context.
+    pub(crate) fn new(
+        config: Config,
+        backend: SharedBackend,
+        context: Context,
+        metrics: Metrics,
+    ) -> Locker {
+        let engine = Engine::new(backend.clone(), context.clone(), metrics.clone());
+        Locker {
+            inner: Arc::new(Inner {
+                config,
+                backend,
+                context,
+                engine,
+                registry: Registry::default(),
+                metrics,
+            }),
         }
     }
 
@@ -813,23 +483,6 @@ fn check_key(key: &str) -> Result<()> {
         key: display_key(key),
         reason,
     })
-}
-
-/// Shows the config and which connector was given, never the connector itself: an injected
-/// client's own `Debug` can include its password (redis-rs prints its `ConnectionInfo`).
-impl std::fmt::Debug for LockerBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut out = f.debug_struct("LockerBuilder");
-        out.field("config", &self.config)
-            .field("backend", &self.backend.as_ref().map(|b| b.name()))
-            .field("call_timeout", &self.call_timeout);
-        #[cfg(feature = "redis")]
-        out.field(
-            "redis_pubsub",
-            &crate::backend::recover(self.redis_pubsub.lock()).is_some(),
-        );
-        out.finish_non_exhaustive()
-    }
 }
 
 impl std::fmt::Debug for Locker {

@@ -6,7 +6,9 @@
 //!   `PATH`; `scripts/test.sh` installs them. A missing binary fails the test with the install
 //!   command; nothing is skipped.
 //! - Layout, in the order a `locker.lock(key)` goes through it (never back up a layer):
-//!   - `src/locker.rs`: builder, then per call: validation (`begin`), the attempt bounded by
+//!   - `src/builder.rs`: `LockerBuilder`, a config and a connection in, one validated locker
+//!     out.
+//!   - `src/locker.rs`: per call, validation (`begin`), the attempt bounded by
 //!     `wait_timeout` and `close()` (`attempt`), handing the grant to the engine and a guard
 //!     (`start_guard`).
 //!   - `src/backend/erased.rs`: the one seam where a backend's type is erased (one boxed
