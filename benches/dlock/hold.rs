@@ -103,7 +103,7 @@ async fn hold(
 }
 
 /// The redis-server's process id, as it reports it (`INFO server`).
-async fn server_pid(redis: &Redis) -> String {
+pub async fn server_pid(redis: &Redis) -> String {
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut redis.admin())
@@ -116,7 +116,7 @@ async fn server_pid(redis: &Redis) -> String {
 }
 
 /// CPU time (user + system) of process `pid` ("self": this one) so far.
-fn cpu_time(pid: &str) -> Duration {
+pub fn cpu_time(pid: &str) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')

@@ -8,7 +8,9 @@
 //! 3. `contention`: one hot key, many tasks over 2 lockers: acquisitions/s, attempts per
 //!    acquisition and the fewest/most acquisitions one task got, against rslock;
 //! 4. `hold`: 100,000 locks held, on Redis and on etcd: live heap per guard (`heap.rs`), the
-//!    CPU the client and the server spend on renewal, and etcd's lease count.
+//!    CPU the client and the server spend on renewal, and etcd's lease count;
+//! 5. `cost`: what one uncontended lock + release costs the Redis server (commands and CPU
+//!    per pair), against the floor and rslock.
 //!
 //! Each section also records its figures for `charts.rs`, which ends the run by drawing
 //! them as SVG files in `benches/charts/` (shown by BENCHMARKS.md).
@@ -21,7 +23,7 @@
 //! ```sh
 //! cargo bench --all-features --bench dlock              # full run (~5 min)
 //! cargo bench --all-features --bench dlock -- --quick   # shorter windows, for a smoke test
-//! cargo bench --all-features --bench dlock -- hold  # or: throughput, handoff, contention, hold
+//! cargo bench --all-features --bench dlock -- hold  # or: throughput, handoff, contention, hold, cost
 //! ```
 
 #[path = "../../tests/support/mod.rs"]
@@ -30,6 +32,7 @@ mod support;
 mod baselines;
 mod charts;
 mod contention;
+mod cost;
 mod handoff;
 mod heap;
 mod hold;
@@ -58,6 +61,8 @@ pub struct Settings {
     pub hold_locks: usize,
     /// How long they are held while CPU is measured.
     pub hold_for: Duration,
+    /// Lock + release pairs per row of the cost section.
+    pub cost_pairs: u64,
 }
 
 impl Settings {
@@ -69,6 +74,7 @@ impl Settings {
             long_wait_samples: 6,
             hold_locks: 100_000,
             hold_for: Duration::from_secs(20),
+            cost_pairs: 20_000,
         }
     }
 
@@ -80,6 +86,7 @@ impl Settings {
             long_wait_samples: 2,
             hold_locks: 2_000,
             hold_for: Duration::from_secs(5),
+            cost_pairs: 2_000,
         }
     }
 }
@@ -99,7 +106,8 @@ fn main() {
     runtime.block_on(run(settings));
 }
 
-/// Sections named on the command line (`throughput`, `handoff`, `contention`, `hold`), or all.
+/// Sections named on the command line (`throughput`, `handoff`, `contention`, `hold`,
+/// `cost`), or all.
 fn wanted(section: &str) -> bool {
     let named: Vec<String> = std::env::args()
         .skip(1)
@@ -128,6 +136,9 @@ async fn run(s: Settings) {
     }
     if wanted("hold") {
         hold::run(&redis, &etcd, &s).await;
+    }
+    if wanted("cost") {
+        cost::run(&redis, &s).await;
     }
     charts::write(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/charts"));
 }

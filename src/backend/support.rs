@@ -326,7 +326,8 @@ pub(crate) async fn poll_until_acquired<B: Backend + ?Sized>(
 /// Runs `attempt` until it acquires. Between attempts it sleeps `retry_interval` ±20 %, or
 /// less when `wakeups` announce a release of `storage_key`. The wake-up is registered
 /// before each attempt, so a release that lands between a failed attempt and the sleep is
-/// not missed.
+/// not missed. With `wakeups`, the tasks of the store that wait for the key take turns: only
+/// the head of their line tries the server (see `wake.rs`).
 pub(crate) async fn retry_until_acquired<H, F, Fut>(
     wakeups: Option<&std::sync::Arc<super::Wakeups>>,
     storage_key: &str,
@@ -337,7 +338,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<Grant<H>>>>,
 {
-    let waiter = wakeups.map(|w| w.wait_for(storage_key));
+    let mut waiter = wakeups.map(|w| w.wait_for(storage_key));
+    let mut held = match &mut waiter {
+        Some(waiter) => waiter.turn().await,
+        None => false,
+    };
     let no_wakeups = Notify::new();
     loop {
         let released = match &waiter {
@@ -346,7 +351,13 @@ where
         };
         tokio::pin!(released);
         released.as_mut().enable();
-        if let Some(grant) = attempt().await? {
+        if held {
+            // The head before us holds the lock: its release (or the poll) comes first.
+            held = false;
+        } else if let Some(grant) = attempt().await? {
+            if let Some(waiter) = &waiter {
+                waiter.acquired();
+            }
             return Ok(Some(grant));
         }
         tokio::select! {

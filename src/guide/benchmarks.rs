@@ -16,7 +16,7 @@
 //! cargo bench --all-features --bench dlock                        # every section, a few minutes
 //! cargo bench --all-features --bench dlock -- --quick             # shorter windows: a smoke run
 //! cargo bench --all-features --bench dlock -- <section>           # one or more sections by name:
-//! cargo bench --all-features --bench dlock -- throughput handoff  #   throughput, handoff, contention, hold
+//! cargo bench --all-features --bench dlock -- throughput handoff  #   throughput, handoff, contention, hold, cost
 //! ```
 //!
 //! Each run prints its tables and redraws the charts in `benches/charts/`. On a shared or small
@@ -41,6 +41,9 @@
 //! - **`hold`**: 100,000 locks held at once: the heap per guard, the CPU the client and the
 //!   server spend on renewals, the calls sent, the keys left after release, and etcd's lease
 //!   count.
+//! - **`cost`**: what one uncontended lock + release costs the Redis server: the commands it
+//!   runs (`INFO commandstats`, a script's own commands included) and its CPU time per pair,
+//!   against the floor and rslock.
 //!
 //! The code is `benches/dlock/`: `main.rs` (arguments, section selection, output),
 //! `measure.rs` (the rate loop, percentiles), `baselines.rs` (the floors and peers), one module

@@ -228,9 +228,13 @@ where
         request: &Request<'_>,
         retry_interval: Duration,
     ) -> Result<Option<Grant<String>>> {
-        // Uncontended fast path: no subscription for a lock that is free.
-        if let Some(grant) = self.attempt(cx, request, None).await? {
-            return Ok(Some(grant));
+        // Uncontended fast path: no subscription for a lock that is free. Not when tasks of
+        // this backend already wait for the key: this call joins their line (`wake.rs`).
+        let waited_for = self.scripts.wakeups.has_waiters(request.storage_key);
+        if !waited_for {
+            if let Some(grant) = self.attempt(cx, request, None).await? {
+                return Ok(Some(grant));
+            }
         }
         // Waits at most one poll interval for the subscription: a release announced before
         // it is active is caught by the next attempt or poll.
