@@ -543,7 +543,8 @@ async fn drive(shared: Arc<Shared>) {
 ///
 /// `lost` fires no later than the safety deadline measured from the last confirmation,
 /// whatever the release is doing: a release that hangs must not let the holder believe it
-/// still holds a lock that a rival may already have taken (invariant 2).
+/// still holds a lock that a rival may already have taken (invariant 2, kept by bounding
+/// the release by that deadline).
 async fn end(
     backend: SharedBackend,
     cx: Context,
@@ -566,15 +567,11 @@ async fn end(
         let _ = backend.release(&cx, &lease, held, expiry).await;
         return Err(Error::lost(&lease.key));
     }
-    let releasing = backend.release(&cx, &lease, held, expiry);
-    tokio::pin!(releasing);
-    let outcome = tokio::select! {
-        outcome = &mut releasing => outcome,
-        _ = sleep_until(lease.deadline(slot.confirmed)) => {
-            slot.lost.cancel();
-            releasing.await
-        }
-    };
+    // Given up at the safety deadline, so that `lost` fires by then: past it, a rival may
+    // hold the lock, and the key expires a tenth of the TTL later anyway. (One bound, no
+    // timer of its own beside the call's.)
+    let deadline = lease.deadline(slot.confirmed);
+    let outcome = backend.release(&cx, &lease, held, deadline).await;
     slot.lost.cancel();
     match outcome {
         Ok(true) => {
