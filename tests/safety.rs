@@ -535,3 +535,125 @@ async fn an_attempt_that_lands_after_its_undo_takes_nothing() {
         "the late attempt took the lock after its undo: nobody holds it, yet try_lock says held"
     );
 }
+
+/// Sends each command where the test says: the next ones in `routes` (the slow path
+/// through a proxy, or another server), then the direct path. As a Sentinel connection
+/// does when the sentinels name a new master while a command is on its way.
+#[derive(Clone)]
+struct Routed {
+    slow: redis::aio::MultiplexedConnection,
+    other: redis::aio::MultiplexedConnection,
+    direct: redis::aio::MultiplexedConnection,
+    routes: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Route>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Slow,
+    Other,
+}
+
+impl Routed {
+    fn pick(&self) -> redis::aio::MultiplexedConnection {
+        match self.routes.lock().unwrap().pop_front() {
+            Some(Route::Slow) => self.slow.clone(),
+            Some(Route::Other) => self.other.clone(),
+            None => self.direct.clone(),
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for Routed {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        let mut conn = self.pick();
+        Box::pin(async move { conn.req_packed_command(cmd).await })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        let mut conn = self.pick();
+        Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// An attempt that times out, whose undo reaches *another* server (the sentinels named a
+/// new master in between), and which then lands on the first: its key there is owned by
+/// no guard. The same locker's next try_lock takes it over rather than find the lock held
+/// for a whole TTL ("nobody holds `after`" in the Sentinel failover test, 1 run in 20 under
+/// load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undone_attempt_left_on_another_server_is_taken_over_by_its_locker() {
+    let (first, second) = (
+        support::RedisServer::start().await,
+        support::RedisServer::start().await,
+    );
+    let proxy = support::Proxy::start(first.addr()).await;
+    let connect = |url: String| async move {
+        let client = redis::Client::open(url).expect("url");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    };
+    let conn = Routed {
+        slow: connect(format!("redis://{}/", proxy.addr())).await,
+        other: connect(second.url()).await,
+        direct: connect(first.url()).await,
+        routes: Default::default(),
+    };
+    let routes = conn.routes.clone();
+    let locker = Locker::builder(config(Driver::Redis, Duration::from_secs(30)))
+        .redis(conn)
+        .call_timeout(Duration::from_millis(100))
+        .build()
+        .expect("build");
+    // The scripts are loaded on both servers first (an EVALSHA of an unknown script is
+    // answered NOSCRIPT and sent again: more commands than the routes expect).
+    let on_second = Locker::builder(config(Driver::Redis, Duration::from_secs(30)))
+        .redis(second.connection_manager().await)
+        .build()
+        .expect("build");
+    for locker in [&locker, &on_second] {
+        let warm = locker
+            .try_lock("warm")
+            .await
+            .expect("try_lock")
+            .expect("free");
+        warm.release().await.expect("release");
+    }
+    // The attempt's script waits in the proxy past the call timeout; its undo goes at once,
+    // to the other server.
+    proxy.delay(Duration::from_millis(400));
+    routes.lock().unwrap().extend([Route::Slow, Route::Other]);
+    let attempt = locker.try_lock("late").await;
+    assert!(matches!(attempt, Err(Error::Backend { .. })), "{attempt:?}");
+    // Past the moment the attempt's script took the lock on the first server.
+    sleep(Duration::from_millis(800)).await;
+    let mut direct = first.connection_manager().await;
+    let left: Option<String> = redis::cmd("GET")
+        .arg("safe:{late}")
+        .query_async(&mut direct)
+        .await
+        .expect("GET");
+    assert!(
+        left.as_deref().is_some_and(|v| !v.starts_with('~')),
+        "the scenario did not happen: the attempt left no lock on the first server ({left:?})"
+    );
+    let retry = locker.try_lock("late").await.expect("try_lock");
+    assert!(
+        retry.is_some(),
+        "the locker's own undone attempt holds the lock on the first server: nobody owns it, \
+         yet try_lock says held"
+    );
+}

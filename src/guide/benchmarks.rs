@@ -23,6 +23,16 @@
 //! machine absolute rates move by tens of percent between runs: compare ratios taken in the same
 //! run, and run a section three times before believing a change.
 //!
+//! ## The charts
+//!
+//! Drawn by the last full run committed with `BENCHMARKS.md` (where its date, commit and
+//! tables are): throughput against tasks for dlock, the floor and the peer on Redis, and how
+//! evenly one hot key was shared among the tasks of two lockers.
+//!
+#![doc = include_str!("../../benches/charts/throughput-redis.svg")]
+//!
+#![doc = include_str!("../../benches/charts/hot-key-shares.svg")]
+//!
 //! ## What is measured, against what
 //!
 //! Every figure stands beside a **floor** (the least the job needs, sent by hand on the same

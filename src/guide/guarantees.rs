@@ -95,13 +95,16 @@
 //!   cut at random points, each retried at once, then 100 guards dropped and their keys
 //!   locked again at once). On Redis an attempt that reaches the server only after its undo
 //!   (the undo went by a new connection) takes nothing: the undo bars its token
-//!   (`safety::an_attempt_that_lands_after_its_undo_takes_nothing`). **Limit:** during a
-//!   Sentinel failover an interrupted attempt's undo can reach another server than the attempt
-//!   did (the sentinels named a new master in between); that attempt's key then stays on the
-//!   new master, held by nobody, for at most its TTL
-//!   (`replication::a_sentinel_locker_follows_a_failover_and_locks_on_the_new_master` allows
-//!   exactly that; seen in 1 of 16 runs under load).
-//! - **Drop releases promptly**, from the guard's own task (`conformance::*::drop_releases_promptly`);
+//!   (`safety::an_attempt_that_lands_after_its_undo_takes_nothing`). During a Sentinel
+//!   failover an interrupted attempt's undo can reach another server than the attempt did
+//!   (the sentinels named a new master in between), leaving the attempt's key, held by
+//!   nobody, on the first: the backend remembers the tokens of the attempts it undid until
+//!   their TTL ends, and its next attempt on that key takes such a lock over
+//!   (`safety::an_undone_attempt_left_on_another_server_is_taken_over_by_its_locker`;
+//!   `replication::a_sentinel_locker_follows_a_failover_and_locks_on_the_new_master` again
+//!   fails on any `None` for a key nobody else locks). Another process finds that key held
+//!   until its TTL ends.
+//! - **Drop releases promptly**, handed to the locker's engine (`conformance::*::drop_releases_promptly`);
 //!   no renewal is sent after a release. `close()` releases everything and returns only after
 //!   everything the locker started has finished — releases, undoing of interrupted acquires,
 //!   the etcd session's lease revoke, the notification task (`conformance::*::close_releases_everything`,

@@ -18,6 +18,7 @@
 //! deadline, a release once the key has expired; every call is also bounded by the
 //! locker's call timeout. Scripts live beside this file, one per operation, each idempotent.
 
+mod abandoned;
 mod batch;
 mod notifications;
 mod replicas;
@@ -56,6 +57,8 @@ pub(crate) type PubsubSlot = Arc<Mutex<Option<PubsubSource>>>;
 /// call): `ConnectionManager`, `MultiplexedConnection`, a cluster connection...
 pub(crate) struct RedisBackend<C> {
     scripts: Scripts<C>,
+    /// Tokens of this backend's undone attempts, taken over if found holding a lock.
+    abandoned: abandoned::Abandoned,
     /// Whether the connection is a Redis Cluster's: renewal batches are split by hash slot.
     cluster: bool,
     pubsub: PubsubSlot,
@@ -90,6 +93,7 @@ where
             == std::any::TypeId::of::<redis::cluster_async::ClusterConnection>();
         RedisBackend {
             cluster,
+            abandoned: abandoned::Abandoned::default(),
             scripts: Scripts {
                 conn,
                 wakeups: Wakeups::new(),
@@ -112,6 +116,10 @@ where
         // dropped or the call fails, release whatever our token may hold.
         let sent = Instant::now();
         let undo = cx.undo_on_drop(request, || {
+            // Wherever the undo lands, the attempt's key is nobody's (`abandoned.rs`).
+            let expiry = sent + request.ttl;
+            self.abandoned
+                .add(request.storage_key, request.token, expiry);
             let (scripts, cx) = (self.scripts.clone(), cx.clone());
             let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
             let (token, ttl) = (request.token.to_owned(), request.ttl);
@@ -125,6 +133,7 @@ where
                 cx.until_confirmed("redis", &key, sent + ttl, release).await;
             }
         });
+        let abandoned = self.abandoned.on(request.storage_key);
         // A reply after the safety deadline could not give a usable guard.
         let fence: u64 = if let Some(ack) = self.replica_ack.get() {
             let mut obtain = replicas::evalsha(&OBTAIN, request.storage_key);
@@ -132,7 +141,8 @@ where
                 .arg(request.token)
                 .arg(millis(request.ttl))
                 .arg(announce.unwrap_or("0"))
-                .arg(published(request.value));
+                .arg(published(request.value))
+                .arg(&abandoned);
             let wait = replicas::wait_timeout(cx, ack, request.useful_for());
             let (fence, acked): (u64, i64) = self
                 .scripts
@@ -149,6 +159,7 @@ where
                 // Undone before the error returns, so that a retry finds the key free; if
                 // this release fails, the armed undo retries it in the background.
                 let (key, lock_key, token) = (request.key, request.storage_key, request.token);
+                self.abandoned.add(lock_key, token, sent + request.ttl);
                 if self
                     .scripts
                     .release(cx, key, lock_key, token, request.ttl)
@@ -167,7 +178,8 @@ where
                 .arg(request.token)
                 .arg(millis(request.ttl))
                 .arg(announce.unwrap_or("0"))
-                .arg(published(request.value));
+                .arg(published(request.value))
+                .arg(&abandoned);
             self.scripts
                 .call(cx, request.key, request.useful_for(), &obtain)
                 .await?

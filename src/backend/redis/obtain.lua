@@ -15,6 +15,8 @@
 --          nobody is subscribed (or only pollers are), and the release publishes nothing.
 -- ARGV[4]  `#` and the value the holder publishes, hex-encoded (so that it holds no `!` or
 --          `~`), or empty
+-- ARGV[5..] tokens of this client's own attempts that it undid (abandoned.rs): a lock held
+--          by one of them is nobody's (its undo reached another server), and is taken over
 --
 -- Returns the fencing token (> 0) as a decimal string, or 0 when someone else holds the lock.
 --
@@ -33,22 +35,34 @@ if value then
       redis.call('PEXPIRE', KEYS[1], ARGV[2])
       return string.match(value, '%d+', #own + 1)
     end
-    local mark = ARGV[3]
-    if (mark == '!' or mark == '^') and not string.find(value, mark, 1, true) then
-      -- The mark lives and dies with this holder's value: a waiter that dies costs at
-      -- most one needless publish.
-      local released = string.find(value, '~', 1, true) or (#value + 1)
-      local marked = string.sub(value, 1, released - 1) .. mark .. string.sub(value, released)
-      redis.call('SET', KEYS[1], marked, 'KEEPTTL')
+    local abandoned = false
+    for i = 5, #ARGV do
+      local theirs = ARGV[i] .. ':'
+      if string.sub(value, 1, #theirs) == theirs then
+        abandoned = true
+      end
     end
-    return 0
+    if not abandoned then
+      local mark = ARGV[3]
+      if (mark == '!' or mark == '^') and not string.find(value, mark, 1, true) then
+        -- The mark lives and dies with this holder's value: a waiter that dies costs at
+        -- most one needless publish.
+        local released = string.find(value, '~', 1, true) or (#value + 1)
+        local marked = string.sub(value, 1, released - 1) .. mark .. string.sub(value, released)
+        redis.call('SET', KEYS[1], marked, 'KEEPTTL')
+      end
+      return 0
+    end
+    -- Held by an attempt this client undid: taken over below, as a free lock. (Waiters'
+    -- marks on it are dropped: they learn of the next release by polling.)
+  else
+    -- A tombstone that bars this token: the attempt was undone (or released) before this
+    -- copy arrived, and must take nothing.
+    if string.find(value, '~' .. ARGV[1], 1, true) then
+      return 0
+    end
+    previous = value
   end
-  -- A tombstone that bars this token: the attempt was undone (or released) before this copy
-  -- arrived, and must take nothing.
-  if string.find(value, '~' .. ARGV[1], 1, true) then
-    return 0
-  end
-  previous = value
 end
 -- TIME answers seconds and microseconds as strings: the token is their digits, the
 -- microseconds padded to six.
