@@ -101,6 +101,19 @@
 //! Code that is not a single future can watch the token itself:
 //! `tokio::select! { _ = guard.lost().cancelled() => ..., r = step() => ... }`.
 //!
+//! Work that can fail itself comes back wrapped: the outer `Result` says whether the lock
+//! held to the end, the inner one is the work's own, hence the two `?`:
+//!
+//! ```rust
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
+//! let guard = locker.lock("export").await?;
+//! let rows: u64 = guard.run(async { Ok::<_, std::io::Error>(42) }).await??;
+//! assert_eq!(rows, 42);
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! ## Fenced writes
 //!
 //! `lost()` stops *cooperative* work. It cannot recall a write that is already on its way, nor
