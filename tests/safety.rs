@@ -440,54 +440,6 @@ async fn calls_are_bounded_even_with_a_long_ttl() {
     assert!(closed.is_ok(), "close() hung on a blackholed server");
 }
 
-/// A connection that sends one command through `slow` when asked to (`slow_next`), and
-/// every other through `fast`: an acquire attempt on one connection and its undo on another,
-/// as after a Sentinel or `ConnectionManager` reconnect (a timed-out command's connection is
-/// replaced while the command itself is still on its way to the server).
-#[derive(Clone)]
-struct FirstCommandSlow {
-    slow: redis::aio::MultiplexedConnection,
-    fast: redis::aio::MultiplexedConnection,
-    slow_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl FirstCommandSlow {
-    fn pick(&self) -> redis::aio::MultiplexedConnection {
-        if self
-            .slow_next
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            self.slow.clone()
-        } else {
-            self.fast.clone()
-        }
-    }
-}
-
-impl redis::aio::ConnectionLike for FirstCommandSlow {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        let mut conn = self.pick();
-        Box::pin(async move { conn.req_packed_command(cmd).await })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        let mut conn = self.pick();
-        Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
-    }
-
-    fn get_db(&self) -> i64 {
-        0
-    }
-}
-
 /// An attempt that times out, is undone on another connection, and only then reaches the
 /// server must not take the lock: nobody would own it, and the next try_lock of the same
 /// locker would find it held for a whole TTL ("nobody holds `after`" in the Sentinel
@@ -503,12 +455,14 @@ async fn an_attempt_that_lands_after_its_undo_takes_nothing() {
             .await
             .expect("connect")
     };
-    let conn = FirstCommandSlow {
+    let direct = connect(server.url()).await;
+    let conn = Routed {
         slow: connect(format!("redis://{}/", proxy.addr())).await,
-        fast: connect(server.url()).await,
-        slow_next: Default::default(),
+        other: direct.clone(),
+        direct,
+        routes: Default::default(),
     };
-    let slow_next = conn.slow_next.clone();
+    let routes = conn.routes.clone();
     let locker = Locker::builder(config(Driver::Redis, Duration::from_secs(30)))
         .redis(conn)
         .call_timeout(Duration::from_millis(100))
@@ -524,7 +478,7 @@ async fn an_attempt_that_lands_after_its_undo_takes_nothing() {
     warm.release().await.expect("release");
     // The attempt's script waits in the proxy past the call timeout; its undo goes at once.
     proxy.delay(Duration::from_millis(400));
-    slow_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    routes.lock().unwrap().push_back(Route::Slow);
     let first = locker.try_lock("late").await;
     assert!(matches!(first, Err(Error::Backend { .. })), "{first:?}");
     // Past the moment the attempt's script reached the server.
@@ -537,8 +491,9 @@ async fn an_attempt_that_lands_after_its_undo_takes_nothing() {
 }
 
 /// Sends each command where the test says: the next ones in `routes` (the slow path
-/// through a proxy, or another server), then the direct path. As a Sentinel connection
-/// does when the sentinels name a new master while a command is on its way.
+/// through a proxy, or another server), then the direct path. As a Sentinel or
+/// `ConnectionManager` connection does when a timed-out command's connection is replaced
+/// (or the sentinels name a new master) while the command is still on its way.
 #[derive(Clone)]
 struct Routed {
     slow: redis::aio::MultiplexedConnection,

@@ -188,6 +188,13 @@ impl Canvas {
 
     /// A renewal at `t` on the lane at `y`: a filled dot when the server confirmed it, a
     /// hollow one with a cross when it went unanswered.
+    /// The grant at time 0 on the lane at `y`: a dot and its label.
+    fn acquired(&mut self, y: f64, label: &str, color: &str) {
+        let x = self.x(0.0);
+        self.circle((x, y), 6.0, color, true);
+        self.text((x + 8.0, y + 18.0), label, color, 11.5, "start", false);
+    }
+
     fn renewal(&mut self, t: f64, y: f64, confirmed: bool, color: &str) {
         let x = self.x(t);
         if confirmed {
@@ -260,15 +267,7 @@ fn lifecycle() -> String {
     let (guard, server) = (85.0, 130.0);
     c.lane(guard, "guard", BLUE);
     c.lane(server, "key on the server", GREY);
-    c.circle((c.x(0.0), guard), 6.0, BLUE, true);
-    c.text(
-        (c.x(0.0) + 8.0, guard + 18.0),
-        "lock() → guard, fencing token 7",
-        BLUE,
-        11.5,
-        "start",
-        false,
-    );
+    c.acquired(guard, "lock() → guard, fencing token 7", BLUE);
     let mut t = RENEW_EVERY;
     while t < release_at {
         c.renewal(t, guard, true, BLUE);
@@ -305,15 +304,7 @@ fn lifecycle() -> String {
     let (guard, server) = (235.0, 280.0);
     c.lane(guard, "guard", BLUE);
     c.lane(server, "key on the server", GREY);
-    c.circle((c.x(0.0), guard), 6.0, BLUE, true);
-    c.text(
-        (c.x(0.0) + 8.0, guard + 18.0),
-        "lock() → guard",
-        BLUE,
-        11.5,
-        "start",
-        false,
-    );
+    c.acquired(guard, "lock() → guard", BLUE);
     let last_confirmed = RENEW_EVERY;
     c.renewal(last_confirmed, guard, true, BLUE);
     let deadline = last_confirmed + SAFETY_DEADLINE;
@@ -405,15 +396,7 @@ fn failure() -> String {
     c.lane(store, "fenced store", INK);
 
     // A acquires with token 41 and renews once.
-    c.circle((c.x(0.0), a), 6.0, BLUE, true);
-    c.text(
-        (c.x(0.0) + 8.0, a + 18.0),
-        "acquires, token 41",
-        BLUE,
-        11.5,
-        "start",
-        false,
-    );
+    c.acquired(a, "acquires, token 41", BLUE);
     let last_confirmed = RENEW_EVERY;
     c.renewal(last_confirmed, a, true, BLUE);
     // A's first write: accepted, the store's highest token is now 41.
