@@ -47,8 +47,7 @@
 //!   p99), the release made by a second locker with its own connection; with and without
 //!   release notifications, and against the peers' own waiting.
 //! - **`contention`**: one hot key, many tasks over two lockers: acquisitions per second,
-//!   server commands per acquisition (attempts, and the release or hand-over), and how evenly
-//!   the tasks were served, against rslock.
+//!   attempts per acquisition, and how evenly the tasks were served, against rslock.
 //! - **`hold`**: 100,000 locks held at once: the heap per guard, the CPU the client and the
 //!   server spend on renewals, the calls sent, the keys left after release, and etcd's lease
 //!   count.
