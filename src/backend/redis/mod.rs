@@ -24,7 +24,6 @@ mod notifications;
 mod replicas;
 mod sentinel;
 
-use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -34,8 +33,6 @@ use tokio::time::Instant;
 
 use self::notifications::Notifications;
 pub(crate) use self::notifications::Source as PubsubSource;
-use super::support::TakeOver;
-use super::wake::Offer;
 use super::{
     recover, retry_until_acquired, Backend, Context, Grant, Lease, Renewal, Request, Wakeups,
 };
@@ -47,7 +44,6 @@ pub(crate) use self::replicas::AckSlot;
 pub use self::sentinel::SentinelConnection;
 
 static OBTAIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("obtain.lua")));
-static HAND_OVER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("hand_over.lua")));
 static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("refresh.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 static HOLDER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("holder.lua")));
@@ -110,29 +106,6 @@ where
 
     /// One acquire attempt; `announce`: the waiter's mark (obtain.lua's ARGV[3]) that makes
     /// the release of a held lock publish the way this waiter listens.
-    /// Undoes `request`'s acquisition, whose outcome is unknown (sent at `sent`): releases
-    /// it if it took the lock; otherwise bars its token for its TTL, so that it takes nothing
-    /// if it reaches the server later (sent on a connection replaced meanwhile: release.lua,
-    /// ARGV[4]). Wherever the undo lands, the attempt's key is nobody's (`abandoned.rs`).
-    fn undo(
-        &self,
-        cx: &Context,
-        request: &Request<'_>,
-        sent: Instant,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        let expiry = sent + request.ttl;
-        self.abandoned
-            .add(request.storage_key, request.token, expiry);
-        let (scripts, cx) = (self.scripts.clone(), cx.clone());
-        let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
-        let (token, ttl) = (request.token.to_owned(), request.ttl);
-        async move {
-            let (limit, bar) = (cx.bound(ttl), "bar");
-            let release = || scripts.release_or_bar(&cx, &key, &lock_key, &token, limit, ttl, bar);
-            cx.until_confirmed("redis", &key, expiry, release).await;
-        }
-    }
-
     async fn attempt(
         &self,
         cx: &Context,
@@ -142,7 +115,24 @@ where
         // Until the server answers, the script may or may not have run: if this future is
         // dropped or the call fails, release whatever our token may hold.
         let sent = Instant::now();
-        let undo = cx.undo_on_drop(request, || self.undo(cx, request, sent));
+        let undo = cx.undo_on_drop(request, || {
+            // Wherever the undo lands, the attempt's key is nobody's (`abandoned.rs`).
+            let expiry = sent + request.ttl;
+            self.abandoned
+                .add(request.storage_key, request.token, expiry);
+            let (scripts, cx) = (self.scripts.clone(), cx.clone());
+            let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
+            let (token, ttl) = (request.token.to_owned(), request.ttl);
+            async move {
+                // Releases the attempt if it took the lock; otherwise bars its token for its
+                // TTL, so that it takes nothing if it reaches the server later (sent on a
+                // connection replaced meanwhile: release.lua, ARGV[4]).
+                let (limit, bar) = (cx.bound(ttl), "bar");
+                let release =
+                    || scripts.release_or_bar(&cx, &key, &lock_key, &token, limit, ttl, bar);
+                cx.until_confirmed("redis", &key, sent + ttl, release).await;
+            }
+        });
         let abandoned = self.abandoned.on(request.storage_key);
         // A reply after the safety deadline could not give a usable guard.
         let fence: u64 = if let Some(ack) = self.replica_ack.get() {
@@ -272,31 +262,10 @@ where
         // would hear it.
         let announce = subscription.as_ref().map(|s| s.mark());
         let wakeups = Some(&self.scripts.wakeups);
-        // A holder of this backend hands the lock over to the head of its waiters rather
-        // than release it (`hand_over`); replica acknowledgement is the attempt's business.
-        let take_over = self.replica_ack.get().is_none().then_some(TakeOver {
-            token: request.token,
-            ttl: request.ttl,
-            value: request.value,
-        });
-        // A lock handed over to this call and not yet taken from its channel when the call
-        // ends otherwise (dropped, or failed) would be nobody's: undone then.
-        // (Its TTL counts from the drop: any lock handed over was granted before.)
-        let undo = take_over
-            .is_some()
-            .then(|| cx.undo_on_drop(request, || self.undo(cx, request, Instant::now())));
-        let acquired = retry_until_acquired(
-            wakeups,
-            request.storage_key,
-            retry_interval,
-            take_over,
-            || self.attempt(cx, request, announce),
-        )
-        .await;
-        if let (Ok(Some(_)), Some(undo)) = (&acquired, undo) {
-            undo.disarm();
-        }
-        acquired
+        retry_until_acquired(wakeups, request.storage_key, retry_interval, || {
+            self.attempt(cx, request, announce)
+        })
+        .await
     }
 
     async fn renew(&self, cx: &Context, lease: &Lease, token: &mut String) -> Result<Renewal> {
@@ -361,9 +330,6 @@ where
         }))
     }
 
-    /// Hands the lock over to the head of this backend's waiters for it, when there is one
-    /// (at most 8 times in a row: then the release goes to the server, where the waiters of
-    /// other processes get their chance); otherwise releases it.
     async fn release(
         &self,
         cx: &Context,
@@ -371,60 +337,9 @@ where
         token: String,
         limit: Duration,
     ) -> Result<bool> {
-        if let Some(offer) = self.scripts.wakeups.take_offer(&lease.storage_key) {
-            // On an error, handed over or not: the release below finds out (release.lua
-            // recognises a lock handed over from this token as released), and frees it in
-            // the second case.
-            if let Ok(handed) = self.hand_over(cx, lease, &token, offer, limit).await {
-                return Ok(handed);
-            }
-        }
         self.scripts
             .release(cx, &lease.key, &lease.storage_key, &token, limit)
             .await
-    }
-}
-
-impl<C> RedisBackend<C>
-where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
-{
-    /// One hand_over.lua call: `Ok(true)` handed over (the taker has its grant, or, gone
-    /// meanwhile, had it released), `Ok(false)` the lock was not ours any more.
-    async fn hand_over(
-        &self,
-        cx: &Context,
-        lease: &Lease,
-        token: &str,
-        offer: Offer,
-        limit: Duration,
-    ) -> Result<bool> {
-        let sent = Instant::now();
-        let mut hand_over = HAND_OVER.prepare_invoke();
-        hand_over
-            .key(&lease.storage_key)
-            .arg(token)
-            .arg(&offer.token)
-            .arg(millis(offer.ttl))
-            .arg(published(offer.value.as_deref()));
-        let fence: u64 = self.scripts.call(cx, &lease.key, limit, &hand_over).await?;
-        if fence == 0 {
-            return Ok(false); // the offer is dropped: its waiter tries the server
-        }
-        let grant = Grant {
-            fencing_token: fence,
-            confirmed_at: sent,
-            held: offer.token.clone(),
-        };
-        if offer.taker.send(Box::new(grant)).is_err() {
-            // The waiter left meanwhile: nobody owns the taker's acquisition.
-            let (key, lock_key, ttl) = (&lease.key, &lease.storage_key, offer.ttl);
-            let _ = self
-                .scripts
-                .release(cx, key, lock_key, &offer.token, ttl)
-                .await;
-        }
-        Ok(true)
     }
 }
 
