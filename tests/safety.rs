@@ -448,26 +448,10 @@ async fn calls_are_bounded_even_with_a_long_ttl() {
 async fn an_attempt_that_lands_after_its_undo_takes_nothing() {
     let server = support::RedisServer::start().await;
     let proxy = support::Proxy::start(server.addr()).await;
-    let connect = |url: String| async move {
-        let client = redis::Client::open(url).expect("url");
-        client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect")
-    };
-    let direct = connect(server.url()).await;
-    let conn = Routed {
-        slow: connect(format!("redis://{}/", proxy.addr())).await,
-        other: direct.clone(),
-        direct,
-        routes: Default::default(),
-    };
+    let proxied = format!("redis://{}/", proxy.addr());
+    let conn = Routed::open(&proxied, &server.url(), &server.url()).await;
     let routes = conn.routes.clone();
-    let locker = Locker::builder(config(Driver::Redis, Duration::from_secs(30)))
-        .redis(conn)
-        .call_timeout(Duration::from_millis(100))
-        .build()
-        .expect("build");
+    let locker = routed_locker(conn);
     // The scripts are loaded on the server first (a late EVALSHA of an unknown script would
     // fail for that reason alone).
     let warm = locker
@@ -502,6 +486,15 @@ struct Routed {
     routes: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Route>>>,
 }
 
+/// A locker over `conn` whose calls give up after 100 ms (the delayed route takes longer).
+fn routed_locker(conn: Routed) -> Locker {
+    Locker::builder(config(Driver::Redis, Duration::from_secs(30)))
+        .redis(conn)
+        .call_timeout(Duration::from_millis(100))
+        .build()
+        .expect("build")
+}
+
 #[derive(Clone, Copy)]
 enum Route {
     Slow,
@@ -509,6 +502,23 @@ enum Route {
 }
 
 impl Routed {
+    /// Connections to the three places a command can be sent, no route set.
+    async fn open(slow: &str, other: &str, direct: &str) -> Routed {
+        let connect = |url: String| async move {
+            let client = redis::Client::open(url).expect("url");
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect")
+        };
+        Routed {
+            slow: connect(slow.to_owned()).await,
+            other: connect(other.to_owned()).await,
+            direct: connect(direct.to_owned()).await,
+            routes: Default::default(),
+        }
+    }
+
     fn pick(&self) -> redis::aio::MultiplexedConnection {
         match self.routes.lock().unwrap().pop_front() {
             Some(Route::Slow) => self.slow.clone(),
@@ -554,25 +564,10 @@ async fn an_undone_attempt_left_on_another_server_is_taken_over_by_its_locker() 
         support::RedisServer::start().await,
     );
     let proxy = support::Proxy::start(first.addr()).await;
-    let connect = |url: String| async move {
-        let client = redis::Client::open(url).expect("url");
-        client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect")
-    };
-    let conn = Routed {
-        slow: connect(format!("redis://{}/", proxy.addr())).await,
-        other: connect(second.url()).await,
-        direct: connect(first.url()).await,
-        routes: Default::default(),
-    };
+    let proxied = format!("redis://{}/", proxy.addr());
+    let conn = Routed::open(&proxied, &second.url(), &first.url()).await;
     let routes = conn.routes.clone();
-    let locker = Locker::builder(config(Driver::Redis, Duration::from_secs(30)))
-        .redis(conn)
-        .call_timeout(Duration::from_millis(100))
-        .build()
-        .expect("build");
+    let locker = routed_locker(conn);
     // The scripts are loaded on both servers first (an EVALSHA of an unknown script is
     // answered NOSCRIPT and sent again: more commands than the routes expect).
     let on_second = Locker::builder(config(Driver::Redis, Duration::from_secs(30)))
