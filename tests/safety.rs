@@ -454,12 +454,7 @@ async fn an_attempt_that_lands_after_its_undo_takes_nothing() {
     let locker = routed_locker(conn);
     // The scripts are loaded on the server first (a late EVALSHA of an unknown script would
     // fail for that reason alone).
-    let warm = locker
-        .try_lock("warm")
-        .await
-        .expect("try_lock")
-        .expect("free");
-    warm.release().await.expect("release");
+    load_scripts(&locker).await;
     // The attempt's script waits in the proxy past the call timeout; its undo goes at once.
     proxy.delay(Duration::from_millis(400));
     routes.lock().unwrap().push_back(Route::Slow);
@@ -484,6 +479,16 @@ struct Routed {
     other: redis::aio::MultiplexedConnection,
     direct: redis::aio::MultiplexedConnection,
     routes: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Route>>>,
+}
+
+/// Locks and releases once through `locker`, so that its server has the scripts loaded.
+async fn load_scripts(locker: &Locker) {
+    let warm = locker
+        .try_lock("warm")
+        .await
+        .expect("try_lock")
+        .expect("free");
+    warm.release().await.expect("release");
 }
 
 /// A locker over `conn` whose calls give up after 100 ms (the delayed route takes longer).
@@ -575,12 +580,7 @@ async fn an_undone_attempt_left_on_another_server_is_taken_over_by_its_locker() 
         .build()
         .expect("build");
     for locker in [&locker, &on_second] {
-        let warm = locker
-            .try_lock("warm")
-            .await
-            .expect("try_lock")
-            .expect("free");
-        warm.release().await.expect("release");
+        load_scripts(locker).await;
     }
     // The attempt's script waits in the proxy past the call timeout; its undo goes at once,
     // to the other server.

@@ -75,7 +75,7 @@ struct State {
     slots: Slots<Slot>,
     /// When each `Holding` or `Renewing` slot needs the driver next.
     schedule: Schedule,
-    /// Whether a driver task runs; it stops when no slot is left.
+    /// Whether a driver task runs; it stops when nothing is scheduled.
     driving: bool,
     /// The instant the driver sleeps until, if it sleeps on a timer.
     sleeping_until: Option<Instant>,
