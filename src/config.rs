@@ -165,6 +165,19 @@ impl ReplicaAck {
     }
 }
 
+/// Most permits a semaphore may have ([`Locker::semaphore`](crate::Locker::semaphore)): a
+/// larger number is refused with [`Error::InvalidPermits`](crate::Error::InvalidPermits). A
+/// semaphore's bookkeeping on the server grows with its holders, never beyond this.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let locker = dlock::Locker::builder(dlock::Config::default()).build().unwrap();
+/// let too_many = locker.semaphore("s", dlock::MAX_PERMITS + 1).try_acquire().await;
+/// assert!(matches!(too_many, Err(dlock::Error::InvalidPermits { .. })));
+/// # }
+/// ```
+pub const MAX_PERMITS: u32 = 10_000;
+
 /// Most replica acknowledgements [`ReplicaAck::replicas`] may ask for; more is a typo.
 pub const MAX_REPLICA_ACKS: u32 = 64;
 

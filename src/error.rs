@@ -77,6 +77,52 @@ pub enum Error {
         reason: String,
     },
 
+    /// A semaphore's number of permits the backend cannot keep: zero, more than
+    /// [`MAX_PERMITS`](crate::MAX_PERMITS), or more than one on a backend that keeps only
+    /// locks.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let locker = dlock::Locker::builder(dlock::Config::default()).build().unwrap();
+    /// let err = locker.semaphore("crawler", 0).acquire().await.unwrap_err();
+    /// assert!(matches!(err, dlock::Error::InvalidPermits { permits: 0, .. }));
+    /// # }
+    /// ```
+    #[error("dlock: invalid permits {permits} for {key:?}: {reason}")]
+    InvalidPermits {
+        /// The semaphore's name.
+        key: String,
+        /// The refused number.
+        permits: u32,
+        /// The rule it breaks.
+        reason: String,
+    },
+
+    /// The key is held with another number of permits than this call names: a semaphore
+    /// of 3 asked for while holders of a semaphore of 5 hold it, or a lock (1 permit)
+    /// asked for on a key held as a semaphore, or the reverse. The first holder's number
+    /// stands until the key is free again; nothing was acquired.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
+    /// let _permit = locker.semaphore("crawler", 5).acquire().await?;
+    /// let err = locker.semaphore("crawler", 3).try_acquire().await.unwrap_err();
+    /// assert!(matches!(err, dlock::Error::PermitsMismatch { asked: 3, held: 5, .. }));
+    /// let err = locker.try_lock("crawler").await.unwrap_err(); // a lock is 1 permit
+    /// assert!(matches!(err, dlock::Error::PermitsMismatch { asked: 1, held: 5, .. }));
+    /// # Ok(()) }
+    /// ```
+    #[error("dlock: {key:?} is held with {held} permit(s); this call asked for {asked}")]
+    PermitsMismatch {
+        /// The key or semaphore name.
+        key: String,
+        /// The number this call named (1 for a lock).
+        asked: u32,
+        /// The number its current holders named.
+        held: u32,
+    },
+
     /// `compat().unlock(key)` of a key this locker does not hold (Go: `ErrLockNotHeld`).
     #[error("dlock: lock not held: {key:?}")]
     LockNotHeld {
@@ -181,6 +227,16 @@ impl Error {
         }
     }
 
+    /// `key` is held with `held` permits; the call named `asked` ([`Error::PermitsMismatch`]).
+    #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
+    pub(crate) fn permits_mismatch(key: &str, asked: u32, held: u32) -> Self {
+        Error::PermitsMismatch {
+            key: display_key(key),
+            asked,
+            held,
+        }
+    }
+
     pub(crate) fn lost(key: &str) -> Self {
         Error::OwnershipLost {
             key: display_key(key),
@@ -200,7 +256,9 @@ impl Error {
             | Error::LockNotHeld { key }
             | Error::LockAlreadyHeld { key }
             | Error::OwnershipLost { key }
-            | Error::Timeout { key, .. } => Some(key),
+            | Error::Timeout { key, .. }
+            | Error::InvalidPermits { key, .. }
+            | Error::PermitsMismatch { key, .. } => Some(key),
             Error::InvalidTtl { key, .. }
             | Error::Backend { key, .. }
             | Error::PermissionDenied { key, .. } => key.as_deref(),

@@ -112,6 +112,7 @@ mod locker;
 pub mod metrics;
 mod options;
 mod registry;
+mod semaphore;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
@@ -122,13 +123,16 @@ pub use backend::memory::MemoryStore;
 pub use backend::redis::SentinelConnection;
 pub use builder::{LockerBuilder, DEFAULT_CALL_TIMEOUT};
 pub use compat::Compat;
-pub use config::{Config, Driver, ReplicaAck, MAX_KEY_LEN, MAX_REPLICA_ACKS, MAX_TTL, MIN_TTL};
+pub use config::{
+    Config, Driver, ReplicaAck, MAX_KEY_LEN, MAX_PERMITS, MAX_REPLICA_ACKS, MAX_TTL, MIN_TTL,
+};
 pub use election::{Election, Leadership, Term};
 pub use error::{BoxError, Error, Result};
 pub use guard::{LockGuard, Run};
 pub use holder::Holder;
 pub use locker::Locker;
 pub use options::LockOptions;
+pub use semaphore::Semaphore;
 
 // The README's Rust examples, compiled (and run where not `no_run`) by `cargo test --doc`;
 // never part of the documentation.

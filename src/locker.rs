@@ -10,7 +10,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::backend::erased::{Acquired, BoxFuture, SharedBackend};
 use crate::backend::{Context, Request};
-use crate::config::{check_ttl, Config, MAX_KEY_LEN};
+use crate::config::{check_ttl, Config, MAX_KEY_LEN, MAX_PERMITS};
 use crate::engine::Engine;
 use crate::error::{display_key, Error, Result};
 use crate::guard::LockGuard;
@@ -134,7 +134,7 @@ impl Locker {
     /// # drop(held); Ok(()) }
     /// ```
     pub async fn lock_with(&self, key: &str, options: LockOptions) -> Result<LockGuard> {
-        self.lock_call(key, options, None).await
+        self.lock_call(key, options, None, 1).await
     }
 
     /// [`Locker::lock_with`] that also publishes `value` for [`Locker::holder`] readers.
@@ -144,7 +144,7 @@ impl Locker {
         options: LockOptions,
         value: &str,
     ) -> Result<LockGuard> {
-        self.lock_call(key, options, Some(value)).await
+        self.lock_call(key, options, Some(value), 1).await
     }
 
     /// [`Locker::try_lock_with`] that also publishes `value` for [`Locker::holder`] readers.
@@ -154,16 +154,18 @@ impl Locker {
         options: LockOptions,
         value: &str,
     ) -> Result<Option<LockGuard>> {
-        self.try_lock_call(key, options, Some(value)).await
+        self.try_lock_call(key, options, Some(value), 1).await
     }
 
-    async fn lock_call(
+    /// Waits for one of `permits` holds of `key` (1: the lock), publishing `value`.
+    pub(crate) async fn lock_call(
         &self,
         key: &str,
         options: LockOptions,
         value: Option<&str>,
+        permits: u32,
     ) -> Result<LockGuard> {
-        let call = self.begin(key, &options, value)?;
+        let call = self.begin(key, &options, value, permits)?;
         let (backend, cx, request) = (&self.inner.backend, &self.inner.context, &call.request());
         // A zero wait_timeout means "one attempt", then Timeout rather than `None`.
         let attempt = if options.get_wait_timeout() == Some(Duration::ZERO) {
@@ -210,16 +212,18 @@ impl Locker {
         key: &str,
         options: LockOptions,
     ) -> Result<Option<LockGuard>> {
-        self.try_lock_call(key, options, None).await
+        self.try_lock_call(key, options, None, 1).await
     }
 
-    async fn try_lock_call(
+    /// One attempt at one of `permits` holds of `key` (1: the lock), publishing `value`.
+    pub(crate) async fn try_lock_call(
         &self,
         key: &str,
         options: LockOptions,
         value: Option<&str>,
+        permits: u32,
     ) -> Result<Option<LockGuard>> {
-        let call = self.begin(key, &options, value)?;
+        let call = self.begin(key, &options, value, permits)?;
         let (backend, cx, request) = (&self.inner.backend, &self.inner.context, &call.request());
         match self
             .attempt(&call, backend.try_acquire(cx, request))
@@ -259,6 +263,42 @@ impl Locker {
             .backend
             .holder(&inner.context, key, &storage_key)
             .await
+    }
+
+    /// Every holder of the semaphore `key` of `permits` ([`Semaphore::holders`]).
+    pub(crate) async fn holders(&self, key: &str, permits: u32) -> Result<Vec<Holder>> {
+        let inner = &*self.inner;
+        let _in_flight = inner.context.in_flight();
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        check_key(key)?;
+        self.check_permits(key, permits)?;
+        let storage_key = inner.backend.storage_key(&inner.config.prefix, key);
+        inner
+            .backend
+            .holders(&inner.context, key, &storage_key, permits)
+            .await
+    }
+
+    /// Refuses a number of permits that no backend or not this one keeps.
+    fn check_permits(&self, key: &str, permits: u32) -> Result<()> {
+        let max = self.inner.backend.max_permits().min(MAX_PERMITS);
+        let reason = if permits == 0 {
+            "a semaphore needs at least one permit".to_owned()
+        } else if permits > MAX_PERMITS {
+            format!("at most {MAX_PERMITS}")
+        } else if permits > max {
+            let name = self.inner.backend.name();
+            format!("the {name} backend keeps semaphores of at most {max} permit(s)")
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidPermits {
+            key: display_key(key),
+            permits,
+            reason,
+        })
     }
 
     /// Stops all renewal and releases every lock held through this locker (guards and the
@@ -304,6 +344,7 @@ impl Locker {
         key: &'a str,
         options: &LockOptions,
         value: Option<&'a str>,
+        permits: u32,
     ) -> Result<Call<'a>> {
         let inner = &*self.inner;
         // Taken before anything else, dropped when the call returns (after the guard's task
@@ -313,6 +354,7 @@ impl Locker {
             return Err(Error::Closed);
         }
         check_key(key)?;
+        self.check_permits(key, permits)?;
         // An empty value publishes nothing, the same on every backend.
         let value = value.filter(|v| !v.is_empty());
         if let Some(value) = value.filter(|v| v.len() > MAX_VALUE) {
@@ -343,6 +385,7 @@ impl Locker {
                 .filter(|w| !w.is_zero())
                 .map(|w| deadline_after(started, w)),
             value,
+            permits,
             _in_flight: in_flight,
         })
     }
@@ -448,12 +491,16 @@ struct Call<'a> {
     deadline: Option<Instant>,
     /// Published with the lock, for [`Locker::holder`].
     value: Option<&'a str>,
+    /// How many may hold the key at once: 1 for a lock.
+    permits: u32,
     _in_flight: TaskTrackerToken,
 }
 
 impl Call<'_> {
     fn request(&self) -> Request<'_> {
-        Request::new(self.key, &self.storage_key, &self.token, self.ttl).with_value(self.value)
+        Request::new(self.key, &self.storage_key, &self.token, self.ttl)
+            .with_value(self.value)
+            .with_permits(self.permits)
     }
 
     fn timeout(&self) -> Error {

@@ -51,6 +51,7 @@ pub(crate) trait DynBackend: Send + Sync {
     fn driver(&self) -> Driver;
     fn check_ttl(&self, ttl: Duration) -> std::result::Result<(), String>;
     fn storage_key(&self, prefix: &str, key: &str) -> String;
+    fn max_permits(&self) -> u32;
     fn try_acquire<'a>(
         &'a self,
         cx: &'a Context,
@@ -68,6 +69,13 @@ pub(crate) trait DynBackend: Send + Sync {
         key: &'a str,
         storage_key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Holder>>>;
+    fn holders<'a>(
+        &'a self,
+        cx: &'a Context,
+        key: &'a str,
+        storage_key: &'a str,
+        permits: u32,
+    ) -> BoxFuture<'a, Result<Vec<Holder>>>;
     /// [`Backend::renew_many`]: one answer per lock of `locks`, in order.
     fn renew_many<'a>(
         &'a self,
@@ -121,6 +129,10 @@ impl<B: Backend> DynBackend for Seam<B> {
         self.0.storage_key(prefix, key)
     }
 
+    fn max_permits(&self) -> u32 {
+        self.0.max_permits()
+    }
+
     fn try_acquire<'a>(
         &'a self,
         cx: &'a Context,
@@ -151,6 +163,16 @@ impl<B: Backend> DynBackend for Seam<B> {
         storage_key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Holder>>> {
         Box::pin(self.0.holder(cx, key, storage_key))
+    }
+
+    fn holders<'a>(
+        &'a self,
+        cx: &'a Context,
+        key: &'a str,
+        storage_key: &'a str,
+        permits: u32,
+    ) -> BoxFuture<'a, Result<Vec<Holder>>> {
+        Box::pin(self.0.holders(cx, key, storage_key, permits))
     }
 
     fn renew_many<'a>(

@@ -57,7 +57,8 @@ impl Default for StoreInner {
 
 #[derive(Default)]
 struct State {
-    locks: HashMap<String, Entry>,
+    /// Storage key -> its holders (one for a lock).
+    locks: HashMap<String, Holders>,
     /// The last fencing token issued by this store, for any key: one counter serves every
     /// key (tokens still strictly increase per key), so nothing grows with the key count.
     last_fence: u64,
@@ -70,6 +71,12 @@ struct State {
 /// How often, at most, inserts sweep expired entries regardless of the map's size.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
+/// The holders of one storage key: at most `permits` (1 for a lock), never none.
+struct Holders {
+    permits: u32,
+    entries: Vec<Entry>,
+}
+
 struct Entry {
     token: String,
     expires_at: Instant,
@@ -78,24 +85,44 @@ struct Entry {
     value: Option<Box<str>>,
 }
 
+impl Entry {
+    fn holder(&self, now: Instant) -> Holder {
+        let value = self.value.as_deref().map(str::to_owned);
+        Holder::new(self.fence, self.expires_at - now, value)
+    }
+}
+
 impl State {
-    /// The live entry of `key`, dropping it first if it has expired.
-    fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
-        if self.locks.get(key).is_some_and(|e| e.expires_at <= now) {
+    /// The live holders of `key`, dropping expired ones first (and the key with the last).
+    fn live(&mut self, key: &str, now: Instant) -> Option<&mut Holders> {
+        let holders = self.locks.get_mut(key)?;
+        holders.entries.retain(|e| e.expires_at > now);
+        if holders.entries.is_empty() {
             self.locks.remove(key);
+            return None;
         }
         self.locks.get_mut(key)
     }
 
-    /// Stores a lock; now and then drops every expired entry, so that locks whose holders
-    /// vanished without releasing do not pile up under keys nobody uses again.
-    fn insert(&mut self, key: String, entry: Entry, now: Instant) {
+    /// The live entry of `token` under `key`.
+    fn entry(&mut self, key: &str, token: &str, now: Instant) -> Option<&mut Entry> {
+        let holders = self.live(key, now)?;
+        holders.entries.iter_mut().find(|e| e.token == token)
+    }
+
+    /// Stores a new key's first holder; now and then drops every expired entry, so that
+    /// locks whose holders vanished without releasing do not pile up under keys nobody
+    /// uses again.
+    fn insert(&mut self, key: String, holders: Holders, now: Instant) {
         if self.locks.len() >= self.sweep_at || self.sweep_after.is_none_or(|at| now >= at) {
-            self.locks.retain(|_, e| e.expires_at > now);
+            self.locks.retain(|_, h| {
+                h.entries.retain(|e| e.expires_at > now);
+                !h.entries.is_empty()
+            });
             self.sweep_at = (2 * self.locks.len()).max(64);
             self.sweep_after = Some(now + SWEEP_PERIOD);
         }
-        self.locks.insert(key, entry);
+        self.locks.insert(key, holders);
     }
 }
 
@@ -225,6 +252,10 @@ impl Backend for MemoryBackend {
         Some(&self.0.inner.wakeups)
     }
 
+    fn max_permits(&self) -> u32 {
+        crate::MAX_PERMITS
+    }
+
     async fn try_acquire(
         &self,
         _: &Context,
@@ -234,19 +265,33 @@ impl Backend for MemoryBackend {
         store.online(request.key)?;
         let now = Instant::now();
         let mut state = store.state();
-        if state.live(request.storage_key, now).is_some() {
-            return Ok(None);
-        }
-        state.last_fence += 1;
+        let fence = state.last_fence + 1;
         let entry = Entry {
             token: request.token.to_owned(),
             expires_at: now + request.ttl,
-            fence: state.last_fence,
+            fence,
             value: request.value.map(Into::into),
         };
-        state.insert(request.storage_key.to_owned(), entry, now);
+        match state.live(request.storage_key, now) {
+            Some(holders) if holders.permits != request.permits => {
+                let held = holders.permits;
+                return Err(Error::permits_mismatch(request.key, request.permits, held));
+            }
+            Some(holders) if holders.entries.len() >= holders.permits as usize => {
+                return Ok(None)
+            }
+            Some(holders) => holders.entries.push(entry),
+            None => {
+                let holders = Holders {
+                    permits: request.permits,
+                    entries: vec![entry],
+                };
+                state.insert(request.storage_key.to_owned(), holders, now);
+            }
+        }
+        state.last_fence = fence;
         Ok(Some(Grant {
-            fencing_token: state.last_fence,
+            fencing_token: fence,
             confirmed_at: now,
             held: request.token.to_owned(),
         }))
@@ -256,24 +301,38 @@ impl Backend for MemoryBackend {
         let store = &self.0;
         store.online(&lease.key)?;
         let now = Instant::now();
-        let mut state = store.state();
-        match state.live(&lease.storage_key, now) {
-            Some(entry) if entry.token == *token => {
+        match store.state().entry(&lease.storage_key, token, now) {
+            Some(entry) => {
                 entry.expires_at = now + lease.ttl;
                 Ok(Renewal::Renewed)
             }
-            _ => Ok(Renewal::Lost(TAKEN)),
+            None => Ok(Renewal::Lost(TAKEN)),
         }
     }
 
-    async fn holder(&self, _: &Context, key: &str, storage_key: &str) -> Result<Option<Holder>> {
+    async fn holder(&self, cx: &Context, key: &str, storage_key: &str) -> Result<Option<Holder>> {
+        let mut holders = self.holders(cx, key, storage_key, 1).await?;
+        Ok(holders.pop())
+    }
+
+    async fn holders(
+        &self,
+        _: &Context,
+        key: &str,
+        storage_key: &str,
+        permits: u32,
+    ) -> Result<Vec<Holder>> {
         let store = &self.0;
         store.online(key)?;
         let now = Instant::now();
-        Ok(store.state().live(storage_key, now).map(|entry| {
-            let value = entry.value.as_deref().map(str::to_owned);
-            Holder::new(entry.fence, entry.expires_at - now, value)
-        }))
+        let mut state = store.state();
+        let Some(holders) = state.live(storage_key, now) else {
+            return Ok(Vec::new());
+        };
+        if holders.permits != permits {
+            return Err(Error::permits_mismatch(key, permits, holders.permits));
+        }
+        Ok(holders.entries.iter().map(|e| e.holder(now)).collect())
     }
 
     async fn release(
@@ -287,12 +346,18 @@ impl Backend for MemoryBackend {
         store.online(&lease.key)?;
         let released = {
             let mut state = store.state();
-            match state.live(&lease.storage_key, Instant::now()) {
-                Some(entry) if entry.token == token => {
-                    state.locks.remove(&lease.storage_key);
-                    true
+            let now = Instant::now();
+            match state.live(&lease.storage_key, now) {
+                Some(holders) => {
+                    let before = holders.entries.len();
+                    holders.entries.retain(|e| e.token != token);
+                    let released = holders.entries.len() < before;
+                    if holders.entries.is_empty() {
+                        state.locks.remove(&lease.storage_key);
+                    }
+                    released
                 }
-                _ => false,
+                None => false,
             }
         };
         if released {

@@ -183,6 +183,15 @@ pub trait Backend: Send + Sync + 'static {
         format!("{prefix}{key}")
     }
 
+    /// The largest semaphore this backend keeps: [`Request::permits`] is at most this (and at
+    /// most [`MAX_PERMITS`](crate::MAX_PERMITS)); a larger one is refused with
+    /// [`Error::InvalidPermits`](crate::Error::InvalidPermits) before anything is sent. The
+    /// default, 1: locks only. A backend that returns more keeps up to `permits` holders of
+    /// a storage key at once, each with everything the contract promises a lock.
+    fn max_permits(&self) -> u32 {
+        1
+    }
+
     /// The wake-ups this backend signals when it sees a lock released (see
     /// [`Wakeups::released`]); the default waiting loop then retries at once instead of at
     /// its next poll. `None` (the default): waiters only poll.
@@ -273,6 +282,29 @@ pub trait Backend: Send + Sync + 'static {
         async move { Err(refusal) }
     }
 
+    /// Every holder of the semaphore at `storage_key` (`permits` > 1), or of the lock
+    /// (`permits` = 1), as [`holder`](Backend::holder) reports one; in no particular order.
+    /// Backs [`Semaphore::holders`](crate::Semaphore::holders). The default serves locks
+    /// with [`holder`](Backend::holder) and refuses semaphores.
+    fn holders(
+        &self,
+        cx: &Context,
+        key: &str,
+        storage_key: &str,
+        permits: u32,
+    ) -> impl Future<Output = Result<Vec<Holder>>> + Send {
+        let refusal = (permits > 1).then(|| {
+            crate::Error::backend(self.name(), key, "this backend keeps no semaphores")
+        });
+        let holder = self.holder(cx, key, storage_key);
+        async move {
+            match refusal {
+                Some(refusal) => Err(refusal),
+                None => Ok(holder.await?.into_iter().collect()),
+            }
+        }
+    }
+
     /// Releases the lock if it is still this acquisition's: `Ok(true)` released (now, or by
     /// an earlier copy of this call), `Ok(false)` it was not ours any more. `limit`: the
     /// server forgets the lock by then anyway, so no call is worth waiting longer.
@@ -300,6 +332,11 @@ pub struct Request<'a> {
     /// What the holder publishes with the lock, for [`Backend::holder`] readers (an
     /// election's leader identity; at most 4 KiB). `None` for a plain lock.
     pub value: Option<&'a str>,
+    /// How many holders the storage key admits at once: 1 for a lock, N for a semaphore
+    /// of N permits (at most [`Backend::max_permits`]). Every holder of one storage key
+    /// names the same N; an attempt that names another while the key is held fails with
+    /// [`Error::PermitsMismatch`](crate::Error::PermitsMismatch).
+    pub permits: u32,
 }
 
 impl Request<'_> {
@@ -331,6 +368,7 @@ impl Request<'_> {
             token,
             ttl,
             value: None,
+            permits: 1,
         }
     }
 }
@@ -346,6 +384,19 @@ impl<'a> Request<'a> {
     /// ```
     pub fn with_value(self, value: Option<&'a str>) -> Request<'a> {
         Request { value, ..self }
+    }
+
+    /// The same request, for one of `permits` holders of a semaphore.
+    ///
+    /// ```
+    /// # #[cfg(feature = "unstable-backend")] {
+    /// let request = dlock::backend::Request::new("k", "dlock:k", "01J", std::time::Duration::from_secs(10));
+    /// assert_eq!(request.permits, 1);
+    /// assert_eq!(request.with_permits(5).permits, 5);
+    /// # }
+    /// ```
+    pub fn with_permits(self, permits: u32) -> Request<'a> {
+        Request { permits, ..self }
     }
 }
 
@@ -373,6 +424,8 @@ pub struct Lease {
     pub fencing_token: u64,
     /// The lock's TTL.
     pub ttl: Duration,
+    /// [`Request::permits`]: 1 for a lock.
+    pub permits: u32,
 }
 
 impl Lease {
@@ -382,6 +435,7 @@ impl Lease {
             storage_key: request.storage_key.to_owned(),
             fencing_token,
             ttl: request.ttl,
+            permits: request.permits,
         }
     }
 

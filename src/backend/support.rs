@@ -317,20 +317,20 @@ pub(crate) async fn poll_until_acquired<B: Backend + ?Sized>(
     retry_interval: Duration,
 ) -> Result<Option<Grant<B::Held>>> {
     let wakeups = backend.wakeups();
-    retry_until_acquired(wakeups, request.storage_key, retry_interval, || {
+    retry_until_acquired(wakeups, request, retry_interval, || {
         backend.try_acquire(cx, request)
     })
     .await
 }
 
 /// Runs `attempt` until it acquires. Between attempts it sleeps `retry_interval` ±20 %, or
-/// less when `wakeups` announce a release of `storage_key`. The wake-up is registered
+/// less when `wakeups` announce a release of the request's storage key. The wake-up is registered
 /// before each attempt, so a release that lands between a failed attempt and the sleep is
 /// not missed. With `wakeups`, the tasks of the store that wait for the key take turns: only
 /// the head of their line tries the server (see `wake.rs`).
 pub(crate) async fn retry_until_acquired<H, F, Fut>(
     wakeups: Option<&std::sync::Arc<super::Wakeups>>,
-    storage_key: &str,
+    request: &Request<'_>,
     retry_interval: Duration,
     mut attempt: F,
 ) -> Result<Option<Grant<H>>>
@@ -338,7 +338,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<Grant<H>>>>,
 {
-    let mut waiter = wakeups.map(|w| w.wait_for(storage_key));
+    let mut waiter = wakeups.map(|w| w.wait_for(request.storage_key));
     let mut held = match &mut waiter {
         Some(waiter) => waiter.turn().await,
         None => false,
@@ -355,7 +355,8 @@ where
             // The head before us holds the lock: its release (or the poll) comes first.
             held = false;
         } else if let Some(grant) = attempt().await? {
-            if let Some(waiter) = &waiter {
+            // A semaphore may still have a permit for the next head.
+            if let Some(waiter) = waiter.as_ref().filter(|_| request.permits == 1) {
                 waiter.acquired();
             }
             return Ok(Some(grant));

@@ -262,7 +262,7 @@ where
         // would hear it.
         let announce = subscription.as_ref().map(|s| s.mark());
         let wakeups = Some(&self.scripts.wakeups);
-        retry_until_acquired(wakeups, request.storage_key, retry_interval, || {
+        retry_until_acquired(wakeups, request, retry_interval, || {
             self.attempt(cx, request, announce)
         })
         .await
