@@ -158,7 +158,9 @@ impl Semaphore {
     /// ```
     pub async fn try_acquire_with(&self, options: LockOptions) -> Result<Option<LockGuard>> {
         let (name, permits) = (&self.name, self.permits);
-        self.locker.try_lock_call(name, options, None, permits).await
+        self.locker
+            .try_lock_call(name, options, None, permits)
+            .await
     }
 
     /// Every holder now, as the server says: each one's fencing token, what remains of its

@@ -277,9 +277,7 @@ impl Backend for MemoryBackend {
                 let held = holders.permits;
                 return Err(Error::permits_mismatch(request.key, request.permits, held));
             }
-            Some(holders) if holders.entries.len() >= holders.permits as usize => {
-                return Ok(None)
-            }
+            Some(holders) if holders.entries.len() >= holders.permits as usize => return Ok(None),
             Some(holders) => holders.entries.push(entry),
             None => {
                 let holders = Holders {

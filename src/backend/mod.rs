@@ -293,9 +293,8 @@ pub trait Backend: Send + Sync + 'static {
         storage_key: &str,
         permits: u32,
     ) -> impl Future<Output = Result<Vec<Holder>>> + Send {
-        let refusal = (permits > 1).then(|| {
-            crate::Error::backend(self.name(), key, "this backend keeps no semaphores")
-        });
+        let refusal = (permits > 1)
+            .then(|| crate::Error::backend(self.name(), key, "this backend keeps no semaphores"));
         let holder = self.holder(cx, key, storage_key);
         async move {
             match refusal {

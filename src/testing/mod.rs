@@ -21,6 +21,9 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::{Config, Driver, Error, LockOptions, Locker};
 
+mod semaphores;
+pub use semaphores::*;
+
 /// What the suite needs from one backend.
 pub trait Fixture: Send + Sync + Sized + 'static {
     /// The driver the fixture's lockers are configured with ([`Driver::Custom`] for a
@@ -506,7 +509,12 @@ macro_rules! __dlock_conformance {
             cancelled_acquires_leave_no_key,
             compat_errors_match_go,
             close_releases_everything,
-            holder_reports_the_current_holder_and_its_value
+            holder_reports_the_current_holder_and_its_value,
+            semaphore_admits_at_most_n_holders,
+            semaphore_permits_die_with_their_holder,
+            semaphore_tokens_increase_and_holders_are_listed,
+            semaphore_callers_that_disagree_on_n_are_refused,
+            semaphore_cancelled_acquires_leave_no_permit
         );
     };
     (@tests $module:ident, $fixture:ty, $($test:ident),+) => {

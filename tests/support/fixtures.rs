@@ -67,14 +67,33 @@ impl Fixture for Memory {
 }
 
 /// The server-side view shared by the single-node and the cluster fixtures: a lock's key
-/// is `<prefix>{<key>}`, held while its value is not a release tombstone (`~<token>`).
+/// is `<prefix>{<key>}`, held while its value is not a release tombstone (`~<token>`); a
+/// semaphore's is a hash there, held while `<prefix>{<key>}:held` has an unexpired holder.
 pub async fn redis_exists<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(
     admin: &C,
     prefix: &str,
     key: &str,
 ) -> bool {
     let mut admin = admin.clone();
-    let value: Option<String> = admin.get(format!("{prefix}{{{key}}}")).await.expect("GET");
+    let lock_key = format!("{prefix}{{{key}}}");
+    let kind: String = ::redis::cmd("TYPE")
+        .arg(&lock_key)
+        .query_async(&mut admin)
+        .await
+        .expect("TYPE");
+    if kind == "hash" {
+        let now: (u64, u64) = ::redis::cmd("TIME")
+            .query_async(&mut admin)
+            .await
+            .expect("TIME");
+        let now_ms = now.0 * 1000 + now.1 / 1000;
+        let held: u64 = admin
+            .zcount(format!("{lock_key}:held"), format!("({now_ms}"), "+inf")
+            .await
+            .expect("ZCOUNT");
+        return held > 0;
+    }
+    let value: Option<String> = admin.get(lock_key).await.expect("GET");
     value.is_some_and(|v| !v.starts_with('~'))
 }
 
@@ -84,7 +103,11 @@ pub async fn redis_delete<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>
     key: &str,
 ) {
     let mut admin = admin.clone();
-    let _: i64 = admin.del(format!("{prefix}{{{key}}}")).await.expect("DEL");
+    let lock_key = format!("{prefix}{{{key}}}");
+    let _: i64 = admin
+        .del(&[format!("{lock_key}:held"), lock_key])
+        .await
+        .expect("DEL");
 }
 
 pub async fn redis_read<C: ::redis::aio::ConnectionLike + Clone + Send + Sync>(

@@ -1,8 +1,9 @@
 //! Renewals in batches: the engine hands over every renewal that falls due in the same tick
 //! ([`Backend::renew_many`](crate::backend::Backend::renew_many)), and they leave as few
-//! `refresh_many.lua` calls as they can: at most [`MAX_BATCH`] locks each, and on a Cluster
-//! one call per hash slot, since a script's keys must share one. The calls go out at once,
-//! on the backend's multiplexed connection.
+//! `refresh_many.lua` calls as they can (`permit_refresh_many.lua` for semaphore permits):
+//! at most [`MAX_BATCH`] locks each, and on a Cluster one call per hash slot, since a
+//! script's keys must share one. The calls go out at once, on the backend's multiplexed
+//! connection.
 //!
 //! Each lock is token-checked like a single renewal: a batch sent just before a release
 //! reaches the server before it (the engine sends no release while a renewal is away), and
@@ -13,7 +14,7 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::Script;
 
-use super::{millis, Scripts};
+use super::{millis, permits, Scripts};
 use crate::backend::{Context, Lease, Renewal};
 use crate::error::{Error, Result};
 
@@ -52,17 +53,20 @@ where
         .collect()
 }
 
-/// Batches of at most [`MAX_BATCH`] indices into `locks`; on a Cluster, each of one slot.
+/// Batches of at most [`MAX_BATCH`] indices into `locks`, each of locks or of permits; on a
+/// Cluster, each of one slot.
 fn split(locks: &[(&Lease, &mut String)], cluster: bool) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..locks.len()).collect();
     let slot = |i: usize| {
-        if cluster {
-            hash_slot(locks[i].0.storage_key.as_bytes())
+        let lease = locks[i].0;
+        let slot = if cluster {
+            hash_slot(lease.storage_key.as_bytes())
         } else {
             0
-        }
+        };
+        (lease.permits > 1, slot)
     };
-    if cluster {
+    if cluster || locks.iter().any(|(lease, _)| lease.permits > 1) {
         order.sort_by_key(|&i| slot(i));
     }
     let mut batches: Vec<Vec<usize>> = Vec::new();
@@ -85,13 +89,18 @@ async fn send<C>(
 where
     C: ConnectionLike + Clone + Send + Sync,
 {
-    let mut invocation = REFRESH_MANY.prepare_invoke();
+    let script = if locks[batch[0]].0.permits > 1 {
+        &*permits::REFRESH_MANY
+    } else {
+        &*REFRESH_MANY
+    };
+    let mut invocation = script.prepare_invoke();
     for &i in batch {
         let (lease, token) = &locks[i];
-        invocation
-            .key(&lease.storage_key)
-            .arg(&**token)
-            .arg(millis(lease.ttl));
+        for key in permits::keys(&lease.storage_key, lease.permits) {
+            invocation.key(key);
+        }
+        invocation.arg(&**token).arg(millis(lease.ttl));
     }
     let first = locks[batch[0]].0;
     // Useless once the shortest TTL in the batch has run out.

@@ -21,6 +21,7 @@
 mod abandoned;
 mod batch;
 mod notifications;
+mod permits;
 mod replicas;
 mod sentinel;
 
@@ -37,7 +38,7 @@ use super::{
     recover, retry_until_acquired, Backend, Context, Grant, Lease, Renewal, Request, Wakeups,
 };
 use crate::config::Driver;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::Holder;
 
 pub(crate) use self::replicas::AckSlot;
@@ -105,8 +106,33 @@ where
     }
 
     /// One acquire attempt; `announce`: the waiter's mark (obtain.lua's ARGV[3]) that makes
-    /// the release of a held lock publish the way this waiter listens.
+    /// the release of a held lock publish the way this waiter listens. A lock attempt that
+    /// meets a semaphore nobody holds any more clears it and tries again.
     async fn attempt(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+        announce: Option<&'static str>,
+    ) -> Result<Option<Grant<String>>> {
+        loop {
+            match self.attempt_once(cx, request, announce).await {
+                Err(e) if request.permits == 1 && permits::wrong_type(&e) => {
+                    let mut clear = permits::CLEAR.prepare_invoke();
+                    for key in permits::keys(request.storage_key, 2) {
+                        clear.key(key);
+                    }
+                    let limit = request.useful_for();
+                    let held: u32 = self.scripts.call(cx, request.key, limit, &clear).await?;
+                    if held > 0 {
+                        return Err(Error::permits_mismatch(request.key, 1, held));
+                    }
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn attempt_once(
         &self,
         cx: &Context,
         request: &Request<'_>,
@@ -115,6 +141,7 @@ where
         // Until the server answers, the script may or may not have run: if this future is
         // dropped or the call fails, release whatever our token may hold.
         let sent = Instant::now();
+        let permits = request.permits;
         let undo = cx.undo_on_drop(request, || {
             // Wherever the undo lands, the attempt's key is nobody's (`abandoned.rs`).
             let expiry = sent + request.ttl;
@@ -128,65 +155,94 @@ where
                 // TTL, so that it takes nothing if it reaches the server later (sent on a
                 // connection replaced meanwhile: release.lua, ARGV[4]).
                 let (limit, bar) = (cx.bound(ttl), "bar");
-                let release =
-                    || scripts.release_or_bar(&cx, &key, &lock_key, &token, limit, ttl, bar);
+                let target = Target::new(&lock_key, &token, permits);
+                let release = || scripts.release_or_bar(&cx, &key, &target, limit, ttl, bar);
                 cx.until_confirmed("redis", &key, sent + ttl, release).await;
             }
         });
-        let abandoned = self.abandoned.on(request.storage_key);
+        let (script, keys, args) = if permits > 1 {
+            let args = vec![
+                request.token.to_owned(),
+                millis(request.ttl).to_string(),
+                permits.to_string(),
+                announce.unwrap_or("0").to_owned(),
+                published(request.value),
+            ];
+            (
+                &*permits::OBTAIN,
+                permits::keys(request.storage_key, permits),
+                args,
+            )
+        } else {
+            let mut args = vec![
+                request.token.to_owned(),
+                millis(request.ttl).to_string(),
+                announce.unwrap_or("0").to_owned(),
+                published(request.value),
+            ];
+            args.extend(self.abandoned.on(request.storage_key));
+            (&*OBTAIN, vec![request.storage_key.to_owned()], args)
+        };
         // A reply after the safety deadline could not give a usable guard.
-        let fence: u64 = if let Some(ack) = self.replica_ack.get() {
-            let mut obtain = replicas::evalsha(&OBTAIN, request.storage_key);
-            obtain
-                .arg(request.token)
-                .arg(millis(request.ttl))
-                .arg(announce.unwrap_or("0"))
-                .arg(published(request.value))
-                .arg(&abandoned);
+        let outcome: Result<i64> = if let Some(ack) = self.replica_ack.get() {
+            let mut obtain = replicas::evalsha(script, &keys);
+            obtain.arg(&args);
             let wait = replicas::wait_timeout(cx, ack, request.useful_for());
-            let (fence, acked): (u64, i64) = self
+            let acked = self
                 .scripts
                 .call_acknowledged(
                     cx,
                     request.key,
                     request.useful_for(),
-                    &OBTAIN,
+                    script,
                     obtain,
                     crate::config::ReplicaAck::new(ack.replicas, wait),
                 )
-                .await?;
-            if fence != 0 && acked < i64::from(ack.replicas) {
-                // Undone before the error returns, so that a retry finds the key free; if
-                // this release fails, the armed undo retries it in the background.
-                let (key, lock_key, token) = (request.key, request.storage_key, request.token);
-                self.abandoned.add(lock_key, token, sent + request.ttl);
-                if self
-                    .scripts
-                    .release(cx, key, lock_key, token, request.ttl)
-                    .await
-                    .is_ok()
-                {
-                    undo.disarm();
+                .await;
+            match acked {
+                Ok((fence, acked)) if fence > 0 && acked < i64::from(ack.replicas) => {
+                    // Undone before the error returns, so that a retry finds the key free;
+                    // if this release fails, the armed undo retries it in the background.
+                    let (key, lock_key, token) = (request.key, request.storage_key, request.token);
+                    self.abandoned.add(lock_key, token, sent + request.ttl);
+                    let target = Target::new(lock_key, token, permits);
+                    if self
+                        .scripts
+                        .release(cx, key, &target, request.ttl)
+                        .await
+                        .is_ok()
+                    {
+                        undo.disarm();
+                    }
+                    return Err(replicas::too_few(key, "lock", acked, ack, wait));
                 }
-                return Err(replicas::too_few(key, "lock", acked, ack, wait));
+                acked => acked.map(|(fence, _)| fence),
             }
-            fence
         } else {
-            let mut obtain = OBTAIN.prepare_invoke();
-            obtain
-                .key(request.storage_key)
-                .arg(request.token)
-                .arg(millis(request.ttl))
-                .arg(announce.unwrap_or("0"))
-                .arg(published(request.value))
-                .arg(&abandoned);
+            let mut obtain = script.prepare_invoke();
+            for key in &keys {
+                obtain.key(key);
+            }
+            obtain.arg(&args);
             self.scripts
                 .call(cx, request.key, request.useful_for(), &obtain)
-                .await?
+                .await
+        };
+        let fence = match outcome {
+            // The script stopped at its first read: it took nothing.
+            Err(e) if permits::wrong_type(&e) => {
+                undo.disarm();
+                return Err(e);
+            }
+            outcome => outcome?,
         };
         undo.disarm();
+        if fence < 0 {
+            let held = u32::try_from(-fence).unwrap_or(u32::MAX);
+            return Err(Error::permits_mismatch(request.key, permits, held));
+        }
         Ok((fence != 0).then(|| Grant {
-            fencing_token: fence,
+            fencing_token: fence as u64,
             confirmed_at: sent,
             held: request.token.to_owned(),
         }))
@@ -220,6 +276,10 @@ where
     /// `<prefix>{<key>}`: the hash tag keeps room for keys of the same lock on a Cluster.
     fn storage_key(&self, prefix: &str, key: &str) -> String {
         format!("{prefix}{{{key}}}")
+    }
+
+    fn max_permits(&self) -> u32 {
+        crate::MAX_PERMITS
     }
 
     fn wakeups(&self) -> Option<&Arc<Wakeups>> {
@@ -269,38 +329,45 @@ where
     }
 
     async fn renew(&self, cx: &Context, lease: &Lease, token: &mut String) -> Result<Renewal> {
-        if let Some(ack) = self.replica_ack.get() {
-            // Unacknowledged, the new expiry may be missing on the replica that gets
-            // promoted: an `Err`, which the engine retries until the safety deadline.
-            let mut refresh = replicas::evalsha(&REFRESH, &lease.storage_key);
-            refresh.arg(&*token).arg(millis(lease.ttl));
-            let wait = replicas::wait_timeout(cx, ack, lease.ttl / 10);
-            let (renewed, acked): (i64, i64) = self
-                .scripts
-                .call_acknowledged(
-                    cx,
-                    &lease.key,
-                    lease.ttl,
-                    &REFRESH,
-                    refresh,
-                    crate::config::ReplicaAck::new(ack.replicas, wait),
-                )
-                .await?;
-            if renewed == 1 && acked < i64::from(ack.replicas) {
-                return Err(replicas::too_few(&lease.key, "renewal", acked, ack, wait));
-            }
-            return Ok(Renewal::still_ours(renewed == 1));
-        }
-        let mut refresh = REFRESH.prepare_invoke();
-        refresh
-            .key(&lease.storage_key)
-            .arg(&*token)
-            .arg(millis(lease.ttl));
-        let renewed: i64 = self
+        let Some(ack) = self.replica_ack.get() else {
+            let mut one = batch::renew_many(&self.scripts, cx, &[(lease, token)], false).await;
+            return one
+                .pop()
+                .unwrap_or_else(|| Err(Error::backend("redis", &lease.key, "not sent")));
+        };
+        // Unacknowledged, the new expiry may be missing on the replica that gets promoted:
+        // an `Err`, which the engine retries until the safety deadline.
+        let (script, keys) = if lease.permits > 1 {
+            (
+                &*permits::REFRESH_MANY,
+                permits::keys(&lease.storage_key, lease.permits),
+            )
+        } else {
+            (&*REFRESH, vec![lease.storage_key.clone()])
+        };
+        let mut refresh = replicas::evalsha(script, &keys);
+        refresh.arg(&*token).arg(millis(lease.ttl));
+        let wait = replicas::wait_timeout(cx, ack, lease.ttl / 10);
+        let (renewed, acked): (redis::Value, i64) = self
             .scripts
-            .call(cx, &lease.key, lease.ttl, &refresh)
+            .call_acknowledged(
+                cx,
+                &lease.key,
+                lease.ttl,
+                script,
+                refresh,
+                crate::config::ReplicaAck::new(ack.replicas, wait),
+            )
             .await?;
-        Ok(Renewal::still_ours(renewed == 1))
+        // refresh.lua answers 1, permit_refresh_many.lua [1].
+        let renewed = match renewed {
+            redis::Value::Array(items) => items.first() == Some(&redis::Value::Int(1)),
+            value => value == redis::Value::Int(1),
+        };
+        if renewed && acked < i64::from(ack.replicas) {
+            return Err(replicas::too_few(&lease.key, "renewal", acked, ack, wait));
+        }
+        Ok(Renewal::still_ours(renewed))
     }
 
     /// As few script calls as the batch allows (`batch.rs`). With replica acknowledgement,
@@ -323,11 +390,41 @@ where
         let mut holder = HOLDER.prepare_invoke();
         holder.key(lock_key);
         let reply: Option<(String, i64)> =
-            self.scripts.call(cx, key, Duration::MAX, &holder).await?;
+            match self.scripts.call(cx, key, Duration::MAX, &holder).await {
+                // A semaphore keeps the name: its holders are no lock's.
+                Err(e) if permits::wrong_type(&e) => {
+                    return match self.scripts.holders(cx, key, lock_key).await?.0 {
+                        0 => Ok(None),
+                        held => Err(Error::permits_mismatch(key, 1, held)),
+                    };
+                }
+                reply => reply?,
+            };
         Ok(reply.and_then(|(value, pttl)| {
             let expires_in = Duration::from_millis(pttl.max(0) as u64);
             parse_holder(&value, expires_in)
         }))
+    }
+
+    async fn holders(
+        &self,
+        cx: &Context,
+        key: &str,
+        storage_key: &str,
+        permits: u32,
+    ) -> Result<Vec<Holder>> {
+        if permits == 1 {
+            return Ok(self
+                .holder(cx, key, storage_key)
+                .await?
+                .into_iter()
+                .collect());
+        }
+        match self.scripts.holders(cx, key, storage_key).await? {
+            (0, _) => Ok(Vec::new()),
+            (held, holders) if held == permits => Ok(holders),
+            (held, _) => Err(Error::permits_mismatch(key, permits, held)),
+        }
     }
 
     async fn release(
@@ -337,9 +434,25 @@ where
         token: String,
         limit: Duration,
     ) -> Result<bool> {
-        self.scripts
-            .release(cx, &lease.key, &lease.storage_key, &token, limit)
-            .await
+        let target = Target::new(&lease.storage_key, &token, lease.permits);
+        self.scripts.release(cx, &lease.key, &target, limit).await
+    }
+}
+
+/// What a release names: the keys of a lock or of a semaphore, and the acquisition's token.
+struct Target<'a> {
+    keys: Vec<String>,
+    token: &'a str,
+    permits: u32,
+}
+
+impl<'a> Target<'a> {
+    fn new(storage_key: &str, token: &'a str, permits: u32) -> Self {
+        Target {
+            keys: permits::keys(storage_key, permits),
+            token,
+            permits,
+        }
     }
 }
 
@@ -348,42 +461,59 @@ impl<C: ConnectionLike + Clone + Send + Sync> Scripts<C> {
         &self,
         cx: &Context,
         key: &str,
-        lock_key: &str,
-        token: &str,
+        target: &Target<'_>,
         limit: Duration,
     ) -> Result<bool> {
         let limit = cx.bound(limit);
-        self.release_or_bar(cx, key, lock_key, token, limit, limit, "")
-            .await
+        self.release_or_bar(cx, key, target, limit, limit, "").await
     }
 
-    /// One release.lua call bounded by `limit`, leaving its tombstone for `tombstone`.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the script's arguments, one each"
-    )]
+    /// One release.lua (permit_release.lua) call bounded by `limit`, leaving its tombstone
+    /// for `tombstone`.
     async fn release_or_bar(
         &self,
         cx: &Context,
         key: &str,
-        lock_key: &str,
-        token: &str,
+        target: &Target<'_>,
         limit: Duration,
         tombstone: Duration,
         bar: &str,
     ) -> Result<bool> {
-        let mut release = RELEASE.prepare_invoke();
+        let script = if target.permits > 1 {
+            &*permits::RELEASE
+        } else {
+            &*RELEASE
+        };
+        let mut release = script.prepare_invoke();
+        for k in &target.keys {
+            release.key(k);
+        }
         release
-            .key(lock_key)
-            .arg(token)
+            .arg(target.token)
             .arg(millis(tombstone).max(1))
             .arg(self.wakeups.id())
             .arg(bar);
         let released = self.call::<i64>(cx, key, limit, &release).await? == 1;
         if released {
-            self.wakeups.released(lock_key);
+            self.wakeups.released(&target.keys[0]);
         }
         Ok(released)
+    }
+
+    /// permit_holders.lua: the number of permits of the semaphore at `storage_key` (0:
+    /// nobody holds it; 1: a lock holds the name) and its holders.
+    async fn holders(
+        &self,
+        cx: &Context,
+        key: &str,
+        storage_key: &str,
+    ) -> Result<(u32, Vec<Holder>)> {
+        let mut holders = permits::HOLDERS.prepare_invoke();
+        for k in permits::keys(storage_key, 2) {
+            holders.key(k);
+        }
+        let reply: Vec<String> = self.call(cx, key, Duration::MAX, &holders).await?;
+        Ok(permits::parse_holders(&reply))
     }
 
     /// Runs one script on a clone of the connection (a cheap handle), bounded by `limit`

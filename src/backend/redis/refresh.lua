@@ -5,9 +5,10 @@
 -- ARGV[2]  TTL in milliseconds
 --
 -- Returns 1 when renewed, 0 when the key is gone, released or holds another acquisition.
-local value = redis.call('GET', KEYS[1])
+-- pcall: a key that a semaphore took meanwhile (a hash) is not ours.
+local value = redis.pcall('GET', KEYS[1])
 local own = ARGV[1] .. ':'
-if value and string.sub(value, 1, #own) == own then
+if type(value) == 'string' and string.sub(value, 1, #own) == own then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0

@@ -12,9 +12,11 @@
 -- and the byte after it), so that checking a lock makes no new Lua string.
 local renewed = {}
 for i = 1, #KEYS do
-  local value = redis.call('GET', KEYS[i])
+  -- pcall: a key that a semaphore took meanwhile (a hash) is not ours, and must not fail
+  -- the batch's other locks.
+  local value = redis.pcall('GET', KEYS[i])
   local token = ARGV[2 * i - 1]
-  if value and string.find(value, token, 1, true) == 1
+  if type(value) == 'string' and string.find(value, token, 1, true) == 1
       and string.byte(value, #token + 1) == 58 then -- `:`
     renewed[i] = redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
   else

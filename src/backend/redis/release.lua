@@ -18,7 +18,10 @@
 --
 -- Returns 1 when released (now or by an earlier copy of this call), 0 when the key is gone
 -- or holds another acquisition.
-local value = redis.call('GET', KEYS[1])
+local value = redis.pcall('GET', KEYS[1])
+if type(value) == 'table' then
+  return 0 -- a semaphore took the name (a hash): the lock is not ours
+end
 if not value then
   if ARGV[4] == 'bar' then
     redis.call('SET', KEYS[1], '~' .. ARGV[1], 'PX', ARGV[2])

@@ -26,10 +26,10 @@ use crate::error::{Error, Result};
 /// whenever `.redis(..)` was called; empty: acknowledgement is off.
 pub(crate) type AckSlot = Arc<OnceLock<ReplicaAck>>;
 
-/// `EVALSHA <script> 1 <lock_key>`; the caller adds the script's ARGV.
-pub(super) fn evalsha(script: &Script, lock_key: &str) -> Cmd {
+/// `EVALSHA <script> <number of keys> <keys...>`; the caller adds the script's ARGV.
+pub(super) fn evalsha(script: &Script, keys: &[String]) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(1).arg(lock_key);
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
     cmd
 }
 

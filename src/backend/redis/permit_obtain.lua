@@ -1,0 +1,75 @@
+-- Take one of the N permits of a semaphore and draw its fencing token, in one atomic step.
+-- Idempotent: sent twice, it answers the same token. A lock is not kept this way: N = 1
+-- is obtain.lua.
+--
+-- KEYS[1]  the semaphore's hash: `#n` its number of permits, `#last` the last fencing
+--          token drawn, `<token>` → each holder's fencing token (then `#<hex>`, its
+--          published value), and the marks `!`/`^` of waiters (see obtain.lua, ARGV[3])
+-- KEYS[2]  its holders: a sorted set of their tokens scored by expiry (server ms), and of
+--          tombstones `~<token>` (of releases and undone attempts, see permit_release.lua)
+--          scored by minus their expiry
+-- ARGV[1]  token of this acquisition (a ULID)
+-- ARGV[2]  TTL in milliseconds
+-- ARGV[3]  N, the number of permits
+-- ARGV[4]  the waiter's mark (`!` or `^`, see obtain.lua) or `0`
+-- ARGV[5]  `#` and the value the holder publishes, hex-encoded, or empty
+--
+-- Returns the fencing token (> 0), 0 when all N permits are held (or this token is barred),
+-- or -M when the semaphore is held with M permits (-1: the name is a held lock).
+--
+-- The fencing token is the server clock in microseconds, and more than the last one drawn
+-- while the semaphore was kept: strictly increasing as a lock's (obtain.lua).
+if redis.call('TYPE', KEYS[1]).ok == 'string' then
+  if string.byte(redis.call('GET', KEYS[1]), 1) ~= 126 then
+    return -1 -- a held lock
+  end
+  redis.call('DEL', KEYS[1]) -- a released lock's tombstone: free
+end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+-- Holders whose TTL ran out, and tombstones whose time is over, go first.
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], 0, ms)
+for i = 1, #expired do
+  redis.call('HDEL', KEYS[1], expired[i])
+end
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, ms)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], -ms, '(0')
+local ttl = tonumber(ARGV[2])
+local own = redis.call('HGET', KEYS[1], ARGV[1])
+if own then -- a resent copy of an attempt that took a permit
+  redis.call('ZADD', KEYS[2], 'XX', ms + ttl, ARGV[1])
+  return tonumber(string.match(own, '^%d+'))
+end
+if redis.call('ZSCORE', KEYS[2], '~' .. ARGV[1]) then
+  return 0 -- undone (or released) before this copy arrived: takes nothing
+end
+local n = tonumber(ARGV[3])
+local held = redis.call('ZCOUNT', KEYS[2], '(0', '+inf')
+if held > 0 then
+  local theirs = tonumber(redis.call('HGET', KEYS[1], '#n'))
+  if theirs and theirs ~= n then
+    return -theirs
+  end
+end
+if held >= n then
+  local mark = ARGV[4]
+  if mark == '!' or mark == '^' then
+    redis.call('HSET', KEYS[1], mark, 1)
+  end
+  return 0
+end
+local fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local last = tonumber(redis.call('HGET', KEYS[1], '#last'))
+if last and fence <= last then
+  fence = last + 1
+end
+local digits = string.format('%.0f', fence)
+redis.call('HSET', KEYS[1], ARGV[1], digits .. ARGV[5], '#last', digits, '#n', ARGV[3])
+redis.call('ZADD', KEYS[2], ms + ttl, ARGV[1])
+-- Both keys live as long as their longest holder.
+local keep = math.max(redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2]), ttl)
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[2], keep)
+return fence
