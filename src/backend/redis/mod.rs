@@ -108,17 +108,20 @@ where
     /// One acquire attempt; `announce`: the waiter's mark (obtain.lua's ARGV[3]) that makes
     /// the release of a held lock publish the way this waiter listens. A lock attempt that
     /// meets a semaphore nobody holds any more clears it and tries again.
+    /// `patience`: how long a waiting semaphore attempt keeps its place in line without
+    /// trying again, in ms (0: it takes none; `permits::patience`).
     async fn attempt(
         &self,
         cx: &Context,
         request: &Request<'_>,
         announce: Option<&'static str>,
+        patience: u64,
     ) -> Result<Option<Grant<String>>> {
         loop {
-            match self.attempt_once(cx, request, announce).await {
+            match self.attempt_once(cx, request, announce, patience).await {
                 Err(e) if request.permits == 1 && permits::wrong_type(&e) => {
                     let mut clear = permits::CLEAR.prepare_invoke();
-                    for key in permits::keys(request.storage_key, 2) {
+                    for key in permits::attempt_keys(request.storage_key) {
                         clear.key(key);
                     }
                     let limit = request.useful_for();
@@ -137,6 +140,7 @@ where
         cx: &Context,
         request: &Request<'_>,
         announce: Option<&'static str>,
+        patience: u64,
     ) -> Result<Option<Grant<String>>> {
         // Until the server answers, the script may or may not have run: if this future is
         // dropped or the call fails, release whatever our token may hold.
@@ -167,12 +171,10 @@ where
                 permits.to_string(),
                 announce.unwrap_or("0").to_owned(),
                 published(request.value),
+                patience.to_string(),
             ];
-            (
-                &*permits::OBTAIN,
-                permits::keys(request.storage_key, permits),
-                args,
-            )
+            let keys = permits::attempt_keys(request.storage_key);
+            (&*permits::OBTAIN, keys, args)
         } else {
             let mut args = vec![
                 request.token.to_owned(),
@@ -291,7 +293,7 @@ where
         cx: &Context,
         request: &Request<'_>,
     ) -> Result<Option<Grant<String>>> {
-        self.attempt(cx, request, None).await
+        self.attempt(cx, request, None, 0).await
     }
 
     async fn acquire(
@@ -304,7 +306,7 @@ where
         // this backend already wait for the key: this call joins their line (`wake.rs`).
         let waited_for = self.scripts.wakeups.has_waiters(request.storage_key);
         if !waited_for {
-            if let Some(grant) = self.attempt(cx, request, None).await? {
+            if let Some(grant) = self.attempt(cx, request, None, 0).await? {
                 return Ok(Some(grant));
             }
         }
@@ -322,8 +324,10 @@ where
         // would hear it.
         let announce = subscription.as_ref().map(|s| s.mark());
         let wakeups = Some(&self.scripts.wakeups);
+        // A waiter for a permit takes its place in the semaphore's line (permits.rs).
+        let patience = permits::patience(retry_interval, request.ttl);
         retry_until_acquired(wakeups, request, retry_interval, || {
-            self.attempt(cx, request, announce)
+            self.attempt(cx, request, announce, patience)
         })
         .await
     }

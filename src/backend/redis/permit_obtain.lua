@@ -8,14 +8,22 @@
 -- KEYS[2]  its holders: a sorted set of their tokens scored by expiry (server ms), and of
 --          tombstones `~<token>` (of releases and undone attempts, see permit_release.lua)
 --          scored by minus their expiry
+-- KEYS[3]  its line: the tokens of waiting acquisitions scored by arrival (server µs); each
+--          keeps its place while it tries again in time (hash field `@<token>`: until when)
 -- ARGV[1]  token of this acquisition (a ULID)
 -- ARGV[2]  TTL in milliseconds
 -- ARGV[3]  N, the number of permits
 -- ARGV[4]  the waiter's mark (`!` or `^`, see obtain.lua) or `0`
 -- ARGV[5]  `#` and the value the holder publishes, hex-encoded, or empty
+-- ARGV[6]  how long a waiting acquisition keeps its place in line without trying again, in
+--          milliseconds; 0 for an attempt that does not wait (it takes no place)
 --
--- Returns the fencing token (> 0), 0 when all N permits are held (or this token is barred),
--- or -M when the semaphore is held with M permits (-1: the name is a held lock).
+-- Returns the fencing token (> 0), 0 when no permit is free for this attempt (or its token is
+-- barred), or -M when the semaphore is held with M permits (-1: the name is a held lock).
+--
+-- Fairness: a permit is free for an attempt when the holders and the waiters ahead of it in
+-- line number fewer than N. A waiter is served before everyone who arrived after it, and a
+-- newcomer (a try, a task that just released) never takes a permit that a waiter is due.
 --
 -- The fencing token is the server clock in microseconds, and more than the last one drawn
 -- while the semaphore was kept: strictly increasing as a lock's (obtain.lua).
@@ -53,13 +61,35 @@ if held > 0 then
     return -theirs
   end
 end
-if held >= n then
+-- Waiters that stopped trying in time (gone, cancelled) leave the line first.
+local line = redis.call('ZRANGE', KEYS[3], 0, -1)
+for i = 1, #line do
+  local until_ms = tonumber(redis.call('HGET', KEYS[1], '@' .. line[i]))
+  if not until_ms or until_ms <= ms then
+    redis.call('ZREM', KEYS[3], line[i])
+    redis.call('HDEL', KEYS[1], '@' .. line[i])
+  end
+end
+local ahead = redis.call('ZRANK', KEYS[3], ARGV[1]) or redis.call('ZCARD', KEYS[3])
+if held + ahead >= n then
   local mark = ARGV[4]
   if mark == '!' or mark == '^' then
     redis.call('HSET', KEYS[1], mark, 1)
   end
+  local patience = tonumber(ARGV[6])
+  if patience > 0 then
+    redis.call('ZADD', KEYS[3], 'NX', tonumber(now[1]) * 1000000 + tonumber(now[2]), ARGV[1])
+    redis.call('HSET', KEYS[1], '@' .. ARGV[1], ms + patience)
+    for i = 1, 3 do
+      if redis.call('PTTL', KEYS[i]) < patience then
+        redis.call('PEXPIRE', KEYS[i], patience)
+      end
+    end
+  end
   return 0
 end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[1], '@' .. ARGV[1])
 local fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local last = tonumber(redis.call('HGET', KEYS[1], '#last'))
 if last and fence <= last then

@@ -5,7 +5,13 @@
 //! of its holders' tokens scored by expiry on the server's clock, so that expired holders
 //! leave in one range removal and a count is one `ZCOUNT`. Both live as long as the
 //! longest holder and go a tombstone's time after the last release: nothing stays for a
-//! permit after its release or expiry. A lock keeps its name as a string (obtain.lua), so
+//! permit after its release or expiry.
+//!
+//! `<prefix>{<key>}:wait` is the line of waiting acquisitions (one per process and
+//! semaphore: only the head of a process's waiting tasks tries the server, `wake.rs`), by
+//! arrival: a permit goes to the first in line, and a newcomer takes one only when the
+//! holders and the waiters together leave one. A waiter keeps its place while it tries
+//! again within [`patience`]; one that stops (cancelled, crashed) loses it after that. A lock keeps its name as a string (obtain.lua), so
 //! a lock and a semaphore meeting on one name see each other's type and refuse with
 //! `PermitsMismatch`.
 
@@ -36,6 +42,19 @@ pub(super) fn keys(storage_key: &str, permits: u32) -> Vec<String> {
     } else {
         vec![storage_key.to_owned()]
     }
+}
+
+/// The keys an attempt on a semaphore reads and writes: [`keys`], then its line of waiters.
+pub(super) fn attempt_keys(storage_key: &str) -> Vec<String> {
+    let mut keys = keys(storage_key, 2);
+    keys.push(format!("{storage_key}:wait"));
+    keys
+}
+
+/// How long a waiting attempt keeps its place in the semaphore's line without trying again:
+/// three of its polls, and no longer than its TTL.
+pub(super) fn patience(retry_interval: std::time::Duration, ttl: std::time::Duration) -> u64 {
+    super::millis((3 * retry_interval).min(ttl)).max(1)
 }
 
 /// Whether a call failed because its key holds another type: a lock's script met a
