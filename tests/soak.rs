@@ -1,5 +1,5 @@
-//! No growth: many distinct keys locked and released (some cancelled, some timed out, some
-//! lost) leave the server's keys, etcd's leases, Redis's subscribed channels, the in-process
+//! No growth: many distinct keys locked and released, and many permits of shared semaphores
+//! taken and released (some cancelled, some timed out, some lost), leave the server's keys, etcd's leases, Redis's subscribed channels, the in-process
 //! store's map and the runtime's live tasks where they started, allowing for the documented
 //! expiry of release tombstones (at most the call timeout).
 //!
@@ -43,33 +43,75 @@ trait Residue {
     fn delete(&self, key: &str) -> impl Future<Output = ()> + Send;
 }
 
-/// Runs `keys()` one-off locks over `TASKS` tasks; every 10th key is also contended (a
-/// waiter that times out), every 20th acquisition cancelled midway, every 50th lost.
-async fn churn<R: Residue + Sync>(locker: &Locker, residue: &R, total: usize) {
+/// What one churn takes: locks, or permits of semaphores.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// One-off locks, a distinct key each.
+    Locks,
+    /// Permits of 16 semaphores of 3 shared by every task; the lost ones on a semaphore of
+    /// their own each, deleted at the end.
+    Semaphores,
+}
+
+impl Kind {
+    /// Where cycle `i` takes its hold, and how many permits that name has.
+    fn name(self, i: usize, lost: bool) -> (String, u32) {
+        match self {
+            Kind::Locks => (format!("order:{i}"), 1),
+            Kind::Semaphores if lost => (format!("lost:{i}"), 3),
+            Kind::Semaphores => (format!("sem:{}", i % 16), 3),
+        }
+    }
+}
+
+/// Runs `total` cycles over `TASKS` tasks; every 10th also has a waiter that times out (a
+/// lock's always does), every 20th acquisition is cancelled midway, every 50th is lost
+/// (deleted behind its back at the end). Returns how many cycles ran.
+async fn churn<R: Residue + Sync>(locker: &Locker, residue: &R, total: usize, kind: Kind) -> usize {
     let next = Arc::new(AtomicUsize::new(0));
+    let ran = Arc::new(AtomicUsize::new(0));
     let work = (0..TASKS).map(|_| {
-        let (locker, next) = (locker.clone(), next.clone());
+        let (locker, next, ran) = (locker.clone(), next.clone(), ran.clone());
         async move {
+            let mut lost = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
-                    return Vec::new();
+                    return lost;
                 }
-                let key = format!("order:{i}");
+                ran.fetch_add(1, Ordering::Relaxed);
+                let (key, permits) = kind.name(i, i % 50 == 11);
+                let take = |options: LockOptions| {
+                    let semaphore = locker.semaphore(key.clone(), permits);
+                    let locker = locker.clone();
+                    let key = key.clone();
+                    async move {
+                        if permits == 1 {
+                            locker.lock_with(&key, options).await
+                        } else {
+                            semaphore.acquire_with(options).await
+                        }
+                    }
+                };
                 if i % 20 == 7 {
                     // Cancelled at a random point of the acquire.
                     let cut = Duration::from_micros(fastrand::u64(0..2_000));
-                    let _ = timeout(cut, locker.lock(&key)).await;
+                    let _ = timeout(cut, take(LockOptions::new())).await;
                     continue;
                 }
-                let guard = locker.lock(&key).await.expect("lock");
+                let guard = take(LockOptions::new()).await.expect("lock");
                 if i % 10 == 3 {
                     let short = LockOptions::new().wait_timeout(Duration::from_millis(5));
-                    let waited = locker.lock_with(&key, short).await;
-                    assert!(matches!(waited, Err(Error::Timeout { .. })), "{waited:?}");
+                    match take(short).await {
+                        Err(Error::Timeout { .. }) => {}
+                        // A semaphore may have had a permit left.
+                        Ok(extra) if permits > 1 => extra.release().await.expect("release"),
+                        waited => panic!("{waited:?}"),
+                    }
                 }
                 if i % 50 == 11 {
-                    return vec![(key, guard)]; // lost later, behind its back
+                    lost.push((key, guard)); // lost later, behind its back
+                    continue;
                 }
                 guard.release().await.expect("release");
             }
@@ -80,8 +122,10 @@ async fn churn<R: Residue + Sync>(locker: &Locker, residue: &R, total: usize) {
         .into_iter()
         .flatten()
         .collect();
-    for (key, guard) in lost {
-        residue.delete(&key).await;
+    for (key, _) in &lost {
+        residue.delete(key).await;
+    }
+    for (_, guard) in lost {
         timeout(TTL, guard.lost().cancelled())
             .await
             .expect("lost() did not fire for a deleted key");
@@ -90,21 +134,28 @@ async fn churn<R: Residue + Sync>(locker: &Locker, residue: &R, total: usize) {
             Err(Error::OwnershipLost { .. })
         ));
     }
+    ran.load(Ordering::Relaxed)
 }
 
-async fn no_growth<R: Residue + Sync>(locker: Locker, residue: R) {
+async fn no_growth<R: Residue + Sync>(locker: Locker, residue: R, kind: Kind) {
     let initial = residue.counts().await;
     // The counts and the live-task count are taken after a warm-up: the Redis and etcd
     // clients start some connection tasks of their own on first use, and an etcd locker
     // holds its session's lease while it lives (one, whatever the number of keys).
-    churn(&locker, &residue, 200).await;
+    churn(&locker, &residue, 200, kind).await;
     sleep(dlock::DEFAULT_CALL_TIMEOUT + Duration::from_millis(500)).await;
     let before = residue.counts().await;
     let runtime = tokio::runtime::Handle::current().metrics();
     let tasks_before = runtime.num_alive_tasks();
     let started = Instant::now();
-    churn(&locker, &residue, keys()).await;
+    let ran = churn(&locker, &residue, keys(), kind).await;
     let churned = started.elapsed();
+    assert_eq!(
+        ran,
+        keys(),
+        "the churn stopped after {ran} of {} cycles",
+        keys()
+    );
     // Tombstones expire within the call timeout; interrupted acquires are undone meanwhile.
     let deadline = Instant::now() + dlock::DEFAULT_CALL_TIMEOUT + Duration::from_secs(3);
     loop {
@@ -134,7 +185,10 @@ async fn no_growth<R: Residue + Sync>(locker: Locker, residue: R) {
         );
         sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("soak: {} keys in {churned:?}, back to {before:?}", keys());
+    eprintln!(
+        "soak: {} {kind:?} cycles in {churned:?}, back to {before:?}",
+        keys()
+    );
 }
 
 struct Memory(MemoryStore);
@@ -156,7 +210,17 @@ async fn memory_store_does_not_grow() {
         .memory(store.clone())
         .build()
         .expect("build");
-    no_growth(locker, Memory(store)).await;
+    no_growth(locker, Memory(store), Kind::Locks).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_semaphores_do_not_grow() {
+    let store = MemoryStore::new();
+    let locker = Locker::builder(config(Driver::Memory))
+        .memory(store.clone())
+        .build()
+        .expect("build");
+    no_growth(locker, Memory(store), Kind::Semaphores).await;
 }
 
 struct Redis(redis::aio::ConnectionManager);
@@ -174,8 +238,10 @@ impl Residue for Redis {
     }
     async fn delete(&self, key: &str) {
         let mut conn = self.0.clone();
+        // A lock's key, or a semaphore's hash, holders and line.
+        let name = format!("soak:{{{key}}}");
         let _: () = redis::cmd("DEL")
-            .arg(format!("soak:{{{key}}}"))
+            .arg(vec![format!("{name}:held"), format!("{name}:wait"), name])
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -191,7 +257,29 @@ async fn redis_does_not_grow() {
         .redis_pubsub(redis::Client::open(server.url()).unwrap())
         .build()
         .expect("build");
-    no_growth(locker, Redis(server.connection_manager().await)).await;
+    no_growth(
+        locker,
+        Redis(server.connection_manager().await),
+        Kind::Locks,
+    )
+    .await;
+}
+
+/// Semaphores on Redis with its default persistence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_semaphores_do_not_grow() {
+    let server = support::RedisServer::start_with(&["--save", "3600 1 300 100 60 10000"]).await;
+    let locker = Locker::builder(config(Driver::Redis))
+        .redis(server.connection_manager().await)
+        .redis_pubsub(redis::Client::open(server.url()).unwrap())
+        .build()
+        .expect("build");
+    no_growth(
+        locker,
+        Redis(server.connection_manager().await),
+        Kind::Semaphores,
+    )
+    .await;
 }
 
 struct Etcd(etcd_client::Client);
@@ -223,5 +311,5 @@ async fn etcd_does_not_grow() {
         .etcd(server.client().await)
         .build()
         .expect("build");
-    no_growth(locker, Etcd(server.client().await)).await;
+    no_growth(locker, Etcd(server.client().await), Kind::Locks).await;
 }
