@@ -1,9 +1,10 @@
-//! The etcd backend: each acquisition is a key of its own in the lock's queue, attached to
-//! the locker's session lease; waiters queue by create revision.
+//! The etcd backend: each acquisition is a key of its own in the lock's (or semaphore's)
+//! queue, attached to the locker's session lease; waiters queue by create revision.
 //!
-//! Keys: `<prefix><key>/<ulid>`, where `<key>` has `%` and `/` percent-encoded so that the
-//! queue of lock `a` (`<prefix>a/`) never contains the waiters of lock `a/b`. Every
-//! acquisition gets its own key (and so its own place in the queue), even from one locker.
+//! Keys: `<prefix><key>/<ulid>` for a lock, `<prefix><key>/~<N>~<ulid>` for a semaphore of N,
+//! where `<key>` has `%` and `/` percent-encoded so that the queue of lock `a` (`<prefix>a/`)
+//! never contains the waiters of lock `a/b`. Every acquisition gets its own key (and so its
+//! own place in the queue), even from one locker.
 //!
 //! - **One session lease per locker and TTL** (`session.rs`), kept alive by one stream, as
 //!   in etcd's own concurrency package: a lock and its release are two writes, and holding
@@ -18,8 +19,22 @@
 //!   request order. The watch is opened *from now* and the predecessor re-checked after it is
 //!   created, so the handoff does not wait for etcd's periodic sync of watchers that start
 //!   at a past revision.
+//! - **Semaphores: the first N keys hold.** A key holds while fewer than N keys are ahead of
+//!   it (a lock: none), so permits are granted in request order. A waiting put reads, in its
+//!   own txn, how many keys are ahead; the waiter then counts the queue's deletions of keys
+//!   ahead on one watch (each event carries the deleted key's create revision), from its
+//!   put's revision: no polling, and no read per release. `try_acquire` writes nothing when
+//!   the queue is full: it reads the queue, then puts on condition that no key joined since.
+//! - **One N per name.** Each N has a key range of its own (a ULID never contains `~`), so
+//!   the txn that puts a semaphore's key (or finds the queue held, for a try) also reads
+//!   whether any key names another N: then the attempt fails with `PermitsMismatch`, a try
+//!   having put nothing, a waiter deleting its key before returning. A semaphore's key that
+//!   holds thus only has keys of its own N ahead of it (none can join ahead), and a lock's
+//!   holds with none ahead: holders never disagree. A lock's waiter is refused when its
+//!   predecessor is a semaphore's key.
 //! - **Ownership checks.** Before a waiter is granted the lock it confirms, in the same read,
-//!   that its own key still exists; while held, the session checks all its keys at once on
+//!   that its own key still exists (a semaphore's waiter: its key's deletion comes first in
+//!   the watch it counts with); while held, the session checks all its keys at once on
 //!   every renewal (`session.rs`, invariant 3). The fencing token is the key's create
 //!   revision.
 //! - **Release** deletes the acquisition's own key, whose name carries its token: a stale
@@ -134,7 +149,7 @@ impl Backend for EtcdBackend {
         format!("{prefix}{}/", escape(key))
     }
 
-    /// One conditional put: nothing is written when the lock is held.
+    /// One conditional put: nothing is written when the lock (every permit) is held.
     async fn try_acquire(
         &self,
         cx: &Context,
@@ -159,7 +174,7 @@ impl Backend for EtcdBackend {
     }
 
     /// FIFO: a waiter keeps its key in the queue and watches the key created just before
-    /// its own.
+    /// its own (a semaphore's waiter: the deletions of the keys ahead of its own).
     async fn acquire(
         &self,
         cx: &Context,
