@@ -445,3 +445,101 @@ async fn holders_and_fencing_tokens() {
         permit.release().await.expect("release");
     }
 }
+
+/// Locks and semaphores of 3 racing for one name, on the try and the waiting paths: the
+/// holders never disagree (never a lock holder beside a permit, never two locks, never four
+/// permits); the losers get `PermitsMismatch`, `None` or a timeout, and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_and_semaphores_never_hold_one_name_together() {
+    let server = support::EtcdServer::start().await;
+    let admin = server.client().await;
+    let mut lockers = Vec::new();
+    for _ in 0..3 {
+        lockers.push(locker(server.client().await, Duration::from_secs(5)));
+    }
+    // (locks, permits) inside the section now.
+    let inside = Arc::new(std::sync::Mutex::new((0u32, 0u32)));
+    // Grants of (locks, permits).
+    let granted = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let mut tasks = Vec::new();
+    for t in 0..12 {
+        let locker = lockers[t % 3].clone();
+        let (inside, granted) = (inside.clone(), granted.clone());
+        tasks.push(tokio::spawn(async move {
+            let is_lock = t % 2 == 0;
+            let wait = LockOptions::new().wait_timeout(Duration::from_millis(200));
+            for round in 0..30 {
+                // A waiting lock's key refuses every semaphore while it waits: locks wait
+                // less often, so that both kinds get their turns.
+                let try_only = if is_lock {
+                    round % 5 != 0
+                } else {
+                    round % 3 == 0
+                };
+                let outcome = match (is_lock, try_only) {
+                    (true, true) => locker.try_lock("race").await,
+                    (true, false) => locker.lock_with("race", wait).await.map(Some),
+                    (false, true) => locker.semaphore("race", 3).try_acquire().await,
+                    (false, false) => locker
+                        .semaphore("race", 3)
+                        .acquire_with(wait)
+                        .await
+                        .map(Some),
+                };
+                let guard = match outcome {
+                    Ok(Some(guard)) => guard,
+                    Ok(None) | Err(Error::PermitsMismatch { .. }) | Err(Error::Timeout { .. }) => {
+                        let pause = if is_lock { 5..20 } else { 0..5 };
+                        sleep(Duration::from_millis(fastrand::u64(pause))).await;
+                        continue;
+                    }
+                    Err(e) => panic!("unexpected error: {e:?}"),
+                };
+                match is_lock {
+                    true => granted.0.fetch_add(1, Ordering::SeqCst),
+                    false => granted.1.fetch_add(1, Ordering::SeqCst),
+                };
+                {
+                    let mut now = inside.lock().unwrap();
+                    if is_lock {
+                        now.0 += 1;
+                    } else {
+                        now.1 += 1;
+                    }
+                    assert!(
+                        (now.0 <= 1 && now.1 == 0) || (now.0 == 0 && now.1 <= 3),
+                        "holders disagree: {} lock(s) and {} permit(s) at once",
+                        now.0,
+                        now.1
+                    );
+                }
+                sleep(Duration::from_millis(fastrand::u64(1..5))).await;
+                {
+                    let mut now = inside.lock().unwrap();
+                    if is_lock {
+                        now.0 -= 1;
+                    } else {
+                        now.1 -= 1;
+                    }
+                }
+                guard.release().await.expect("release");
+            }
+        }));
+    }
+    for task in tasks {
+        timeout(Duration::from_secs(60), task)
+            .await
+            .expect("a task hung")
+            .unwrap();
+    }
+    let (locks, permits) = (
+        granted.0.load(Ordering::SeqCst),
+        granted.1.load(Ordering::SeqCst),
+    );
+    eprintln!("granted {locks} lock(s) and {permits} permit(s)");
+    assert!(
+        locks > 0 && permits > 0,
+        "granted {locks} lock(s) and {permits} permit(s)"
+    );
+    await_queue_len(&admin, "race", 0, Duration::from_secs(5)).await;
+}

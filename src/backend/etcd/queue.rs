@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, GetResponse, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions, WatchStream,
+    SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions,
+    WatchResponse, WatchStream,
 };
 
 use super::super::{Context, Request};
@@ -432,78 +433,93 @@ pub(super) async fn wait_for_permit(
     entry: &Entry<'_>,
 ) -> Result<()> {
     let permits = i64::from(entry.permits);
-    let own_key = entry.attachment.own_key.as_bytes();
-    // `ahead` is exact as of revision `seen`.
-    let (mut ahead, mut seen) = (entry.ahead, entry.revision);
+    // Exact as of revision `seen`.
+    let mut count = Count {
+        ahead: entry.ahead,
+        seen: entry.revision,
+    };
     loop {
-        if ahead < permits {
+        if count.ahead < permits {
             return Ok(());
         }
         let deletions = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
             .with_filters([WatchFilterType::NoPut])
-            .with_start_revision(seen + 1);
+            .with_start_revision(count.seen + 1);
         let mut watch_client = client.watch_client();
         let watch = watch_client.watch(entry.queue, Some(deletions));
         let mut stream = cx.call("etcd", entry.key, entry.ttl, watch).await?;
-        let created = cx
+        let mut message = cx
             .call("etcd", entry.key, entry.ttl, stream.message())
-            .await?;
-        if created.is_some_and(|r| r.created() && !r.canceled()) {
-            loop {
-                let message = tokio::select! {
-                    message = stream.message() => message,
-                    _ = entry.attachment.gone() => {
-                        tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
-                            reason = %entry.attachment.loss(), "a waiter's own key is gone");
-                        return Err(Error::lost(entry.key));
-                    }
-                };
-                let reply = match message {
-                    Ok(Some(reply)) if !reply.canceled() => reply,
-                    // Cancelled (compacted past `seen`) or broken: count again.
-                    Ok(_) | Err(_) => break,
-                };
-                let mut exact = true;
-                let mut last = seen;
-                for event in reply.events() {
-                    let revision = event.kv().map(|kv| kv.mod_revision()).unwrap_or_default();
-                    if event.event_type() != EventType::Delete || revision <= seen {
-                        continue;
-                    }
-                    last = last.max(revision);
-                    match event.prev_kv() {
-                        Some(prev) if prev.key() == own_key => {
-                            tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
-                                "the waiter's own key or lease disappeared while waiting");
-                            return Err(Error::lost(entry.key));
-                        }
-                        Some(prev) if prev.create_revision() < entry.revision => ahead -= 1,
-                        Some(_) => {}
-                        // Its previous version is compacted: whether it was ahead is unknown.
-                        None => exact = false,
-                    }
-                }
-                seen = last;
-                if !exact {
-                    break;
-                }
-                if ahead < permits {
-                    return Ok(());
-                }
-            }
-        } else {
+            .await
+            .map(|reply| reply.filter(|r| r.created()));
+        if !matches!(message, Ok(Some(_))) {
             // Refused or closed at once (a member going away): do not spin.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        (ahead, seen) = count_ahead(client, cx, entry).await?;
+        // Every message of the watch, its first included, until it breaks.
+        while let Ok(Some(reply)) = message {
+            // Cancelled (compacted past `seen`): count again.
+            if reply.canceled() || !count.deletions(entry, &reply)? {
+                break;
+            }
+            if count.ahead < permits {
+                return Ok(());
+            }
+            message = tokio::select! {
+                message = stream.message() => message.map_err(|e| Error::backend("etcd", entry.key, e)),
+                _ = entry.attachment.gone() => {
+                    tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
+                        reason = %entry.attachment.loss(), "a waiter's own key is gone");
+                    return Err(Error::lost(entry.key));
+                }
+            };
+        }
+        count = count_ahead(client, cx, entry).await?;
+    }
+}
+
+/// How many keys are ahead of a semaphore's waiter, exactly, as of revision `seen`.
+struct Count {
+    ahead: i64,
+    seen: i64,
+}
+
+impl Count {
+    /// Counts the deletions of keys ahead in one watch message. `Ok(false)`: one of them
+    /// can no longer be placed (its previous version is compacted), the count is not
+    /// exact any more. Fails when our own key is gone.
+    fn deletions(&mut self, entry: &Entry<'_>, reply: &WatchResponse) -> Result<bool> {
+        let own_key = entry.attachment.own_key.as_bytes();
+        // One revision's events all come in one message.
+        let mut last = self.seen;
+        let mut exact = true;
+        for event in reply.events() {
+            let revision = event.kv().map(|kv| kv.mod_revision()).unwrap_or_default();
+            if event.event_type() != EventType::Delete || revision <= self.seen {
+                continue;
+            }
+            last = last.max(revision);
+            match event.prev_kv() {
+                Some(prev) if prev.key() == own_key => {
+                    tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
+                        "the waiter's own key or lease disappeared while waiting");
+                    return Err(Error::lost(entry.key));
+                }
+                Some(prev) if prev.create_revision() < entry.revision => self.ahead -= 1,
+                Some(_) => {}
+                None => exact = false,
+            }
+        }
+        self.seen = last;
+        Ok(exact)
     }
 }
 
 /// In one read: fails if our own key is gone; otherwise how many keys are ahead of it, and
 /// the revision of that count.
-async fn count_ahead(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<(i64, i64)> {
+async fn count_ahead(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<Count> {
     let own_key = entry.attachment.own_key.as_bytes();
     // The names of every key ahead: etcd's count ignores the create-revision bound.
     let read = Txn::new().and_then([
@@ -528,7 +544,10 @@ async fn count_ahead(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result
     }
     let ahead = gets.get(1).map(|g| g.kvs().len()).unwrap_or_default();
     let revision = reply.header().map(|h| h.revision()).unwrap_or_default();
-    Ok((ahead as i64, revision))
+    Ok(Count {
+        ahead: ahead as i64,
+        seen: revision,
+    })
 }
 
 /// Whether `get` (of our own key) found it, ours, on our session's lease.
