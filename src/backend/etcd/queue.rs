@@ -111,11 +111,11 @@ fn other_ranges(queue: &str, permits: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
     ]
 }
 
-/// Reads, in a txn, how many keys the queue has and the earliest key of another number:
-/// read with [`Census::read`].
+/// Reads, in a txn that found the queue not empty, the earliest key of another number and
+/// (for a semaphore: a lock's queue is full with one) how many keys the queue has. Read
+/// with [`Census::read`].
 fn census(queue: &str, permits: u32) -> Vec<TxnOp> {
-    let count = GetOptions::new().with_prefix().with_count_only();
-    let mut ops = vec![TxnOp::get(queue, Some(count))];
+    let mut ops = Vec::new();
     for (start, end) in other_ranges(queue, permits) {
         let earliest = GetOptions::new()
             .with_range(end)
@@ -124,31 +124,43 @@ fn census(queue: &str, permits: u32) -> Vec<TxnOp> {
             .with_limit(1);
         ops.push(TxnOp::get(start, Some(earliest)));
     }
+    if permits > 1 {
+        let count = GetOptions::new().with_prefix().with_count_only();
+        ops.push(TxnOp::get(queue, Some(count)));
+    }
     ops
 }
 
 /// What [`census`] saw.
 struct Census {
-    /// Keys in the queue.
+    /// Keys in the queue (a lock's: at least 1, uncounted).
     total: i64,
     /// The number named by the earliest key that names another than ours, if any.
     other: Option<u32>,
 }
 
 impl Census {
-    /// The census among the gets of `reply` (the last `1 + other ranges` of them).
-    fn read(queue: &str, reply: &TxnResponse, permits: u32) -> Census {
+    /// The census: the last gets of `reply`; fails if they are not there.
+    fn read(request: &Request<'_>, reply: &TxnResponse) -> Result<Census> {
+        let (queue, permits) = (request.storage_key, request.permits);
         let gets = gets(reply);
-        let ops = 1 + other_ranges(queue, permits).len();
+        let ranges = other_ranges(queue, permits).len();
+        let ops = ranges + usize::from(permits > 1);
         let gets = &gets[gets.len().saturating_sub(ops)..];
-        let total = gets.first().map(|g| g.count()).unwrap_or_default();
         let other = gets
             .iter()
-            .skip(1)
+            .take(ranges)
             .filter_map(|g| g.kvs().first())
             .min_by_key(|kv| kv.create_revision())
             .map(|kv| permits_of(queue, kv.key()));
-        Census { total, other }
+        let total = match permits {
+            1 => Some(1),
+            _ => gets.get(ranges).map(|g| g.count()),
+        };
+        let total = total.ok_or_else(|| {
+            Error::backend("etcd", request.key, "a txn answered without its reads")
+        })?;
+        Ok(Census { total, other })
     }
 }
 
@@ -224,7 +236,7 @@ pub(super) async fn enqueue<'a>(
         } else if wait && permits == 1 {
             (1, false)
         } else {
-            let census = Census::read(queue, &reply, permits);
+            let census = Census::read(request, &reply).map_err(Enqueue::Failed)?;
             if let Some(held) = census.other {
                 return Err(Enqueue::Failed(Error::permits_mismatch(
                     request.key,
