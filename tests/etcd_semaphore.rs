@@ -543,3 +543,34 @@ async fn locks_and_semaphores_never_hold_one_name_together() {
     );
     await_queue_len(&admin, "race", 0, Duration::from_secs(5)).await;
 }
+
+/// A waiter whose watch breaks (its connections reset) counts the queue again and is still
+/// granted when a permit frees, even one freed while its watch was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_watch_breaks_counts_again() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("dlock=debug")
+        .with_test_writer()
+        .try_init();
+    let server = support::EtcdServer::start().await;
+    let admin = server.client().await;
+    let proxy = support::Proxy::start(server.client_addr()).await;
+    let through_proxy = support::client_at(&[format!("http://127.0.0.1:{}", proxy.port())]).await;
+    let holder = locker(server.client().await, Duration::from_secs(5));
+    let waiter = locker(through_proxy, Duration::from_secs(5)).semaphore("reset", 2);
+    let a = holder.semaphore("reset", 2).acquire().await.expect("a");
+    let b = holder.semaphore("reset", 2).acquire().await.expect("b");
+    let waiting = tokio::spawn(async move { waiter.acquire().await });
+    await_queue_len(&admin, "reset", 3, Duration::from_secs(5)).await;
+    sleep(Duration::from_millis(300)).await;
+    proxy.reset_all();
+    b.release().await.expect("release");
+    let permit = timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter was not granted after its watch broke")
+        .unwrap()
+        .expect("acquire");
+    assert!(permit.fencing_token() > a.fencing_token());
+    drop((a, permit));
+    await_queue_len(&admin, "reset", 0, Duration::from_secs(5)).await;
+}

@@ -488,6 +488,8 @@ pub(super) async fn wait_for_permit(
                 }
             };
         }
+        tracing::debug!(component = "dlock", backend = "etcd", key = %entry.key,
+            "a waiter's watch broke or lost track; counting the keys ahead again");
         count = count_ahead(client, cx, entry).await?;
     }
 }
