@@ -3,8 +3,8 @@
 //!
 //! Key names say how many holders their queue admits: `<queue><token>` for a lock (1),
 //! `<queue>~<N>~<token>` for a semaphore of N. A token is a ULID (`[0-9A-Z]`), so a lock's
-//! key never starts with `~` after the queue, and each N has a key range of its own: one
-//! range read counts the keys that name another N.
+//! key never starts with `~` after the queue, and each N has a key range of its own: a
+//! range read or two around it find any key that names another N.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub(super) struct Entry<'a> {
     /// The key's create revision: its place in the queue, and the fencing token.
     pub revision: i64,
     pub ttl: Duration,
-    /// [`Request::permits`]: how many keys may be ahead of ours, minus one, for it to hold.
+    /// [`Request::permits`]: our key holds while fewer keys than this are ahead of it.
     pub permits: u32,
     /// How many keys were ahead of ours when it was put, for a semaphore's waiter (exact
     /// as of `revision`).
