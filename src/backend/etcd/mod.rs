@@ -1,9 +1,10 @@
-//! The etcd backend: each acquisition is a key of its own in the lock's queue, attached to
-//! the locker's session lease; waiters queue by create revision.
+//! The etcd backend: each acquisition is a key of its own in the lock's (or semaphore's)
+//! queue, attached to the locker's session lease; waiters queue by create revision.
 //!
-//! Keys: `<prefix><key>/<ulid>`, where `<key>` has `%` and `/` percent-encoded so that the
-//! queue of lock `a` (`<prefix>a/`) never contains the waiters of lock `a/b`. Every
-//! acquisition gets its own key (and so its own place in the queue), even from one locker.
+//! Keys: `<prefix><key>/<ulid>` for a lock, `<prefix><key>/~<N>~<ulid>` for a semaphore of N,
+//! where `<key>` has `%` and `/` percent-encoded so that the queue of lock `a` (`<prefix>a/`)
+//! never contains the waiters of lock `a/b`. Every acquisition gets its own key (and so its
+//! own place in the queue), even from one locker.
 //!
 //! - **One session lease per locker and TTL** (`session.rs`), kept alive by one stream, as
 //!   in etcd's own concurrency package: a lock and its release are two writes, and holding
@@ -18,8 +19,22 @@
 //!   request order. The watch is opened *from now* and the predecessor re-checked after it is
 //!   created, so the handoff does not wait for etcd's periodic sync of watchers that start
 //!   at a past revision.
+//! - **Semaphores: the first N keys hold.** A key holds while fewer than N keys are ahead of
+//!   it (a lock: none), so permits are granted in request order. A waiting put reads, in its
+//!   own txn, how many keys are ahead; the waiter then counts the queue's deletions of keys
+//!   ahead on one watch (each event carries the deleted key's create revision), from its
+//!   put's revision: no polling, and no read per release. `try_acquire` writes nothing when
+//!   the queue is full: it reads the queue, then puts on condition that no key joined since.
+//! - **One N per name.** Each N has a key range of its own (a ULID never contains `~`), so
+//!   the txn that puts a semaphore's key (or finds the queue held, for a try) also reads
+//!   whether any key names another N: then the attempt fails with `PermitsMismatch`, a try
+//!   having put nothing, a waiter deleting its key before returning. A semaphore's key that
+//!   holds thus only has keys of its own N ahead of it (none can join ahead), and a lock's
+//!   holds with none ahead: holders never disagree. A lock's waiter is refused when its
+//!   predecessor is a semaphore's key.
 //! - **Ownership checks.** Before a waiter is granted the lock it confirms, in the same read,
-//!   that its own key still exists; while held, the session checks all its keys at once on
+//!   that its own key still exists (a semaphore's waiter: its key's deletion comes first in
+//!   the watch it counts with); while held, the session checks all its keys at once on
 //!   every renewal (`session.rs`, invariant 3). The fencing token is the key's create
 //!   revision.
 //! - **Release** deletes the acquisition's own key, whose name carries its token: a stale
@@ -28,6 +43,7 @@
 mod queue;
 mod session;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use etcd_client::Client;
@@ -123,12 +139,17 @@ impl Backend for EtcdBackend {
         Ok(())
     }
 
+    /// Every number of permits up to [`crate::MAX_PERMITS`]: a semaphore is the same queue.
+    fn max_permits(&self) -> u32 {
+        crate::MAX_PERMITS
+    }
+
     /// The lock's queue, `<prefix><escaped key>/`: each acquisition puts its own key in it.
     fn storage_key(&self, prefix: &str, key: &str) -> String {
         format!("{prefix}{}/", escape(key))
     }
 
-    /// One conditional put: nothing is written when the lock is held.
+    /// One conditional put: nothing is written when the lock (every permit) is held.
     async fn try_acquire(
         &self,
         cx: &Context,
@@ -138,13 +159,22 @@ impl Backend for EtcdBackend {
         let undo = cx.undo_on_drop(request, || {
             queue::delete(&self.client, cx, request, &landed)
         });
-        let entry = self.enqueue(cx, request, false, &landed).await?;
-        undo.disarm();
-        Ok(entry.map(Entry::grant))
+        match self.enqueue(cx, request, false, &landed).await {
+            Ok(entry) => {
+                undo.disarm();
+                Ok(entry.map(Entry::grant))
+            }
+            // Refused after a read: nothing was put.
+            Err(e @ crate::Error::PermitsMismatch { .. }) => {
+                undo.disarm();
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// FIFO: a waiter keeps its key in the queue and watches the key created just before
-    /// its own.
+    /// its own (a semaphore's waiter: the deletions of the keys ahead of its own).
     async fn acquire(
         &self,
         cx: &Context,
@@ -156,15 +186,36 @@ impl Backend for EtcdBackend {
         let undo = cx.undo_on_drop(request, || {
             queue::delete(&self.client, cx, request, &landed)
         });
-        let entry = self
-            .enqueue(cx, request, true, &landed)
-            .await?
-            .expect("a waiting put always queues its key");
-        if !entry.head_is_ours {
-            queue::wait_for_turn(&self.client, cx, &entry).await?;
+        let waited = match self.enqueue(cx, request, true, &landed).await {
+            Ok(Some(entry)) if entry.granted => Ok(entry),
+            Ok(Some(entry)) => {
+                let waited = match request.permits {
+                    1 => queue::wait_for_turn(&self.client, cx, &entry).await,
+                    _ => queue::wait_for_permit(&self.client, cx, &entry).await,
+                };
+                waited.map(|()| entry)
+            }
+            Ok(None) => Err(crate::Error::backend(
+                "etcd",
+                request.key,
+                "a waiting put did not queue its key",
+            )),
+            Err(e) => Err(e),
+        };
+        match waited {
+            Ok(entry) => {
+                undo.disarm();
+                Ok(Some(entry.grant()))
+            }
+            // A refused request leaves no key: its own is deleted before the error returns
+            // (dropped meanwhile, the undo still does it).
+            Err(e @ crate::Error::PermitsMismatch { .. }) => {
+                queue::delete(&self.client, cx, request, &landed).await;
+                undo.disarm();
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
-        undo.disarm();
-        Ok(Some(entry.grant()))
     }
 
     /// Answers from the session, with no server call: the session's keep-alive renews
@@ -196,18 +247,57 @@ impl Backend for EtcdBackend {
         Some(held.attachment.gone_token())
     }
 
-    /// The head of the queue; its lease's remaining TTL is what remains of the lock's.
+    /// The head of the queue ([`Backend::holders`] of one permit).
     async fn holder(&self, cx: &Context, key: &str, queue: &str) -> Result<Option<Holder>> {
-        let Some((revision, value, lease_id)) = queue::head(&self.client, cx, key, queue).await?
-        else {
-            return Ok(None);
-        };
-        let mut leases = self.client.lease_client();
-        let ttl = leases.time_to_live(lease_id, None);
-        let remaining = cx.call("etcd", key, Duration::MAX, ttl).await?.ttl();
-        let value = (!value.is_empty()).then_some(value);
-        let expires_in = Duration::from_secs(remaining.max(0) as u64);
-        Ok(Some(Holder::new(revision as u64, expires_in, value)))
+        Ok(self.holders(cx, key, queue, 1).await?.into_iter().next())
+    }
+
+    /// The first `permits` keys of the queue, up to the first that names another number
+    /// (a refused request's, about to go); each lease's remaining TTL is what remains of its
+    /// holders'.
+    async fn holders(
+        &self,
+        cx: &Context,
+        key: &str,
+        queue: &str,
+        permits: u32,
+    ) -> Result<Vec<Holder>> {
+        let front = queue::front(&self.client, cx, key, queue, permits).await?;
+        match front.first() {
+            None => return Ok(Vec::new()),
+            Some(head) if head.permits != permits => {
+                return Err(crate::Error::permits_mismatch(key, permits, head.permits))
+            }
+            Some(_) => {}
+        }
+        let holders: Vec<_> = front
+            .into_iter()
+            .take_while(|k| k.permits == permits)
+            .collect();
+        let mut leases: Vec<i64> = holders.iter().map(|k| k.lease).collect();
+        leases.sort_unstable();
+        leases.dedup();
+        let remaining = leases.iter().map(|lease_id| {
+            let mut leases = self.client.lease_client();
+            async move {
+                let ttl = leases.time_to_live(*lease_id, None);
+                let remaining = cx.call("etcd", key, Duration::MAX, ttl).await?.ttl();
+                Ok::<_, crate::Error>((*lease_id, remaining))
+            }
+        });
+        let remaining: HashMap<i64, i64> = futures_util::future::try_join_all(remaining)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(holders
+            .into_iter()
+            .map(|k| {
+                let remaining = remaining.get(&k.lease).copied().unwrap_or_default();
+                let expires_in = Duration::from_secs(remaining.max(0) as u64);
+                let value = (!k.value.is_empty()).then_some(k.value);
+                Holder::new(k.revision as u64, expires_in, value)
+            })
+            .collect())
     }
 
     async fn release(

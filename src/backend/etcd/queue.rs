@@ -1,32 +1,43 @@
-//! A lock's queue: putting an acquisition's key in it, waiting for the keys before it to
-//! go, and taking it out.
+//! A lock's or semaphore's queue: putting an acquisition's key in it, waiting for the keys
+//! before it to go, and taking it out.
+//!
+//! Key names say how many holders their queue admits: `<queue><token>` for a lock (1),
+//! `<queue>~<N>~<token>` for a semaphore of N. A token is a ULID (`[0-9A-Z]`), so a lock's
+//! key never starts with `~` after the queue, and each N has a key range of its own: a
+//! range read or two around it find any key that names another N.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse, WatchStream,
+    Client, Compare, CompareOp, EventType, GetOptions, GetResponse, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions,
+    WatchResponse, WatchStream,
 };
 
 use super::super::{Context, Request};
 use super::session::{lease_not_found, Attachment, Session};
 use crate::error::{Error, Result};
 
-/// The puts of one attempt still in flight: each holds a clone until it has its answer.
+/// The puts of one attempt still in flight: each holds a receiver until it has its answer.
 #[derive(Default)]
 pub(super) struct Landed(Arc<tokio::sync::watch::Sender<()>>);
 
-/// One acquisition's key in its lock's queue.
+/// One acquisition's key in its queue.
 pub(super) struct Entry<'a> {
     pub key: &'a str,
     pub queue: &'a str,
     /// The key's create revision: its place in the queue, and the fencing token.
     pub revision: i64,
     pub ttl: Duration,
-    /// Whether no key was in the queue before ours.
-    pub head_is_ours: bool,
+    /// [`Request::permits`]: our key holds while fewer keys than this are ahead of it.
+    pub permits: u32,
+    /// How many keys were ahead of ours when it was put, for a semaphore's waiter (exact
+    /// as of `revision`).
+    pub ahead: i64,
+    /// Whether the key holds already: fewer than `permits` keys were ahead of it.
+    pub granted: bool,
     pub attachment: Attachment,
 }
 
@@ -50,13 +61,132 @@ impl Enqueue {
     }
 }
 
-/// `<queue><token>`: the key of one acquisition.
+/// The key of one acquisition: `<queue><token>` for a lock, `<queue>~<N>~<token>` for a
+/// semaphore of N.
 pub(super) fn own_key(request: &Request<'_>) -> String {
-    format!("{}{}", request.storage_key, request.token)
+    match request.permits {
+        1 => format!("{}{}", request.storage_key, request.token),
+        n => format!("{}~{n}~{}", request.storage_key, request.token),
+    }
 }
 
-/// Puts our key in the queue: always when `wait`, otherwise only if the queue is empty (then
-/// nothing is written when the lock is held, and `Ok(None)` says so).
+/// The number of holders a key of `queue` names (see the module docs); 0 for a key that no
+/// acquisition of dlock wrote, which then agrees with no one.
+pub(super) fn permits_of(queue: &str, key: &[u8]) -> u32 {
+    let rest = key.strip_prefix(queue.as_bytes()).unwrap_or(key);
+    let Some(rest) = rest.strip_prefix(b"~") else {
+        return 1;
+    };
+    let digits = rest.split(|b| *b == b'~').next().unwrap_or_default();
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .filter(|n| *n > 1)
+        .unwrap_or(0)
+}
+
+/// The first key after every key that starts with `prefix` (etcd's prefix range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The key ranges of `queue` whose keys name another number than `permits`: around the
+/// range of `permits` (a lock's: `[queue, queue~)`; N's: the prefix `queue~N~`).
+fn other_ranges(queue: &str, permits: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let end = prefix_end(queue.as_bytes());
+    if permits == 1 {
+        return vec![(format!("{queue}~").into_bytes(), end)];
+    }
+    let own = format!("{queue}~{permits}~").into_bytes();
+    vec![
+        (queue.as_bytes().to_vec(), own.clone()),
+        (prefix_end(&own), end),
+    ]
+}
+
+/// Reads, in a txn that found the queue not empty, the earliest key of another number and
+/// (for a semaphore: a lock's queue is full with one) how many keys the queue has. Read
+/// with [`Census::read`].
+fn census(queue: &str, permits: u32) -> Vec<TxnOp> {
+    let mut ops = Vec::new();
+    for (start, end) in other_ranges(queue, permits) {
+        let earliest = GetOptions::new()
+            .with_range(end)
+            .with_keys_only()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        ops.push(TxnOp::get(start, Some(earliest)));
+    }
+    if permits > 1 {
+        let count = GetOptions::new().with_prefix().with_count_only();
+        ops.push(TxnOp::get(queue, Some(count)));
+    }
+    ops
+}
+
+/// What [`census`] saw.
+struct Census {
+    /// Keys in the queue (a lock's: at least 1, uncounted).
+    total: i64,
+    /// The number named by the earliest key that names another than ours, if any.
+    other: Option<u32>,
+}
+
+impl Census {
+    /// The census: the last gets of `reply`; fails if they are not there.
+    fn read(request: &Request<'_>, reply: &TxnResponse) -> Result<Census> {
+        let (queue, permits) = (request.storage_key, request.permits);
+        let gets = gets(reply);
+        let ranges = other_ranges(queue, permits).len();
+        let ops = ranges + usize::from(permits > 1);
+        let gets = &gets[gets.len().saturating_sub(ops)..];
+        let other = gets
+            .iter()
+            .take(ranges)
+            .filter_map(|g| g.kvs().first())
+            .min_by_key(|kv| kv.create_revision())
+            .map(|kv| permits_of(queue, kv.key()));
+        let total = match permits {
+            1 => Some(1),
+            _ => gets.get(ranges).map(|g| g.count()),
+        };
+        let total = total.ok_or_else(|| {
+            Error::backend("etcd", request.key, "a txn answered without its reads")
+        })?;
+        Ok(Census { total, other })
+    }
+}
+
+/// The get responses of a txn, in order.
+fn gets(reply: &TxnResponse) -> Vec<GetResponse> {
+    reply
+        .op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Puts our key in the queue.
+///
+/// When `wait`: always (in one write when the queue is empty). Otherwise only while fewer
+/// than `permits` keys are in it: `Ok(None)` says it is full, and nothing is written. etcd's
+/// compares cannot count, so a semaphore's try reads the queue (in the txn that found it not
+/// empty) and puts on condition that no key was added since that read; a key deleted
+/// meanwhile only leaves more room. A lock's try never needs the second txn.
+///
+/// A key that would disagree on the number of holders with a key in the queue fails with
+/// [`Error::PermitsMismatch`]: not put (try), or put and to be deleted by the caller (wait).
+/// A lock's waiting put reads nothing more (its wait sees its predecessor's number).
 pub(super) async fn enqueue<'a>(
     client: &Client,
     cx: &Context,
@@ -65,26 +195,94 @@ pub(super) async fn enqueue<'a>(
     wait: bool,
     landed: &Landed,
 ) -> std::result::Result<Option<Entry<'a>>, Enqueue> {
-    let queue = request.storage_key;
+    let (queue, permits) = (request.storage_key, request.permits);
     let own_key = own_key(request);
     let put = TxnOp::put(
         own_key.as_str(),
         request.value.unwrap_or_default(),
         Some(PutOptions::new().with_lease(session.lease_id)),
     );
-    let queue_is_empty = Compare::create_revision(queue, CompareOp::Equal, 0).with_prefix();
-    let txn = Txn::new()
-        .when([queue_is_empty])
-        .and_then([put.clone()])
-        .or_else(if wait { vec![put] } else { vec![] });
     // Attached before the put is sent (session invariant 4): if this future is dropped
     // with the put in flight, the key the put may still write is an orphan to remove.
     let attachment = session.attach(own_key.into());
+    let deadline = tokio::time::Instant::now() + request.useful_for();
+    // The revision of a census that found room (0: none yet, the queue must be empty).
+    let mut room_at = 0;
+    loop {
+        let room = match room_at {
+            0 => Compare::create_revision(queue, CompareOp::Equal, 0).with_prefix(),
+            // No key in the queue was written after the census: none was added.
+            at => Compare::mod_revision(queue, CompareOp::Less, at + 1).with_prefix(),
+        };
+        let otherwise = match (wait, permits) {
+            (true, 1) => vec![put.clone()],
+            (true, _) => [vec![put.clone()], census(queue, permits)].concat(),
+            (false, _) => census(queue, permits),
+        };
+        let txn = Txn::new()
+            .when([room])
+            .and_then([put.clone()])
+            .or_else(otherwise);
+        let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let reply = match put_txn(client, cx, request.key, limit, txn, landed).await {
+            Ok(reply) => reply,
+            Err(e) if lease_not_found(&e) => return Err(Enqueue::LeaseGone(session)),
+            Err(e) => return Err(Enqueue::Failed(e)),
+        };
+        let revision = reply.header().map(|h| h.revision()).unwrap_or_default();
+        let (ahead, granted) = if reply.succeeded() {
+            // Either the queue was empty, or it had room and nobody joined since.
+            (0, true)
+        } else if wait && permits == 1 {
+            (1, false)
+        } else {
+            let census = Census::read(request, &reply).map_err(Enqueue::Failed)?;
+            if let Some(held) = census.other {
+                return Err(Enqueue::Failed(Error::permits_mismatch(
+                    request.key,
+                    permits,
+                    held,
+                )));
+            }
+            if wait {
+                // Our key is the newest: every other key is ahead of it.
+                let ahead = census.total - 1;
+                (ahead, ahead < i64::from(permits))
+            } else if census.total >= i64::from(permits) {
+                return Ok(None);
+            } else {
+                room_at = revision;
+                continue;
+            }
+        };
+        attachment.confirm();
+        return Ok(Some(Entry {
+            key: request.key,
+            queue,
+            revision,
+            ttl: request.ttl,
+            permits,
+            ahead,
+            granted,
+            attachment,
+        }));
+    }
+}
+
+/// Sends a txn that may put a key: it runs to its answer on a task of its own, even if this
+/// future is dropped, and `landed` knows until then. The undo (`delete`) waits for it, since
+/// etcd may apply a delete sent after a put before that put, which would then leave its key
+/// behind.
+async fn put_txn(
+    client: &Client,
+    cx: &Context,
+    key: &str,
+    limit: Duration,
+    txn: Txn,
+    landed: &Landed,
+) -> Result<TxnResponse> {
     let mut kv = client.kv_client();
-    // The put runs to its answer on a task of its own, even if this future is dropped:
-    // the undo (`delete`) waits for it, since etcd may apply a delete sent after a put
-    // before that put, which would then leave its key behind.
-    let in_flight = landed.0.clone();
+    let in_flight = landed.0.subscribe();
     let put = tokio::spawn(async move {
         let reply = kv.txn(txn).await;
         drop(in_flight);
@@ -97,48 +295,45 @@ pub(super) async fn enqueue<'a>(
             Err(joined) => Err(crate::error::BoxError::from(joined)),
         }
     };
-    let reply = match cx
-        .call("etcd", request.key, request.useful_for(), put)
-        .await
-    {
-        Ok(reply) => reply,
-        Err(e) if lease_not_found(&e) => return Err(Enqueue::LeaseGone(session)),
-        Err(e) => return Err(Enqueue::Failed(e)),
-    };
-    let head_is_ours = reply.succeeded();
-    if !head_is_ours && !wait {
-        return Ok(None);
-    }
-    attachment.confirm();
-    Ok(Some(Entry {
-        key: request.key,
-        queue,
-        revision: reply.header().map(|h| h.revision()).unwrap_or_default(),
-        ttl: request.ttl,
-        head_is_ours,
-        attachment,
-    }))
+    cx.call("etcd", key, limit, put).await
 }
 
-/// The head of `queue` (the holder's key), if any: its create revision, value and lease.
-pub(super) async fn head(
+/// One key at the front of a queue.
+pub(super) struct Front {
+    /// Its create revision: the fencing token.
+    pub revision: i64,
+    /// The number of holders it names.
+    pub permits: u32,
+    pub value: String,
+    pub lease: i64,
+}
+
+/// The first `limit` keys of `queue`, in queue order.
+pub(super) async fn front(
     client: &Client,
     cx: &Context,
     key: &str,
     queue: &str,
-) -> Result<Option<(i64, String, i64)>> {
+    limit: u32,
+) -> Result<Vec<Front>> {
     let first = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
-        .with_limit(1);
+        .with_limit(i64::from(limit));
     let mut kv = client.kv_client();
     let reply = cx
         .call("etcd", key, Duration::MAX, kv.get(queue, Some(first)))
         .await?;
-    Ok(reply.kvs().first().map(|kv| {
-        let value = String::from_utf8_lossy(kv.value()).into_owned();
-        (kv.create_revision(), value, kv.lease())
-    }))
+    Ok(reply
+        .kvs()
+        .iter()
+        .map(|kv| Front {
+            revision: kv.create_revision(),
+            permits: permits_of(queue, kv.key()),
+            value: String::from_utf8_lossy(kv.value()).into_owned(),
+            lease: kv.lease(),
+        })
+        .collect())
 }
 
 /// Deletes an acquisition's key, whatever it holds, for the background: the undo of an
@@ -153,11 +348,11 @@ pub(super) fn delete(
     let (kv, cx) = (client.kv_client(), cx.clone());
     let (key, own_key, ttl) = (request.key.to_owned(), own_key(request), request.ttl);
     let expiry = tokio::time::Instant::now() + ttl;
-    let mut puts = landed.0.subscribe();
+    let puts = landed.0.clone();
     async move {
         // Every put of this attempt has its answer (or its task is gone): none can land
         // after the delete.
-        while puts.changed().await.is_ok() {}
+        puts.closed().await;
         let delete = || {
             let (mut kv, own_key) = (kv.clone(), own_key.clone());
             let (cx, key) = (&cx, &key);
@@ -178,6 +373,11 @@ pub(super) async fn wait_for_turn(client: &Client, cx: &Context, entry: &Entry<'
         let Ahead::Key(predecessor, ahead) = predecessor(client, cx, entry).await? else {
             return Ok(());
         };
+        // A lock queued behind a semaphore's key: a refused request, not a wait.
+        match permits_of(entry.queue, &predecessor) {
+            1 => {}
+            held => return Err(Error::permits_mismatch(entry.key, 1, held)),
+        }
         match &mut watching {
             Some((watched, stream)) if *watched == predecessor => {
                 let deleted = tokio::select! {
@@ -226,6 +426,154 @@ pub(super) async fn wait_for_turn(client: &Client, cx: &Context, entry: &Entry<'
     }
 }
 
+/// A semaphore's waiter: waits until fewer than `permits` keys are ahead of ours, or ours
+/// is gone.
+///
+/// No key can join the queue ahead of ours, so the count only goes down, and the deletions
+/// tell by how much: one watch on the queue's deletions, from the revision at which the
+/// count is exact, with each deleted key's create revision (its previous version). A
+/// release costs every waiter one event and no read; a read (the keys ahead, names only)
+/// is made only when the count cannot be kept (a watch that breaks or is compacted). Our own
+/// key's deletion comes in the same stream, in revision order: a waiter whose key went
+/// first is never granted.
+///
+/// The keys ahead all name our number: they were in the queue when ours was put, and that
+/// put found none that named another (`enqueue`).
+pub(super) async fn wait_for_permit(
+    client: &Client,
+    cx: &Context,
+    entry: &Entry<'_>,
+) -> Result<()> {
+    let permits = i64::from(entry.permits);
+    // Exact as of revision `seen`.
+    let mut count = Count {
+        ahead: entry.ahead,
+        seen: entry.revision,
+    };
+    loop {
+        if count.ahead < permits {
+            return Ok(());
+        }
+        let deletions = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_filters([WatchFilterType::NoPut])
+            .with_start_revision(count.seen + 1);
+        let mut watch_client = client.watch_client();
+        let watch = watch_client.watch(entry.queue, Some(deletions));
+        let mut stream = cx.call("etcd", entry.key, entry.ttl, watch).await?;
+        let mut message = cx
+            .call("etcd", entry.key, entry.ttl, stream.message())
+            .await
+            .map(|reply| reply.filter(|r| r.created()));
+        if !matches!(message, Ok(Some(_))) {
+            // Refused or closed at once (a member going away): do not spin.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Every message of the watch, its first included, until it breaks.
+        while let Ok(Some(reply)) = message {
+            // Cancelled (compacted past `seen`): count again.
+            if reply.canceled() || !count.deletions(entry, &reply)? {
+                break;
+            }
+            if count.ahead < permits {
+                return Ok(());
+            }
+            message = tokio::select! {
+                message = stream.message() => message.map_err(|e| Error::backend("etcd", entry.key, e)),
+                _ = entry.attachment.gone() => {
+                    tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
+                        reason = %entry.attachment.loss(), "a waiter's own key is gone");
+                    return Err(Error::lost(entry.key));
+                }
+            };
+        }
+        tracing::debug!(component = "dlock", backend = "etcd", key = %entry.key,
+            "a waiter's watch broke or lost track; counting the keys ahead again");
+        count = count_ahead(client, cx, entry).await?;
+    }
+}
+
+/// How many keys are ahead of a semaphore's waiter, exactly, as of revision `seen`.
+struct Count {
+    ahead: i64,
+    seen: i64,
+}
+
+impl Count {
+    /// Counts the deletions of keys ahead in one watch message. `Ok(false)`: one of them
+    /// can no longer be placed (its previous version is compacted), the count is not
+    /// exact any more. Fails when our own key is gone.
+    fn deletions(&mut self, entry: &Entry<'_>, reply: &WatchResponse) -> Result<bool> {
+        let own_key = entry.attachment.own_key.as_bytes();
+        // One revision's events all come in one message.
+        let mut last = self.seen;
+        let mut exact = true;
+        for event in reply.events() {
+            let revision = event.kv().map(|kv| kv.mod_revision()).unwrap_or_default();
+            if event.event_type() != EventType::Delete || revision <= self.seen {
+                continue;
+            }
+            last = last.max(revision);
+            match event.prev_kv() {
+                Some(prev) if prev.key() == own_key => {
+                    tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
+                        "the waiter's own key or lease disappeared while waiting");
+                    return Err(Error::lost(entry.key));
+                }
+                Some(prev) if prev.create_revision() < entry.revision => self.ahead -= 1,
+                Some(_) => {}
+                None => exact = false,
+            }
+        }
+        self.seen = last;
+        Ok(exact)
+    }
+}
+
+/// In one read: fails if our own key is gone; otherwise how many keys are ahead of it, and
+/// the revision of that count.
+async fn count_ahead(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<Count> {
+    let own_key = entry.attachment.own_key.as_bytes();
+    // The names of every key ahead: etcd's count ignores the create-revision bound.
+    let read = Txn::new().and_then([
+        TxnOp::get(own_key, None),
+        TxnOp::get(
+            entry.queue,
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_max_create_revision(entry.revision - 1),
+            ),
+        ),
+    ]);
+    let mut kv = client.kv_client();
+    let reply = cx.call("etcd", entry.key, entry.ttl, kv.txn(read)).await?;
+    let gets = gets(&reply);
+    if !own_exists(gets.first(), entry) {
+        tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
+            "the waiter's own key or lease disappeared while waiting");
+        return Err(Error::lost(entry.key));
+    }
+    let ahead = gets.get(1).map(|g| g.kvs().len()).unwrap_or_default();
+    let revision = reply.header().map(|h| h.revision()).unwrap_or_default();
+    Ok(Count {
+        ahead: ahead as i64,
+        seen: revision,
+    })
+}
+
+/// Whether `get` (of our own key) found it, ours, on our session's lease.
+fn own_exists(get: Option<&GetResponse>, entry: &Entry<'_>) -> bool {
+    get.is_some_and(|g| {
+        g.kvs().first().is_some_and(|kv| {
+            kv.create_revision() == entry.revision
+                && kv.lease() == entry.attachment.session.lease_id
+        })
+    })
+}
+
 /// What is ahead of our key in the queue.
 enum Ahead {
     /// Nothing: the lock is ours.
@@ -252,21 +600,8 @@ async fn predecessor(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result
     ]);
     let mut kv = client.kv_client();
     let reply = cx.call("etcd", entry.key, entry.ttl, kv.txn(read)).await?;
-    let gets: Vec<_> = reply
-        .op_responses()
-        .into_iter()
-        .filter_map(|op| match op {
-            TxnOpResponse::Get(get) => Some(get),
-            _ => None,
-        })
-        .collect();
-    let own_exists = gets.first().is_some_and(|g| {
-        g.kvs().first().is_some_and(|kv| {
-            kv.create_revision() == entry.revision
-                && kv.lease() == entry.attachment.session.lease_id
-        })
-    });
-    if !own_exists {
+    let gets = gets(&reply);
+    if !own_exists(gets.first(), entry) {
         tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
             "the waiter's own key or lease disappeared while waiting");
         return Err(Error::lost(entry.key));
