@@ -313,3 +313,13 @@ async fn etcd_does_not_grow() {
         .expect("build");
     no_growth(locker, Etcd(server.client().await), Kind::Locks).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_semaphores_do_not_grow() {
+    let server = support::EtcdServer::start().await;
+    let locker = Locker::builder(config(Driver::Etcd))
+        .etcd(server.client().await)
+        .build()
+        .expect("build");
+    no_growth(locker, Etcd(server.client().await), Kind::Semaphores).await;
+}
