@@ -160,6 +160,93 @@ async fn reset_while_waiting_still_acquires<F: Proxied>() {
     guard.release().await.expect("release");
 }
 
+/// Scenario 5: 64 tasks over 4 lockers share a semaphore of 3 while the proxy in front of
+/// two of the lockers (whose tasks hold long) cuts them off for longer than the TTL, again
+/// and again. Each task
+/// records when it held a permit: from its acquisition to its release, or to its `lost()`
+/// if that fired first. Never more than 3 of those spans overlap, and the cuts really
+/// took permits away (some `lost()` fired).
+async fn semaphore_holders_stay_at_most_n_with_renewals_cut<F: Proxied>() {
+    let target = std::sync::Arc::new(Target::<F>::start().await);
+    let lockers = [
+        target.via_proxy().await,
+        target.via_proxy().await,
+        target.direct().await,
+        target.direct().await,
+    ];
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let losses = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let until = Instant::now() + 4 * TTL;
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let crawlers = lockers[i % 4].semaphore("crawler", 3);
+        let (spans, losses) = (spans.clone(), losses.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                let options = LockOptions::new().wait_timeout(TTL);
+                let Ok(permit) = crawlers.acquire_with(options).await else {
+                    continue; // timed out, or cut off while waiting
+                };
+                let start = Instant::now();
+                let lost = permit.lost();
+                // Those behind the proxy hold long enough to be cut off while holding.
+                let hold = if i % 4 < 2 {
+                    Duration::from_millis(fastrand::u64(500..3000))
+                } else {
+                    Duration::from_millis(fastrand::u64(5..60))
+                };
+                let end = tokio::select! {
+                    _ = lost.cancelled() => {
+                        losses.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Instant::now()
+                    }
+                    _ = sleep(hold) => Instant::now(),
+                };
+                spans.lock().unwrap().push((start, end));
+                let _ = permit.release().await;
+            }
+        }));
+    }
+    let cuts = tokio::spawn({
+        let target = target.clone();
+        async move {
+            while Instant::now() + TTL < until {
+                sleep(TTL / 2).await;
+                target.proxy.blackhole();
+                sleep(TTL + TTL / 2).await;
+                target.proxy.pass();
+            }
+        }
+    });
+    for task in tasks {
+        task.await.expect("task panicked");
+    }
+    cuts.await.expect("cuts");
+    target.proxy.pass();
+    let spans = spans.lock().unwrap().clone();
+    // Ends before starts at one instant: a span ending when another starts does not overlap.
+    let mut events: Vec<(Instant, i32)> = spans
+        .iter()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    events.sort();
+    let (mut inside, mut most) = (0, 0);
+    for (_, step) in events {
+        inside += step;
+        most = most.max(inside);
+    }
+    assert!(
+        most <= 3,
+        "{most} holders of a semaphore of 3 at once ({} spans)",
+        spans.len()
+    );
+    assert!(spans.len() > 20, "only {} permits were held", spans.len());
+    assert!(
+        losses.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the cuts never took a permit away: the test did not test"
+    );
+}
+
 macro_rules! scenarios {
     ($($name:ident: $scenario:ident::<$target:ty>),+ $(,)?) => {
         $(
@@ -182,6 +269,10 @@ scenarios! {
     etcd_reset_while_held_keeps_the_lock: reset_while_held_keeps_the_lock::<Etcd>,
     redis_reset_while_waiting_still_acquires: reset_while_waiting_still_acquires::<Redis>,
     etcd_reset_while_waiting_still_acquires: reset_while_waiting_still_acquires::<Etcd>,
+    redis_semaphore_holders_stay_at_most_n_with_renewals_cut:
+        semaphore_holders_stay_at_most_n_with_renewals_cut::<Redis>,
+    etcd_semaphore_holders_stay_at_most_n_with_renewals_cut:
+        semaphore_holders_stay_at_most_n_with_renewals_cut::<Etcd>,
 }
 
 // ---------------------------------------------------------------------------------------
