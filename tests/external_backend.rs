@@ -4,7 +4,8 @@
 //!
 //! The backend is a `Mutex<HashMap>` shared by every locker of one fixture, with its own
 //! expiry, tokens, fencing counter and an outage switch. It is deliberately not
-//! `dlock::MemoryStore`.
+//! `dlock::MemoryStore`. It keeps semaphores too, with the same calls: a storage key admits
+//! up to `Request::permits` rows, and the suite's semaphore behaviours run on it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,26 +17,30 @@ use dlock::testing::{conformance, Fixture};
 use dlock::{Config, Driver, Error, Holder, Locker};
 use tokio::time::Instant;
 
-/// One held lock of the table.
+/// One holder in the table: of a lock, or of one of a semaphore's permits.
 struct Row {
     token: String,
     expiry: Instant,
     fence: u64,
     value: Option<String>,
+    /// How many may hold the storage key at once (1: a lock); the same for all its rows.
+    permits: u32,
 }
 
-/// The "server": storage key -> row, a fencing counter, and whether it is down.
+/// The "server": storage key -> its holders, a fencing counter, and whether it is down.
 #[derive(Default)]
 struct Table {
-    locks: Mutex<HashMap<String, Row>>,
+    locks: Mutex<HashMap<String, Vec<Row>>>,
     last_fence: Mutex<u64>,
     down: AtomicBool,
     wakeups: Arc<Wakeups>,
 }
 
+type Rows = HashMap<String, Vec<Row>>;
+
 impl Table {
     /// The table, or the error a real server outage would give.
-    fn reach(&self, key: &str) -> dlock::Result<MutexGuard<'_, HashMap<String, Row>>> {
+    fn reach(&self, key: &str) -> dlock::Result<MutexGuard<'_, Rows>> {
         if self.down.load(Ordering::SeqCst) {
             return Err(Error::Backend {
                 backend: "table",
@@ -47,18 +52,27 @@ impl Table {
     }
 }
 
+/// The live holders of `storage_key`, expired ones dropped first.
+fn live<'a>(locks: &'a mut Rows, storage_key: &str) -> &'a mut Vec<Row> {
+    let rows = locks.entry(storage_key.to_owned()).or_default();
+    let now = Instant::now();
+    rows.retain(|row| row.expiry > now);
+    rows
+}
+
 /// One locker's handle on the shared table.
 struct TableBackend(Arc<Table>);
-
-fn is_live(row: Option<&Row>, token: &str) -> bool {
-    row.is_some_and(|row| row.token == token && row.expiry > Instant::now())
-}
 
 impl Backend for TableBackend {
     type Held = String;
 
     fn name(&self) -> &'static str {
         "table"
+    }
+
+    /// Semaphores come with the same four calls: a storage key admits `permits` rows.
+    fn max_permits(&self) -> u32 {
+        dlock::MAX_PERMITS
     }
 
     fn wakeups(&self) -> Option<&Arc<Wakeups>> {
@@ -70,23 +84,30 @@ impl Backend for TableBackend {
         _: &Context,
         request: &Request<'_>,
     ) -> dlock::Result<Option<Grant<String>>> {
-        let now = Instant::now();
         let mut locks = self.0.reach(request.key)?;
-        if locks
-            .get(request.storage_key)
-            .is_some_and(|row| row.expiry > now)
-        {
+        let rows = live(&mut locks, request.storage_key);
+        if let Some(held) = rows.first().map(|row| row.permits) {
+            if held != request.permits {
+                return Err(Error::PermitsMismatch {
+                    key: request.key.to_owned(),
+                    asked: request.permits,
+                    held,
+                });
+            }
+        }
+        if rows.len() >= request.permits as usize {
             return Ok(None);
         }
         let mut fence = self.0.last_fence.lock().unwrap();
         *fence += 1;
-        let row = Row {
+        let now = Instant::now();
+        rows.push(Row {
             token: request.token.to_owned(),
             expiry: now + request.ttl,
             fence: *fence,
             value: request.value.map(str::to_owned),
-        };
-        locks.insert(request.storage_key.to_owned(), row);
+            permits: request.permits,
+        });
         Ok(Some(Grant {
             fencing_token: *fence,
             confirmed_at: now,
@@ -101,27 +122,50 @@ impl Backend for TableBackend {
         token: &mut String,
     ) -> dlock::Result<Renewal> {
         let mut locks = self.0.reach(&lease.key)?;
-        match locks.get_mut(&lease.storage_key) {
-            Some(row) if is_live(Some(row), token) => {
+        let rows = live(&mut locks, &lease.storage_key);
+        match rows.iter_mut().find(|row| row.token == *token) {
+            Some(row) => {
                 row.expiry = Instant::now() + lease.ttl;
                 Ok(Renewal::Renewed)
             }
-            _ => Ok(Renewal::Lost("the row was deleted or taken")),
+            None => Ok(Renewal::Lost("the row was deleted or taken")),
         }
     }
 
     async fn holder(
         &self,
-        _: &Context,
+        cx: &Context,
         key: &str,
         storage_key: &str,
     ) -> dlock::Result<Option<Holder>> {
+        Ok(self.holders(cx, key, storage_key, 1).await?.pop())
+    }
+
+    async fn holders(
+        &self,
+        _: &Context,
+        key: &str,
+        storage_key: &str,
+        permits: u32,
+    ) -> dlock::Result<Vec<Holder>> {
+        let mut locks = self.0.reach(key)?;
+        let rows = live(&mut locks, storage_key);
+        if let Some(held) = rows
+            .first()
+            .map(|row| row.permits)
+            .filter(|&n| n != permits)
+        {
+            return Err(Error::PermitsMismatch {
+                key: key.to_owned(),
+                asked: permits,
+                held,
+            });
+        }
         let now = Instant::now();
-        let locks = self.0.reach(key)?;
-        Ok(locks
-            .get(storage_key)
-            .filter(|row| row.expiry > now)
-            .map(|row| Holder::new(row.fence, row.expiry - now, row.value.clone())))
+        Ok(rows
+            .iter()
+            .map(|row| Holder::new(row.fence, row.expiry - now, row.value.clone()))
+            .collect())
     }
 
     async fn release(
@@ -132,13 +176,18 @@ impl Backend for TableBackend {
         _: Duration,
     ) -> dlock::Result<bool> {
         let mut locks = self.0.reach(&lease.key)?;
-        if !is_live(locks.get(&lease.storage_key), &token) {
-            return Ok(false);
+        let rows = live(&mut locks, &lease.storage_key);
+        let before = rows.len();
+        rows.retain(|row| row.token != token);
+        let released = rows.len() < before;
+        if rows.is_empty() {
+            locks.remove(&lease.storage_key);
         }
-        locks.remove(&lease.storage_key);
         drop(locks);
-        self.0.wakeups.released(&lease.storage_key);
-        Ok(true)
+        if released {
+            self.0.wakeups.released(&lease.storage_key);
+        }
+        Ok(released)
     }
 }
 
@@ -167,9 +216,10 @@ impl Fixture for TableFixture {
 
     async fn exists(&self, prefix: &str, key: &str) -> bool {
         let locks = self.table.locks.lock().unwrap();
+        let now = Instant::now();
         locks
             .get(&format!("{prefix}{key}"))
-            .is_some_and(|row| row.expiry > Instant::now())
+            .is_some_and(|rows| rows.iter().any(|row| row.expiry > now))
     }
 
     async fn delete(&self, prefix: &str, key: &str) {
