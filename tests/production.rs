@@ -256,6 +256,22 @@ async fn one_of_everything(locker: &Locker, waiter: &Locker) -> Result<(), Error
     let next = waiting.await.expect("waiter task")?;
     released?;
     next.release().await?;
+    // A semaphore on the released lock's name (its tombstone goes), full, with a waiter
+    // that is woken; its holders; then a lock on the released semaphore's name (cleared).
+    let pair = locker.semaphore("k", 2);
+    let held = [pair.acquire_with(ttl).await?, pair.acquire_with(ttl).await?];
+    assert_eq!(waiter.semaphore("k", 2).holders().await?.len(), 2);
+    let waiting = {
+        let pair = waiter.semaphore("k", 2);
+        tokio::spawn(async move { pair.acquire().await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let [first, second] = held;
+    first.release().await?;
+    let third = waiting.await.expect("waiter task")?;
+    second.release().await?;
+    third.release().await?;
+    locker.lock("k").await?.release().await?;
     // The waiter's subscription is dropped: let the UNSUBSCRIBE go out.
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
