@@ -35,9 +35,10 @@ Exit status:
   0 / 1         dlock status: the key is held (by a lock or any permit) / free
   64            bad command line (--permits 0, over 10000, or more than the backend keeps)
   69            the server is unreachable or failed; nothing was run
-  70            the lock was lost while CMD ran: CMD got SIGTERM (SIGKILL after --grace)
+  70            the lock (permit) was lost while CMD ran: CMD got SIGTERM (SIGKILL after
+                --grace)
   73            dlock man DIR: a page could not be written
-  75            --no-wait and the lock is held by someone else; nothing was run
+  75            --no-wait and the lock (every permit) is held by others; nothing was run
   78            bad configuration: URL, config file, key, TTL or value; or KEY is held
                 with another --permits than this run's (a lock is 1); nothing was run
   124           --wait expired before the lock was acquired; nothing was run

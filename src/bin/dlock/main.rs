@@ -133,8 +133,8 @@ struct RunArgs {
     value: Option<String>,
 
     /// Hold one of N permits of the semaphore KEY: up to N commands run at once (1 to
-    /// 10000; 1 is the lock). Every run and status of KEY must name the same N while it is
-    /// held (exit 78 otherwise); CMD's DLOCK_FENCING_TOKEN is its permit's.
+    /// 10000; 1 is the lock). Every run of KEY must name the same N while KEY is held (exit
+    /// 78 otherwise); CMD's DLOCK_FENCING_TOKEN is its permit's.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = permits_parser(), allow_negative_numbers = true)]
     permits: u32,
 
