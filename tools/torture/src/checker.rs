@@ -168,6 +168,9 @@ struct Event {
 pub(crate) struct Report {
     /// Holders allowed at once per key (`--permits`).
     permits: u32,
+    /// The most sections of one key open at once (excused or not): with N permits, a run
+    /// that never reached N did not test the bound.
+    most_at_once: usize,
     events: Vec<Event>,
     /// Per event, the kinds of fault that touched one of its sections.
     touched_by: Vec<BTreeSet<Kind>>,
@@ -190,6 +193,7 @@ pub(crate) fn check(
         t0,
         by_key: &by_key,
         events: Vec::new(),
+        most_at_once: 0,
     };
     checker.lost_sections();
     for order in by_key.values() {
@@ -198,7 +202,7 @@ pub(crate) fn check(
         checker.backwards(order);
     }
     checker.writes(writes);
-    let events = checker.events;
+    let (events, most_at_once) = (checker.events, checker.most_at_once);
     let touched_by = events
         .iter()
         .map(|e| {
@@ -211,6 +215,7 @@ pub(crate) fn check(
         .collect();
     Report {
         permits,
+        most_at_once,
         events,
         touched_by,
     }
@@ -237,6 +242,8 @@ struct Checker<'a> {
     t0: u128,
     by_key: &'a BTreeMap<String, Vec<usize>>,
     events: Vec<Event>,
+    /// The most sections of one key open at once so far.
+    most_at_once: usize,
 }
 
 impl Checker<'_> {
@@ -271,6 +278,7 @@ impl Checker<'_> {
         for &b in order {
             let granted = self.sections[b].granted;
             open.retain(|&a| self.sections[a].end > granted);
+            self.most_at_once = self.most_at_once.max(open.len() + 1);
             if self.permits == 1 {
                 for &a in &open {
                     self.overlapping_pair(a, b);
@@ -593,6 +601,12 @@ impl Report {
             accepted,
             writes.len() - accepted
         );
+        if self.permits > 1 {
+            println!(
+                "  most sections of one key at once: {} ({} permits; more only when excused)",
+                self.most_at_once, self.permits
+            );
+        }
         self.print_table(sections, faults);
         println!("  findings:");
         for finding in [
@@ -760,6 +774,7 @@ mod tests {
             let n = permits as usize;
             let report = check(&all_at_once(n), &[], &[], permits, 0);
             assert_eq!(report.violations(), 0, "{n} at once, {permits} permits");
+            assert_eq!(report.most_at_once, n);
             assert!(report.events.is_empty(), "{n} at once, {permits} permits");
             let report = check(&all_at_once(n + 1), &[], &[], permits, 0);
             assert_eq!(
