@@ -43,6 +43,8 @@ pub struct Semaphore {
     locker: Locker,
     name: String,
     permits: u32,
+    /// Published with each permit, for [`Semaphore::holders`] readers.
+    value: Option<String>,
 }
 
 impl Locker {
@@ -63,6 +65,7 @@ impl Locker {
             locker: self.clone(),
             name: name.into(),
             permits,
+            value: None,
         }
     }
 }
@@ -86,6 +89,25 @@ impl Semaphore {
     /// ```
     pub fn permits(&self) -> u32 {
         self.permits
+    }
+
+    /// This semaphore, publishing `value` (at most 4 KiB: a host name, an address...) with
+    /// every permit it hands out, for [`Semaphore::holders`] readers; an empty value
+    /// publishes nothing. A value over 4 KiB fails each acquisition with
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) (field `value`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+    /// # let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
+    /// let crawlers = locker.semaphore("crawler", 2).publishing("host-a:4242");
+    /// let _permit = crawlers.acquire().await?;
+    /// let holders = crawlers.holders().await?;
+    /// assert_eq!(holders[0].value.as_deref(), Some("host-a:4242"));
+    /// # Ok(()) }
+    /// ```
+    pub fn publishing(mut self, value: impl Into<String>) -> Semaphore {
+        self.value = Some(value.into());
+        self
     }
 
     /// Waits for a permit, with the config's default TTL.
@@ -125,8 +147,8 @@ impl Semaphore {
     /// # drop(held); Ok(()) }
     /// ```
     pub async fn acquire_with(&self, options: LockOptions) -> Result<LockGuard> {
-        let (name, permits) = (&self.name, self.permits);
-        self.locker.lock_call(name, options, None, permits).await
+        let (name, permits, value) = (&self.name, self.permits, self.value.as_deref());
+        self.locker.lock_call(name, options, value, permits).await
     }
 
     /// One attempt, never waits: `Ok(None)` when all permits are held. Cancel-safe like
@@ -157,9 +179,9 @@ impl Semaphore {
     /// # Ok(()) }
     /// ```
     pub async fn try_acquire_with(&self, options: LockOptions) -> Result<Option<LockGuard>> {
-        let (name, permits) = (&self.name, self.permits);
+        let (name, permits, value) = (&self.name, self.permits, self.value.as_deref());
         self.locker
-            .try_lock_call(name, options, None, permits)
+            .try_lock_call(name, options, value, permits)
             .await
     }
 

@@ -433,3 +433,344 @@ async fn bad_urls_and_unreachable_servers_are_reported_without_passwords() {
         "--help has no exit-status table"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// `--permits N`: one of N permits of the semaphore KEY.
+
+/// A shell child that logs `<name> start <ns> <token>`, waits until two children have
+/// started (so that two permits are surely held at once before anyone ends), sleeps, and
+/// logs `<name> end <ns>`.
+fn logged_pair(log: &Path, name: &str, seconds: f32) -> String {
+    let log = log.display();
+    format!(
+        "echo \"{name} start $(date +%s%N) $DLOCK_FENCING_TOKEN\" >> {log}; \
+         until [ \"$(grep -c ' start ' {log})\" -ge 2 ]; do sleep 0.02; done; \
+         sleep {seconds}; echo \"{name} end $(date +%s%N)\" >> {log}"
+    )
+}
+
+/// A shell child that logs `<name> start <token>` and runs until the file `stop` exists.
+fn held_until_stop(dir: &TempDir, name: &str) -> String {
+    let (log, stop) = (log_in(dir), dir.path().join("stop"));
+    format!(
+        "echo \"{name} start $DLOCK_FENCING_TOKEN\" >> {}; while [ ! -e {} ]; do sleep 0.02; done",
+        log.display(),
+        stop.display()
+    )
+}
+
+/// Three `dlock run --permits 2` at once: two run together, never three; the third starts
+/// only after one of the first two ended, with a greater fencing token; the one that waits
+/// says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_three_runs_share_two_permits() {
+    let redis = RedisServer::start().await;
+    let server = ["--redis", &redis.url()];
+    let dir = TempDir::new("cli-permits");
+    let log = log_in(&dir);
+    let children: Vec<Child> = ["A", "B", "C"]
+        .iter()
+        .map(|name| {
+            let script = logged_pair(&log, name, 1.5);
+            let args = ["run", "--permits", "2", "pool", "--", "sh", "-c", &script];
+            dlock(&server, &args).spawn().expect("spawn")
+        })
+        .collect();
+    let mut stderr = String::new();
+    for child in children {
+        let ran = finish(child).await;
+        assert!(
+            ran.status.success(),
+            "dlock run --permits 2: {}",
+            ran.stderr
+        );
+        stderr += &ran.stderr;
+    }
+    let log = lines(&log);
+    assert_eq!(log.len(), 6, "three starts and three ends: {log:?}");
+    // In the order the children wrote them: never more than 2 started and not ended.
+    let (mut running, mut most) = (0, 0);
+    for line in &log {
+        running += if line.contains(" start ") { 1 } else { -1 };
+        most = most.max(running);
+    }
+    assert_eq!(most, 2, "not exactly 2 at once: {log:?}");
+    let field = |line: &str, i: usize| -> u128 {
+        line.split(' ').nth(i).unwrap().parse().expect("a number")
+    };
+    let starts: Vec<usize> = (0..log.len())
+        .filter(|&i| log[i].contains(" start "))
+        .collect();
+    let third = &log[starts[2]];
+    assert!(
+        log[..starts[2]].iter().any(|l| l.contains(" end ")),
+        "the third did not wait for an end: {log:?}"
+    );
+    // By the children's clocks too: the third started after the first end.
+    let first_end = log
+        .iter()
+        .filter(|l| l.contains(" end "))
+        .map(|l| field(l, 2))
+        .min()
+        .unwrap();
+    assert!(
+        field(third, 2) >= first_end,
+        "the third started before the first end ({first_end}): {log:?}"
+    );
+    let token = |line: &str| -> u64 { line.split(' ').nth(3).unwrap().parse().expect("a token") };
+    assert!(
+        token(third) > token(&log[starts[0]]).max(token(&log[starts[1]])),
+        "the third permit's token is not the greatest: {log:?}"
+    );
+    assert!(
+        stderr.contains("waiting for a permit of \"pool\" (held by "),
+        "no progress line while waiting: {stderr:?}"
+    );
+}
+
+/// `--permits` out of range or not a number: a usage error (64) naming the flag, for `run`
+/// and `status`, before any server is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_permits_are_usage_errors() {
+    let server = ["--redis", "redis://127.0.0.1:1/"];
+    for permits in ["0", "10001", "-1", "two", ""] {
+        for args in [
+            vec!["run", "--permits", permits, "k", "--", "true"],
+            vec!["status", "--permits", permits, "k"],
+        ] {
+            let ran = run(&server, &args).await;
+            assert_eq!(ran.status.code(), Some(64), "{args:?}: {}", ran.stderr);
+            // clap's own words for a bad value of a known flag, naming it.
+            assert!(
+                ran.stderr.contains("for '--permits <N>'"),
+                "{args:?}: {}",
+                ran.stderr
+            );
+            assert!(!ran.stderr.contains("panicked"), "{args:?}: {}", ran.stderr);
+        }
+    }
+}
+
+/// While `run --permits 2` holds a permit of KEY, `run --permits 3` and a plain `run` (a
+/// lock: 1 permit) of KEY exit 78 at once, running nothing and saying which number holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_other_permits_while_held_are_refused() {
+    let redis = RedisServer::start().await;
+    let server = ["--redis", &redis.url()];
+    let dir = TempDir::new("cli-mismatch");
+    let log = log_in(&dir);
+    let script = held_until_stop(&dir, "A");
+    let holder = dlock(
+        &server,
+        &["run", "--permits", "2", "pool", "--", "sh", "-c", &script],
+    )
+    .spawn()
+    .expect("spawn");
+    wait_for_line(&log, "A start").await;
+    let ran_file = dir.path().join("ran");
+    let touch = format!("touch {}", ran_file.display());
+    for args in [
+        vec!["run", "--permits", "3", "pool", "--", "sh", "-c", &touch],
+        vec![
+            "run",
+            "--permits",
+            "3",
+            "--no-wait",
+            "pool",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+        vec!["run", "pool", "--", "sh", "-c", &touch],
+    ] {
+        let ran = run(&server, &args).await;
+        assert_eq!(ran.status.code(), Some(78), "{args:?}: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains("is held with 2 permit(s)")
+                && ran.stderr.contains("a semaphore of --permits 2"),
+            "{args:?}: {}",
+            ran.stderr
+        );
+    }
+    assert!(!ran_file.exists(), "a refused run ran its command");
+    std::fs::write(dir.path().join("stop"), "").unwrap();
+    let holder = finish(holder).await;
+    assert!(holder.status.success(), "the holder: {}", holder.stderr);
+    // Free again: the next holder's number stands.
+    let ran = run(
+        &server,
+        &["run", "--permits", "3", "pool", "--", "sh", "-c", &touch],
+    )
+    .await;
+    assert!(ran.status.success(), "{}", ran.stderr);
+    assert!(ran_file.exists());
+}
+
+/// While two `run --permits 2` hold both permits, `status --permits 2` lists both holders
+/// (token, TTL left, value) and exits 0, `run --no-wait` exits 75, a plain `status` says
+/// the key is a semaphore; once both ended, the key is free (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_status_lists_every_permit_holder() {
+    let redis = RedisServer::start().await;
+    let server = ["--redis", &redis.url()];
+    let dir = TempDir::new("cli-holders");
+    let log = log_in(&dir);
+    let mut holders = Vec::new();
+    for name in ["A", "B"] {
+        let script = held_until_stop(&dir, name);
+        let value = format!("run-{name}");
+        let args = [
+            "run",
+            "--permits",
+            "2",
+            "--value",
+            &value,
+            "pool",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ];
+        holders.push(dlock(&server, &args).spawn().expect("spawn"));
+        wait_for_line(&log, &format!("{name} start")).await;
+    }
+    let tokens: Vec<String> = lines(&log)
+        .iter()
+        .map(|l| l.split(' ').nth(2).unwrap().to_owned())
+        .collect();
+
+    let status = run(&server, &["status", "--permits", "2", "pool"]).await;
+    assert_eq!(status.status.code(), Some(0), "{}", status.stderr);
+    let shown: Vec<&str> = status.stdout.lines().collect();
+    assert_eq!(shown.len(), 3, "a title and one line per holder: {shown:?}");
+    assert_eq!(shown[0], "pool: held (2 of 2 permits)");
+    for (line, (name, token)) in shown[1..].iter().zip(["A", "B"].iter().zip(&tokens)) {
+        assert!(
+            line.starts_with(&format!("fencing token: {token}, expires in: "))
+                && line.ends_with(&format!(", value: run-{name}")),
+            "holder {name} (token {token}) not listed as such: {shown:?}"
+        );
+    }
+
+    let busy = run(
+        &server,
+        &["run", "--permits", "2", "--no-wait", "pool", "--", "true"],
+    )
+    .await;
+    assert_eq!(busy.status.code(), Some(75), "{}", busy.stderr);
+    assert!(
+        busy.stderr.contains("all 2 permits of \"pool\" are held")
+            && busy.stderr.contains("run-A")
+            && busy.stderr.contains("run-B"),
+        "{}",
+        busy.stderr
+    );
+    let plain = run(&server, &["status", "pool"]).await;
+    assert_eq!(plain.status.code(), Some(0), "{}", plain.stderr);
+    assert!(
+        plain.stdout.contains(
+            "pool: held as a semaphore of 2 permits, not a lock (`dlock status --permits 2 pool`"
+        ),
+        "{}",
+        plain.stdout
+    );
+
+    std::fs::write(dir.path().join("stop"), "").unwrap();
+    for holder in holders {
+        let holder = finish(holder).await;
+        assert!(holder.status.success(), "a holder: {}", holder.stderr);
+    }
+    let free = run(&server, &["status", "--permits", "2", "pool"]).await;
+    assert_eq!(free.status.code(), Some(1), "{}", free.stderr);
+    assert_eq!(free.stdout, "pool: free\n");
+}
+
+/// A permit lost while its child runs (the server blackholed for that dlock alone) stops
+/// the child before a waiting rival gets the permit: D holds one of 2 permits directly, C
+/// the other through the proxy, the rival waits; C's child gets SIGTERM, C exits 70, then
+/// the rival runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lost_permit_stops_the_child_before_the_rival_runs() {
+    let redis = RedisServer::start().await;
+    let direct = ["--redis", &redis.url()];
+    let dir = TempDir::new("cli-lost-permit");
+    let log = log_in(&dir);
+    let proxy = Proxy::start(redis.addr()).await;
+    let via_url = format!("redis://{}/", proxy.addr());
+    let via = ["--redis", &via_url];
+    let other = held_until_stop(&dir, "D");
+    let other = dlock(
+        &direct,
+        &["run", "--permits", "2", "job", "--", "sh", "-c", &other],
+    )
+    .spawn()
+    .expect("spawn");
+    wait_for_line(&log, "D start").await;
+    let child = format!(
+        "trap 'echo TERM >> {log}; exit 0' TERM; echo started >> {log}; while :; do sleep 0.05; done",
+        log = log.display()
+    );
+    let cut = dlock(
+        &via,
+        &[
+            "run",
+            "--permits",
+            "2",
+            "--ttl",
+            "5s",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            &child,
+        ],
+    )
+    .spawn()
+    .expect("spawn");
+    wait_for_line(&log, "started").await;
+    let rival_child = format!("echo rival >> {}", log.display());
+    let rival = dlock(
+        &direct,
+        &[
+            "run",
+            "--permits",
+            "2",
+            "--ttl",
+            "5s",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            &rival_child,
+        ],
+    )
+    .spawn()
+    .expect("spawn");
+    sleep(Duration::from_millis(300)).await;
+    proxy.blackhole();
+    let (cut, rival) = (finish(cut).await, finish(rival).await);
+    assert_eq!(
+        cut.status.code(),
+        Some(70),
+        "the cut-off dlock: {}",
+        cut.stderr
+    );
+    assert!(
+        cut.stderr.contains("lost the permit of \"job\""),
+        "no reason given: {}",
+        cut.stderr
+    );
+    assert!(rival.status.success(), "the rival: {}", rival.stderr);
+    std::fs::write(dir.path().join("stop"), "").unwrap();
+    let other = finish(other).await;
+    assert!(other.status.success(), "the other holder: {}", other.stderr);
+    let log = lines(&log);
+    assert_eq!(
+        log.iter()
+            .map(|l| l.split(' ').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["D", "started", "TERM", "rival"],
+        "the child was not stopped before the rival ran: {log:?}"
+    );
+}

@@ -36,13 +36,13 @@
 //! | exit status | meaning |
 //! |---|---|
 //! | CMD's status | `dlock run`: the command's own status; 128+N if signal N killed it |
-//! | 0 / 1 | `dlock status`: the key is held / free |
-//! | 64 | bad command line (no server given, missing CMD) |
+//! | 0 / 1 | `dlock status`: the key is held (by a lock or any permit) / free |
+//! | 64 | bad command line (no server given, missing CMD, `--permits` 0, over 10000, or more than the backend keeps) |
 //! | 69 | the server is unreachable or failed; nothing was run |
-//! | 70 | the lock was lost while CMD ran: CMD got SIGTERM (SIGKILL after `--grace`) |
+//! | 70 | the lock (permit) was lost while CMD ran: CMD got SIGTERM (SIGKILL after `--grace`) |
 //! | 73 | `dlock man DIR`: a page could not be written |
-//! | 75 | `--no-wait` and someone else holds the lock; nothing was run |
-//! | 78 | bad configuration: URL, config file, key, TTL or value |
+//! | 75 | `--no-wait` and someone else holds the lock (every permit); nothing was run |
+//! | 78 | bad configuration: URL, config file, key, TTL or value; or KEY is held with another `--permits` than this run's (a lock is 1); nothing was run |
 //! | 124 | `--wait` expired before the lock was acquired; nothing was run |
 //! | 126 / 127 | CMD could not be started / was not found |
 //! | 128+N | dlock got signal N while waiting for the lock; nothing was run |
@@ -51,7 +51,37 @@
 //! (`tests/cli.rs`): two runs on one key on Redis and etcd (the second waits, then runs; order
 //! from the children's own log lines), `--no-wait`, `--wait`, `status`, SIGTERM forwarding and
 //! status pass-through, the server blackholed through the fault proxy (the child gets SIGTERM
-//! before a waiting rival runs; exit 70), bad and unreachable URLs without the password.
+//! before a waiting rival runs; exit 70), bad and unreachable URLs without the password;
+//! three `run --permits 2` (never three children at once), `status --permits 2` listing both
+//! holders, a bad `--permits` (64) and another `--permits` while held (78).
+//!
+//! ## Up to N at once: `--permits N`
+//!
+//! `dlock run --permits N KEY -- CMD` (as `consul lock -n N`) holds one of the N permits of
+//! the semaphore KEY (`locker.semaphore(KEY, N)`) while CMD runs: up to N commands run at
+//! once across every machine, the next one waits for a permit. Everything else is `run`'s:
+//! `--wait`, `--no-wait` (exit 75 when all N are held), renewal, SIGTERM when the permit is
+//! lost (exit 70), `DLOCK_KEY` and `DLOCK_FENCING_TOKEN` (the permit's token: strictly
+//! increasing across the semaphore's acquisitions, but N holders hold at once, so a token
+//! below another holder's is no sign of a lost permit). `dlock status --permits N KEY` lists
+//! every holder, oldest permit first:
+//!
+//! ```sh
+//! # At most 2 backups hit the NAS at once, from any number of hosts.
+//! dlock --redis redis://redis:6379/ run --permits 2 --wait 1h nas-backup -- /usr/local/bin/backup
+//!
+//! dlock --redis redis://redis:6379/ status --permits 2 nas-backup
+//! # nas-backup: held (2 of 2 permits)
+//! # fencing token: 1764949800123456, expires in: 9s 412ms, value: db-1:4242
+//! # fencing token: 1764949803654321, expires in: 6s 87ms, value: db-2:977
+//! ```
+//!
+//! Every `run` and `status` of one key names the same N while the key is held: `--permits 3`
+//! on a key held with `--permits 2`, or a plain `run` (a lock is `--permits 1`) on a key held
+//! as a semaphore, exits 78 at once with `"nas-backup" is held with 2 permit(s)`, running
+//! nothing; a plain `status` of it says `held as a semaphore of 2 permits` and exits 0. Once
+//! nobody holds the key, the next holder's N stands. `--permits 1`, the default, is the lock
+//! of the sections above. A backend that keeps fewer permits than asked refuses them: exit 64.
 //!
 //!
 //! ## Man pages and shell completions
@@ -79,7 +109,8 @@
 //!
 //! The command is a thin layer over the library: `dlock run KEY` is
 //! `locker.election(KEY).campaign(value)` then `leadership.run(child)`, and `dlock status KEY`
-//! is `locker.holder(KEY)`. A program that wants the same from Rust:
+//! is `locker.holder(KEY)`; with `--permits N`, `locker.semaphore(KEY, N).publishing(value)`
+//! then `acquire()`, and `semaphore.holders()`. A program that wants the same from Rust:
 //!
 //! ```rust
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {

@@ -8,7 +8,7 @@ use dlock::Error;
 pub const HELD: u8 = 0;
 /// `dlock status`: the key is free.
 pub const FREE: u8 = 1;
-/// Bad command line (EX_USAGE).
+/// Bad command line (EX_USAGE), `--permits` out of range or more than the backend keeps.
 pub const USAGE: u8 = 64;
 /// The server could not be reached, or failed (EX_UNAVAILABLE). Nothing was run.
 pub const UNAVAILABLE: u8 = 69;
@@ -18,7 +18,8 @@ pub const LOST: u8 = 70;
 pub const BUSY: u8 = 75;
 /// `dlock man DIR`: a page could not be written (EX_CANTCREAT).
 pub const CANT_CREATE: u8 = 73;
-/// Bad configuration: URL, config file, key, TTL, value (EX_CONFIG).
+/// Bad configuration: URL, config file, key, TTL, value (EX_CONFIG); or `--permits`
+/// other than the number the key's holders named (a lock is 1).
 pub const CONFIG: u8 = 78;
 /// `--wait` expired before the lock was acquired (as `timeout(1)`). Nothing was run.
 pub const WAIT_EXPIRED: u8 = 124;
@@ -31,13 +32,15 @@ pub const NOT_FOUND: u8 = 127;
 pub const HELP: &str = "\
 Exit status:
   CMD's status  dlock run: the command's own status (128+N if signal N killed it)
-  0 / 1         dlock status: the key is held / free
-  64            bad command line
+  0 / 1         dlock status: the key is held (by a lock or any permit) / free
+  64            bad command line (--permits 0, over 10000, or more than the backend keeps)
   69            the server is unreachable or failed; nothing was run
-  70            the lock was lost while CMD ran: CMD got SIGTERM (SIGKILL after --grace)
+  70            the lock (permit) was lost while CMD ran: CMD got SIGTERM (SIGKILL after
+                --grace)
   73            dlock man DIR: a page could not be written
-  75            --no-wait and the lock is held by someone else; nothing was run
-  78            bad configuration: URL, config file, key, TTL or value
+  75            --no-wait and the lock (every permit) is held by others; nothing was run
+  78            bad configuration: URL, config file, key, TTL or value; or KEY is held
+                with another --permits than this run's (a lock is 1); nothing was run
   124           --wait expired before the lock was acquired; nothing was run
   126 / 127     CMD could not be started / was not found
   128+N         dlock got signal N while waiting for the lock; nothing was run
@@ -65,13 +68,24 @@ impl Failure {
             Error::InvalidConfig { .. }
             | Error::InvalidKey { .. }
             | Error::InvalidTtl { .. }
-            | Error::ConnectorMissing { .. } => CONFIG,
+            | Error::ConnectorMissing { .. }
+            | Error::PermitsMismatch { .. } => CONFIG,
+            Error::InvalidPermits { .. } => USAGE,
             _ => UNAVAILABLE,
         };
         let hint = match &e {
-            Error::Backend { .. } => " (is the server up and reachable?)",
-            Error::PermissionDenied { .. } => " (the server's ACL/role lacks a right dlock needs)",
-            _ => "",
+            Error::Backend { .. } => " (is the server up and reachable?)".to_owned(),
+            Error::PermissionDenied { .. } => {
+                " (the server's ACL/role lacks a right dlock needs)".to_owned()
+            }
+            Error::PermitsMismatch { held, .. } => {
+                let now = match held {
+                    1 => "a lock (--permits 1, the default)".to_owned(),
+                    n => format!("a semaphore of --permits {n}"),
+                };
+                format!(" (it is {now} while held: every holder of a key names the same number)")
+            }
+            _ => String::new(),
         };
         Failure::new(status, format!("cannot lock {key:?}: {e}{hint}"))
     }

@@ -114,12 +114,18 @@ mod tests {
             "\\-\\-ttl",
             "\\-\\-grace",
             "\\-\\-value",
+            "\\-\\-permits",
         ] {
             assert!(
                 run.contains(option),
                 "dlock-run(1) does not document {option}:\n{run}"
             );
         }
+        let status = std::fs::read_to_string(dir.join("dlock-status.1")).expect("dlock-status.1");
+        assert!(
+            status.contains("\\-\\-permits"),
+            "dlock-status(1) does not document --permits:\n{status}"
+        );
         std::fs::remove_dir_all(&dir).expect("removing the temporary directory");
     }
 

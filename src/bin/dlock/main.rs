@@ -8,6 +8,11 @@
 //! command's `host:pid` (or `--value`) is published for `dlock status` and
 //! `Election::leader` readers; it excludes plain `Locker::lock(KEY)` holders too.
 //!
+//! `dlock run --permits N KEY -- CMD` holds one of the N permits of the semaphore `KEY`
+//! (`Locker::semaphore(KEY, N)`, publishing the same value) instead, with everything else
+//! the same; `--permits 1`, the default, is the lock above. `dlock status --permits N KEY`
+//! lists the semaphore's holders.
+//!
 //! `dlock man [DIR]` and `dlock completions SHELL` generate the manual pages and the shell
 //! completions from this file's declaration (see `generate`).
 //!
@@ -70,14 +75,15 @@ enum Command {
     ///
     /// CMD gets DLOCK_KEY and DLOCK_FENCING_TOKEN in its environment. SIGINT, SIGTERM and
     /// SIGHUP sent to dlock are forwarded to it. dlock exits with CMD's status (128+N if a
-    /// signal N killed it).
+    /// signal N killed it). With --permits N, KEY is a semaphore: up to N runs at once.
     Run(RunArgs),
     /// Show who holds KEY: the fencing token, the remaining TTL, the published value.
     /// Exits 0 when held, 1 when free.
-    Status {
-        /// The lock's key (without the prefix).
-        key: String,
-    },
+    ///
+    /// With --permits N (N > 1), KEY is a semaphore of N permits: every holder is listed,
+    /// one per line. A key held with another number of permits (a semaphore, or a lock) is
+    /// reported as held, with the --permits that lists its holders.
+    Status(StatusArgs),
     /// Print the completion script for SHELL on stdout. Needs no server.
     ///
     /// bash: dlock completions bash > ~/.local/share/bash-completion/completions/dlock;
@@ -126,12 +132,34 @@ struct RunArgs {
     #[arg(long, value_name = "TEXT")]
     value: Option<String>,
 
+    /// Hold one of N permits of the semaphore KEY: up to N commands run at once (1 to
+    /// 10000; 1 is the lock). Every run of KEY must name the same N while KEY is held (exit
+    /// 78 otherwise); CMD's DLOCK_FENCING_TOKEN is its permit's.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = permits_parser(), allow_negative_numbers = true)]
+    permits: u32,
+
     /// The lock's key (without the prefix).
     key: String,
 
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// KEY is a semaphore of N permits: list every holder (1, the default: a lock).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = permits_parser(), allow_negative_numbers = true)]
+    permits: u32,
+
+    /// The lock's key (without the prefix).
+    key: String,
+}
+
+/// 1 to `dlock::MAX_PERMITS`: anything else is a usage error (exit 64) before any server is
+/// reached.
+fn permits_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(dlock::MAX_PERMITS))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -175,14 +203,21 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let _ = locker.close().await;
             status
         }
-        Command::Status { key } => {
+        Command::Status(StatusArgs { key, permits }) => {
             let locker = server()?.locker(None).await?;
-            let holder = locker
-                .holder(&key)
-                .await
-                .map_err(|e| Failure::from_lock_error(&key, e))?;
+            let holders = if permits == 1 {
+                locker.holder(&key).await.map(|h| h.into_iter().collect())
+            } else {
+                locker.semaphore(&key, permits).holders().await
+            };
             let _ = locker.close().await;
-            Ok(print_status(&key, holder))
+            match holders {
+                Ok(holders) => Ok(print_status(&key, permits, holders)),
+                Err(dlock::Error::PermitsMismatch { held, .. }) => {
+                    Ok(print_mismatch(&key, permits, held))
+                }
+                Err(e) => Err(Failure::from_lock_error(&key, e)),
+            }
         }
         Command::Completions { shell } => {
             generate::completions(shell, Cli::command(), &mut std::io::stdout());
@@ -217,20 +252,57 @@ fn man(dir: Option<&std::path::Path>) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn print_status(key: &str, holder: Option<dlock::Holder>) -> u8 {
-    let Some(holder) = holder else {
+/// Prints who holds `key`, a lock (`permits` 1) or a semaphore; returns the exit status.
+fn print_status(key: &str, permits: u32, mut holders: Vec<dlock::Holder>) -> u8 {
+    if holders.is_empty() {
         println!("{key}: free");
         return exit::FREE;
-    };
-    println!("{key}: held");
-    println!("fencing token: {}", holder.fencing_token);
-    println!(
-        "expires in: {}",
-        humantime::format_duration(round_to_ms(holder.expires_in))
-    );
-    if let Some(value) = holder.value {
-        println!("value: {}", redact::redact(&value));
     }
+    let expires = |holder: &dlock::Holder| {
+        humantime::format_duration(round_to_ms(holder.expires_in)).to_string()
+    };
+    if permits == 1 {
+        let holder = &holders[0];
+        println!("{key}: held");
+        println!("fencing token: {}", holder.fencing_token);
+        println!("expires in: {}", expires(holder));
+        if let Some(value) = &holder.value {
+            println!("value: {}", redact::redact(value));
+        }
+        return exit::HELD;
+    }
+    // One line per holder, oldest permit first.
+    holders.sort_by_key(|h| h.fencing_token);
+    println!("{key}: held ({} of {permits} permits)", holders.len());
+    for holder in &holders {
+        let mut line = format!(
+            "fencing token: {}, expires in: {}",
+            holder.fencing_token,
+            expires(holder)
+        );
+        if let Some(value) = &holder.value {
+            line += &format!(", value: {}", redact::redact(value));
+        }
+        println!("{line}");
+    }
+    exit::HELD
+}
+
+/// `key` is held with `held` permits, not the `asked` of `--permits`: held all the same,
+/// and the command that lists its holders.
+fn print_mismatch(key: &str, asked: u32, held: u32) -> u8 {
+    let (what, listing) = match held {
+        1 => ("a lock".to_owned(), format!("dlock status {key}")),
+        n => (
+            format!("a semaphore of {n} permits"),
+            format!("dlock status --permits {n} {key}"),
+        ),
+    };
+    let asked = match asked {
+        1 => "a lock".to_owned(),
+        n => format!("a semaphore of {n} permits"),
+    };
+    println!("{key}: held as {what}, not {asked} (`{listing}` shows its holders)");
     exit::HELD
 }
 

@@ -1,15 +1,20 @@
 //! `dlock run`: acquire (waiting, bounded, or not at all), run the child while the lock is
 //! renewed, forward signals, stop the child when the lock is lost, release at its exit.
+//!
+//! The lock is the leadership of the election KEY; with `--permits N` (N > 1) it is one of
+//! the N permits of the semaphore KEY instead ([`Contest`] and [`Hold`]), and everything
+//! else is the same.
 
 use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use dlock::{Election, Leadership, Locker};
+use dlock::{Election, Holder, Leadership, LockGuard, Locker, Semaphore};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
 
 use crate::exit::{self, Failure};
 use crate::redact::say;
@@ -49,135 +54,249 @@ impl Signals {
     }
 }
 
+/// What `dlock run` contends in: the election KEY (the lock, `--permits 1`), or the
+/// semaphore KEY of `--permits` N.
+enum Contest {
+    Lock(Election),
+    Permits(Semaphore),
+}
+
+/// What `dlock run` holds while CMD runs: the leadership, or one permit.
+enum Hold {
+    Lock(Leadership),
+    Permit(LockGuard),
+}
+
+impl Contest {
+    fn new(locker: &Locker, args: &RunArgs, value: &str) -> Contest {
+        match args.permits {
+            1 => Contest::Lock(locker.election(args.key.clone())),
+            n => Contest::Permits(locker.semaphore(args.key.clone(), n).publishing(value)),
+        }
+    }
+
+    /// The lock or a permit, waiting.
+    async fn acquire(&self, value: &str) -> dlock::Result<Hold> {
+        match self {
+            Contest::Lock(election) => election.campaign(value).await.map(Hold::Lock),
+            Contest::Permits(semaphore) => semaphore.acquire().await.map(Hold::Permit),
+        }
+    }
+
+    /// One attempt: `None` when the lock, or every permit, is held.
+    async fn try_acquire(&self, value: &str) -> dlock::Result<Option<Hold>> {
+        match self {
+            Contest::Lock(election) => Ok(election.try_campaign(value).await?.map(Hold::Lock)),
+            Contest::Permits(semaphore) => Ok(semaphore.try_acquire().await?.map(Hold::Permit)),
+        }
+    }
+
+    /// Who holds it now, oldest first (nobody if the server cannot say).
+    async fn holders(&self) -> Vec<Holder> {
+        let mut holders = match self {
+            Contest::Lock(election) => election.leader().await.map(|h| h.into_iter().collect()),
+            Contest::Permits(semaphore) => semaphore.holders().await,
+        }
+        .unwrap_or_default();
+        holders.sort_by_key(|h| h.fencing_token);
+        holders
+    }
+
+    /// `lock "KEY"` or `a permit of "KEY"`, for messages.
+    fn what(&self) -> String {
+        match self {
+            Contest::Lock(election) => format!("lock {:?}", election.name()),
+            Contest::Permits(semaphore) => format!("a permit of {:?}", semaphore.name()),
+        }
+    }
+
+    /// `the lock "KEY"` or `a permit of "KEY"`, for messages.
+    fn the_what(&self) -> String {
+        match self {
+            Contest::Lock(_) => format!("the {}", self.what()),
+            Contest::Permits(_) => self.what(),
+        }
+    }
+}
+
+impl Hold {
+    fn fencing_token(&self) -> u64 {
+        match self {
+            Hold::Lock(leadership) => leadership.term(),
+            Hold::Permit(permit) => permit.fencing_token(),
+        }
+    }
+
+    fn lost(&self) -> CancellationToken {
+        match self {
+            Hold::Lock(leadership) => leadership.lost(),
+            Hold::Permit(permit) => permit.lost(),
+        }
+    }
+
+    async fn release(self) -> dlock::Result<()> {
+        match self {
+            Hold::Lock(leadership) => leadership.resign().await,
+            Hold::Permit(permit) => permit.release().await,
+        }
+    }
+
+    /// `the lock "KEY"` or `the permit of "KEY"`, for messages.
+    fn what(&self, key: &str) -> String {
+        match self {
+            Hold::Lock(_) => format!("the lock {key:?}"),
+            Hold::Permit(_) => format!("the permit of {key:?}"),
+        }
+    }
+}
+
 pub async fn run(locker: &Locker, args: RunArgs, quiet: bool) -> Result<u8, Failure> {
     let mut signals = Signals::install()?;
-    let election = locker.election(args.key.clone());
     let value = args.value.clone().unwrap_or_else(host_and_pid);
-    let leadership = tokio::select! {
-        // A signal while waiting ends the wait; dropping the campaign leaves no lock.
+    let contest = Contest::new(locker, &args, &value);
+    let hold = tokio::select! {
+        // A signal while waiting ends the wait; dropping the attempt leaves no lock.
         number = signals.next() => {
             if !quiet {
-                say(&format!("got signal {number} while waiting for the lock {:?}; nothing was run", args.key));
+                say(&format!("got signal {number} while waiting for {}; nothing was run", contest.the_what()));
             }
             return Ok(128 + number as u8);
         }
-        acquired = acquire(&election, &args, &value, quiet) => acquired?,
+        acquired = acquire(&contest, &args, &value, quiet) => acquired?,
     };
-    let Some(leadership) = leadership else {
+    let Some(hold) = hold else {
         return Ok(exit::BUSY);
     };
-    supervise(leadership, &args, signals).await
+    supervise(hold, &args, signals).await
 }
 
-/// The lock, or `None` when `--no-wait` found it held.
+/// The lock or a permit, or `None` when `--no-wait` found it (every permit) held.
 async fn acquire(
-    election: &Election,
+    contest: &Contest,
     args: &RunArgs,
     value: &str,
     quiet: bool,
-) -> Result<Option<Leadership>, Failure> {
+) -> Result<Option<Hold>, Failure> {
     let key = &args.key;
     let failed = |e| Failure::from_lock_error(key, e);
     if args.no_wait {
-        let leadership = election.try_campaign(value).await.map_err(failed)?;
-        if leadership.is_none() && !quiet {
-            let holder = describe_holder(election).await;
-            say(&format!("{key:?} is held{holder}; not waiting (--no-wait)"));
+        let hold = contest.try_acquire(value).await.map_err(failed)?;
+        if hold.is_none() && !quiet {
+            let holders = describe_holders(contest).await;
+            let what = match contest {
+                Contest::Lock(_) => format!("{key:?} is held"),
+                Contest::Permits(s) => format!("all {} permits of {key:?} are held", s.permits()),
+            };
+            say(&format!("{what}{holders}; not waiting (--no-wait)"));
         }
-        return Ok(leadership);
+        return Ok(hold);
     }
-    let campaign = election.campaign(value);
+    let waiting = contest.acquire(value);
     let bounded = async {
         match args.wait {
-            Some(wait) => match tokio::time::timeout(wait, campaign).await {
+            Some(wait) => match tokio::time::timeout(wait, waiting).await {
                 Ok(outcome) => outcome.map_err(failed),
                 Err(_) => Err(Failure::new(
                     exit::WAIT_EXPIRED,
                     format!(
-                        "gave up waiting for the lock {key:?} after {}{} (--wait); nothing was run",
+                        "gave up waiting for {} after {}{} (--wait); nothing was run",
+                        contest.the_what(),
                         humantime::format_duration(wait),
-                        describe_holder(election).await
+                        describe_holders(contest).await
                     ),
                 )),
             },
-            None => campaign.await.map_err(failed),
+            None => waiting.await.map_err(failed),
         }
     };
-    let leadership = if quiet {
+    let hold = if quiet {
         bounded.await?
     } else {
-        with_progress(election, bounded).await?
+        with_progress(contest, bounded).await?
     };
-    Ok(Some(leadership))
+    Ok(Some(hold))
 }
 
-/// Runs `waiting`, printing who holds the lock once the wait passes a second, and again
-/// whenever the holder changes.
-async fn with_progress<T>(election: &Election, waiting: impl Future<Output = T>) -> T {
+/// Runs `waiting`, printing who holds the lock (or the permits) once the wait passes a
+/// second, and again whenever the holders change.
+async fn with_progress<T>(contest: &Contest, waiting: impl Future<Output = T>) -> T {
     tokio::pin!(waiting);
-    let mut shown: Option<u64> = None;
+    let mut shown: Option<Vec<u64>> = None;
     let mut next_look = Instant::now() + QUIET_WAIT;
     loop {
         tokio::select! {
             outcome = &mut waiting => return outcome,
             _ = tokio::time::sleep_until(next_look) => {
                 next_look = Instant::now() + QUIET_WAIT;
-                if let Ok(Some(holder)) = election.leader().await {
-                    if shown != Some(holder.fencing_token) {
-                        shown = Some(holder.fencing_token);
-                        say(&format!("waiting for lock {:?}{}…", election.name(), held_by(&holder)));
-                    }
+                let holders = contest.holders().await;
+                let tokens: Vec<u64> = holders.iter().map(|h| h.fencing_token).collect();
+                if !holders.is_empty() && shown.as_ref() != Some(&tokens) {
+                    shown = Some(tokens);
+                    say(&format!("waiting for {}{}…", contest.what(), held_by(&holders)));
                 }
             }
         }
     }
 }
 
-fn held_by(holder: &dlock::Holder) -> String {
-    match &holder.value {
-        Some(value) => format!(" (held by {value}, token {})", holder.fencing_token),
-        None => format!(" (token {})", holder.fencing_token),
+/// ` (held by VALUE, token N)` (` (token N)` without a value), or for several holders
+/// ` (held by VALUE, token N; by VALUE, token M)`.
+fn held_by(holders: &[Holder]) -> String {
+    match holders {
+        [] => String::new(),
+        [Holder {
+            value: None,
+            fencing_token,
+            ..
+        }] => format!(" (token {fencing_token})"),
+        _ => {
+            let all: Vec<String> = holders
+                .iter()
+                .map(|holder| {
+                    let value = holder.value.as_deref().unwrap_or("an unnamed holder");
+                    format!("by {value}, token {}", holder.fencing_token)
+                })
+                .collect();
+            format!(" (held {})", all.join("; "))
+        }
     }
 }
 
-async fn describe_holder(election: &Election) -> String {
-    match election.leader().await {
-        Ok(Some(holder)) => format!(" by someone else{}", held_by(&holder)),
-        _ => String::new(),
+async fn describe_holders(contest: &Contest) -> String {
+    match contest.holders().await {
+        holders if holders.is_empty() => String::new(),
+        holders => format!(" by someone else{}", held_by(&holders)),
     }
 }
 
-/// Runs the child under `leadership` until it exits, and releases.
-async fn supervise(
-    leadership: Leadership,
-    args: &RunArgs,
-    mut signals: Signals,
-) -> Result<u8, Failure> {
+/// Runs the child under `hold` until it exits, and releases.
+async fn supervise(hold: Hold, args: &RunArgs, mut signals: Signals) -> Result<u8, Failure> {
     let key = &args.key;
-    let mut child = match spawn(args, leadership.term()) {
+    let mut child = match spawn(args, hold.fencing_token()) {
         Ok(child) => child,
         Err(failure) => {
-            let _ = leadership.resign().await;
+            let _ = hold.release().await;
             return Err(failure);
         }
     };
     let pid = child.id().expect("a child that was just spawned has a pid");
-    let lost = leadership.lost();
+    let lost = hold.lost();
     loop {
         tokio::select! {
             biased;
             _ = lost.cancelled() => break,
             status = child.wait() => {
                 let status = status.map_err(|e| Failure::new(exit::UNAVAILABLE, format!("waiting for the command: {e}")))?;
-                return finish(leadership, key, status).await;
+                return finish(hold, key, status).await;
             }
             number = signals.next() => send(pid, number),
         }
     }
     // Lost: stop the child before the server can let the next holder in.
     say(&format!(
-        "lost the lock {key:?} (token {}): it could not be renewed or was taken; sending SIGTERM to the command (pid {pid})",
-        leadership.term()
+        "lost {} (token {}): it could not be renewed or was taken; sending SIGTERM to the command (pid {pid})",
+        hold.what(key),
+        hold.fencing_token()
     ));
     send(pid, libc::SIGTERM);
     let grace = sleep(args.grace);
@@ -196,24 +315,25 @@ async fn supervise(
     if let Ok(status) = status {
         say(&format!("the command ended: {}", describe(status)));
     }
-    drop(leadership);
+    drop(hold);
     Ok(exit::LOST)
 }
 
-async fn finish(leadership: Leadership, key: &str, status: ExitStatus) -> Result<u8, Failure> {
+async fn finish(hold: Hold, key: &str, status: ExitStatus) -> Result<u8, Failure> {
     let code = exit_code(status);
-    match leadership.resign().await {
+    let what = hold.what(key);
+    match hold.release().await {
         Ok(()) => Ok(code),
         Err(dlock::Error::OwnershipLost { .. }) => Err(Failure::new(
             exit::LOST,
             format!(
-                "the lock {key:?} was lost before the command ended ({}); another holder may have run meanwhile",
+                "{what} was lost before the command ended ({}); another holder may have run meanwhile",
                 describe(status)
             ),
         )),
         Err(e) => {
             // The key expires after its TTL; the command's outcome is what the caller wants.
-            say(&format!("releasing the lock {key:?} failed: {e}; it expires after its TTL"));
+            say(&format!("releasing {what} failed: {e}; it expires after its TTL"));
             Ok(code)
         }
     }

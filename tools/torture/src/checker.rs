@@ -124,23 +124,34 @@ impl Finding {
         self >= Finding::OverlapUnexcused
     }
 
-    fn label(self) -> &'static str {
+    /// What the finding counts, with `permits` per key (1: locks, whose overlaps are pairs).
+    fn label(self, permits: u32) -> String {
+        let overlaps = match permits {
+            1 => "overlapping pairs".to_owned(),
+            n => format!("grants while {n} held already"),
+        };
         match self {
-            Finding::Lost => "sections ended by lost()",
-            Finding::OverlapWithPause => "overlapping pairs, a pause involved (allowed)",
-            Finding::OverlapExcused => {
-                "overlapping pairs, no pause, the lock taken on the server and the loss noticed \
+            Finding::Lost => "sections ended by lost()".into(),
+            Finding::OverlapWithPause => format!("{overlaps}, a pause involved (allowed)"),
+            Finding::OverlapExcused => format!(
+                "{overlaps}, no pause, the lock taken on the server and the loss noticed \
                  in time (allowed)"
-            }
-            Finding::Refused => "writes refused by fencing",
-            Finding::SupersededAccepted => {
-                "writes of a superseded holder accepted before the newer holder wrote (allowed)"
-            }
-            Finding::OverlapUnexcused => "overlapping pairs, no excuse (rule 5)",
-            Finding::DuplicateToken => "duplicate tokens (rule 1)",
-            Finding::TokenBackwards => "tokens backwards (rule 2)",
-            Finding::StaleAccepted => "stale writes accepted (rule 3)",
-            Finding::SameTokenAccepted => "same-token writes accepted (rule 4)",
+            ),
+            Finding::Refused => "writes refused by fencing".into(),
+            Finding::SupersededAccepted => match permits {
+                1 => "writes of a superseded holder accepted before the newer holder wrote \
+                      (allowed)"
+                    .into(),
+                n => format!(
+                    "writes accepted after {n} newer holders were granted, before {n} of them \
+                     wrote (allowed)"
+                ),
+            },
+            Finding::OverlapUnexcused => format!("{overlaps}, no excuse (rule 5)"),
+            Finding::DuplicateToken => "duplicate tokens (rule 1)".into(),
+            Finding::TokenBackwards => "tokens backwards (rule 2)".into(),
+            Finding::StaleAccepted => "stale writes accepted (rule 3)".into(),
+            Finding::SameTokenAccepted => "same-token writes accepted (rule 4)".into(),
         }
     }
 }
@@ -155,25 +166,34 @@ struct Event {
 }
 
 pub(crate) struct Report {
+    /// Holders allowed at once per key (`--permits`).
+    permits: u32,
+    /// The most sections of one key open at once (excused or not): with N permits, a run
+    /// that never reached N did not test the bound.
+    most_at_once: usize,
     events: Vec<Event>,
     /// Per event, the kinds of fault that touched one of its sections.
     touched_by: Vec<BTreeSet<Kind>>,
 }
 
-/// Applies the rules of the module doc to the records; `t0` only serves the descriptions.
+/// Applies the rules of the module doc to the records, with `permits` holders allowed at
+/// once per key (1: locks); `t0` only serves the descriptions.
 pub(crate) fn check(
     sections: &[Section],
     writes: &[ResourceWrite],
     faults: &[Fault],
+    permits: u32,
     t0: u128,
 ) -> Report {
     let by_key = indices_by_key(sections);
     let mut checker = Checker {
         sections,
         faults,
+        permits: permits.max(1) as usize,
         t0,
         by_key: &by_key,
         events: Vec::new(),
+        most_at_once: 0,
     };
     checker.lost_sections();
     for order in by_key.values() {
@@ -182,7 +202,7 @@ pub(crate) fn check(
         checker.backwards(order);
     }
     checker.writes(writes);
-    let events = checker.events;
+    let (events, most_at_once) = (checker.events, checker.most_at_once);
     let touched_by = events
         .iter()
         .map(|e| {
@@ -193,7 +213,12 @@ pub(crate) fn check(
                 .collect()
         })
         .collect();
-    Report { events, touched_by }
+    Report {
+        permits,
+        most_at_once,
+        events,
+        touched_by,
+    }
 }
 
 /// Per key, section indices in grant order.
@@ -212,9 +237,13 @@ fn indices_by_key(sections: &[Section]) -> BTreeMap<String, Vec<usize>> {
 struct Checker<'a> {
     sections: &'a [Section],
     faults: &'a [Fault],
+    /// N: holders allowed at once per key.
+    permits: usize,
     t0: u128,
     by_key: &'a BTreeMap<String, Vec<usize>>,
     events: Vec<Event>,
+    /// The most sections of one key open at once so far.
+    most_at_once: usize,
 }
 
 impl Checker<'_> {
@@ -239,32 +268,91 @@ impl Checker<'_> {
         }
     }
 
-    /// Rule 5: every pair (older A, newer B) of one key with B granted before A's section
-    /// ended. `order`: the key's sections in grant order.
+    /// Rule 5. Locks (N = 1): every pair (older A, newer B) of one key with B granted before
+    /// A's section ended. N permits: every B granted while N or more sections of its key are
+    /// open (granted, not ended). That is every way to have N + 1 at once: sections that
+    /// share an instant all are open at the latest grant among them. `order`: the key's
+    /// sections in grant order.
     fn overlaps(&mut self, order: &[usize]) {
         let mut open: Vec<usize> = Vec::new();
         for &b in order {
             let granted = self.sections[b].granted;
             open.retain(|&a| self.sections[a].end > granted);
-            for &a in &open {
-                let (sa, sb) = (&self.sections[a], &self.sections[b]);
-                let (finding, excused_by) = self.classify_overlap(sa, sb);
-                let detail = format!(
-                    "{}: {} and {} overlap by {} ms",
-                    sa.key,
-                    self.describe(a),
-                    self.describe(b),
-                    (sa.end.min(sb.end) - granted) / 1_000_000
-                );
-                self.events.push(Event {
-                    finding,
-                    sections: vec![a, b],
-                    excused_by,
-                    detail,
-                });
+            self.most_at_once = self.most_at_once.max(open.len() + 1);
+            if self.permits == 1 {
+                for &a in &open {
+                    self.overlapping_pair(a, b);
+                }
+            } else if open.len() >= self.permits {
+                self.crowd(&open, b);
             }
             open.push(b);
         }
+    }
+
+    fn overlapping_pair(&mut self, a: usize, b: usize) {
+        let (sa, sb) = (&self.sections[a], &self.sections[b]);
+        let (finding, excused_by) = self.classify_overlap(sa, sb);
+        let detail = format!(
+            "{}: {} and {} overlap by {} ms",
+            sa.key,
+            self.describe(a),
+            self.describe(b),
+            (sa.end.min(sb.end) - sb.granted) / 1_000_000
+        );
+        self.events.push(Event {
+            finding,
+            sections: vec![a, b],
+            excused_by,
+            detail,
+        });
+    }
+
+    /// B granted while the N or more sections `open` of its key were open. Each pair (A, B)
+    /// is classified as a lock's overlap is; an A whose pair has an excuse (a pause, or its
+    /// permit taken on the server and the loss noticed in time) does not count as holding.
+    /// B is a violation when N of the others still count: N + 1 holders with no excuse.
+    fn crowd(&mut self, open: &[usize], b: usize) {
+        let sb = &self.sections[b];
+        let verdicts: Vec<(Finding, BTreeSet<Kind>)> = open
+            .iter()
+            .map(|&a| self.classify_overlap(&self.sections[a], sb))
+            .collect();
+        let unexcused = verdicts
+            .iter()
+            .filter(|(f, _)| *f == Finding::OverlapUnexcused)
+            .count();
+        let (finding, excused_by) = if unexcused >= self.permits {
+            (Finding::OverlapUnexcused, BTreeSet::new())
+        } else if verdicts
+            .iter()
+            .any(|(f, _)| *f == Finding::OverlapWithPause)
+        {
+            (Finding::OverlapWithPause, BTreeSet::from([Kind::Pause]))
+        } else {
+            let kinds = verdicts.into_iter().flat_map(|(_, kinds)| kinds).collect();
+            (Finding::OverlapExcused, kinds)
+        };
+        let others: Vec<String> = open.iter().map(|&a| self.describe(a)).collect();
+        let first_end = open.iter().map(|&a| self.sections[a].end).min();
+        let detail = format!(
+            "{}: {} granted while {} held it ({} without an excuse), all {} at once for {} ms: {}",
+            sb.key,
+            self.describe(b),
+            open.len(),
+            unexcused,
+            open.len() + 1,
+            (first_end.unwrap_or(sb.end).min(sb.end) - sb.granted) / 1_000_000,
+            others.join(", ")
+        );
+        let mut sections = open.to_vec();
+        sections.push(b);
+        self.events.push(Event {
+            finding,
+            sections,
+            excused_by,
+            detail,
+        });
     }
 
     fn classify_overlap(&self, older: &Section, newer: &Section) -> (Finding, BTreeSet<Kind>) {
@@ -373,9 +461,9 @@ impl Checker<'_> {
             .enumerate()
             .map(|(i, s)| (s.holder.as_str(), i))
             .collect();
-        // Per key: the accepted writer that asked last (the newest so far); per key and
-        // token: its first accepted writer.
-        let mut newest = HashMap::<&str, usize>::new();
+        // Per key: the N accepted writers (acquisitions) that asked last, newest first; per
+        // key and token: its first accepted writer.
+        let mut newest = HashMap::<&str, Vec<usize>>::new();
         let mut token_owner = HashMap::<(&str, u64), usize>::new();
         for w in writes {
             let Some(&a) = holders.get(w.holder.as_str()) else {
@@ -390,22 +478,32 @@ impl Checker<'_> {
                 continue;
             }
             let sa = &self.sections[a];
-            match newest.get(w.key.as_str()) {
-                Some(&b) if self.sections[b].asked > sa.granted => {
-                    self.write_event(
-                        Finding::StaleAccepted,
-                        w,
-                        a,
-                        b,
-                        "after a write of the newer",
-                    );
-                }
-                _ => {
-                    if let Some(b) = self.granted_newer(&w.key, sa, w.at) {
-                        let what = "while already superseded by";
-                        self.write_event(Finding::SupersededAccepted, w, a, b, what);
-                    }
-                }
+            let latest = newest.entry(w.key.as_str()).or_default();
+            // N acquisitions newer than A (asked after A was granted) had written: the
+            // resource holds N tokens above A's unless rule 1 or 2 failed.
+            let newer: Vec<usize> = latest
+                .iter()
+                .copied()
+                .filter(|&b| self.sections[b].asked > sa.granted)
+                .collect();
+            if let Some(&b) = newer.get(self.permits - 1) {
+                self.write_event(
+                    Finding::StaleAccepted,
+                    w,
+                    a,
+                    b,
+                    "after writes of as many newer holders as permits, the oldest",
+                );
+            } else if let Some(b) = self.granted_newer(&w.key, sa, w.at) {
+                let what = "while already superseded by";
+                self.write_event(Finding::SupersededAccepted, w, a, b, what);
+            }
+            let latest = newest.entry(w.key.as_str()).or_default();
+            if !latest.contains(&a) {
+                latest.push(a);
+                // Stable: of two that asked at once, the one that wrote first stays.
+                latest.sort_by_key(|&b| std::cmp::Reverse(self.sections[b].asked));
+                latest.truncate(self.permits);
             }
             match token_owner.get(&(w.key.as_str(), w.token)) {
                 Some(&b) if b != a => {
@@ -415,12 +513,6 @@ impl Checker<'_> {
                 None => {
                     token_owner.insert((w.key.as_str(), w.token), a);
                 }
-            }
-            let is_newest = newest
-                .get(w.key.as_str())
-                .is_none_or(|&b| self.sections[b].asked < sa.asked);
-            if is_newest {
-                newest.insert(w.key.as_str(), a);
             }
         }
     }
@@ -436,13 +528,15 @@ impl Checker<'_> {
         self.push(finding, vec![b, a], detail);
     }
 
-    /// A section of `key` newer than `a` that had been granted by `at`.
+    /// The N-th section of `key` newer than `a` that had been granted by `at` (N permits:
+    /// with a lock, the first).
     fn granted_newer(&self, key: &str, a: &Section, at: u128) -> Option<usize> {
         self.by_key[key]
             .iter()
             .copied()
             .take_while(|&b| self.sections[b].granted < at)
-            .find(|&b| self.sections[b].asked > a.granted)
+            .filter(|&b| self.sections[b].asked > a.granted)
+            .nth(self.permits - 1)
     }
 }
 
@@ -489,8 +583,15 @@ impl Report {
             _ => "raft (3 members)",
         };
         println!(
-            "torture: backend={} persistence={} procs={} tasks={} keys={} secs={} ttl={:?}",
-            args.backend, persistence, args.procs, args.tasks, args.keys, args.secs, TTL
+            "torture: backend={} persistence={} procs={} tasks={} keys={} permits={} secs={} ttl={:?}",
+            args.backend,
+            persistence,
+            args.procs,
+            args.tasks,
+            args.keys,
+            self.permits,
+            args.secs,
+            TTL
         );
         let accepted = writes.iter().filter(|w| w.accepted).count();
         println!(
@@ -500,6 +601,12 @@ impl Report {
             accepted,
             writes.len() - accepted
         );
+        if self.permits > 1 {
+            println!(
+                "  most sections of one key at once: {} ({} permits; more only when excused)",
+                self.most_at_once, self.permits
+            );
+        }
         self.print_table(sections, faults);
         println!("  findings:");
         for finding in [
@@ -519,7 +626,7 @@ impl Report {
             } else {
                 ""
             };
-            println!("    {tag}{}: {n}", finding.label());
+            println!("    {tag}{}: {n}", finding.label(self.permits));
             if finding == Finding::OverlapExcused && n > 0 {
                 println!("      excused by: {}", self.excusers());
             }
@@ -586,8 +693,12 @@ impl Report {
             sections.len(),
             &self.row(|_| true),
         );
+        let overlaps = match self.permits {
+            1 => "overlapping pairs".to_owned(),
+            n => format!("grants while {n} held already"),
+        };
         println!(
-            "  (ovl+pause / ovl-pause: overlapping pairs with / without a pause involved; \
+            "  (ovl+pause / ovl-pause: {overlaps} with / without a pause involved; \
              refused: writes refused by fencing; stale-acc, sametok-acc, dup-tokens, backwards: \
              rules 3, 4, 1, 2. An event touched by several faults counts in each of their rows.)"
         );
@@ -614,4 +725,116 @@ fn print_row(label: &str, injected: &str, sections: usize, counts: &[usize]) {
         line += &format!("{n:>12}");
     }
     println!("{line}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The checker can fail: N + 1 sections at once are a violation, N are not.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u128 = 1_000_000;
+
+    /// A section of `k0` by process `proc`, asked 1 ms before it was granted at `granted`
+    /// ms, ended at `end` ms; its token is its grant time.
+    fn section(proc: usize, granted: u128, end: u128) -> Section {
+        Section {
+            key: "k0".into(),
+            proc,
+            holder: holder_id(proc, 0, granted as u64),
+            token: granted as u64,
+            asked: (granted - 1) * MS,
+            granted: granted * MS,
+            end: end * MS,
+            lost: false,
+        }
+    }
+
+    fn write(s: &Section, at: u128) -> ResourceWrite {
+        ResourceWrite {
+            key: s.key.clone(),
+            token: s.token,
+            holder: s.holder.clone(),
+            accepted: true,
+            at: at * MS,
+        }
+    }
+
+    /// `count` sections of `k0` all open at once, by processes 0, 1, ...
+    fn all_at_once(count: usize) -> Vec<Section> {
+        (0..count)
+            .map(|i| section(i, 10 + i as u128, 1000))
+            .collect()
+    }
+
+    #[test]
+    fn n_plus_one_sections_at_once_are_a_violation_n_are_not() {
+        for permits in 1..=4u32 {
+            let n = permits as usize;
+            let report = check(&all_at_once(n), &[], &[], permits, 0);
+            assert_eq!(report.violations(), 0, "{n} at once, {permits} permits");
+            assert_eq!(report.most_at_once, n);
+            assert!(report.events.is_empty(), "{n} at once, {permits} permits");
+            let report = check(&all_at_once(n + 1), &[], &[], permits, 0);
+            assert_eq!(
+                report.violations(),
+                1,
+                "{} at once, {permits} permits",
+                n + 1
+            );
+            assert_eq!(report.count(Finding::OverlapUnexcused), 1);
+        }
+    }
+
+    /// Each section overlaps the next only: two at once at most, fine with 2 permits, and
+    /// every pair a violation with a lock.
+    #[test]
+    fn pairs_that_overlap_are_fine_with_two_permits_only() {
+        let chain: Vec<Section> = (0..4)
+            .map(|i| section(i, 10 + 10 * i as u128, 25 + 10 * i as u128))
+            .collect();
+        assert_eq!(check(&chain, &[], &[], 2, 0).violations(), 0);
+        assert_eq!(check(&chain, &[], &[], 1, 0).violations(), 3);
+    }
+
+    /// A pause touching one of N + 1 excuses it (the paused holder's permit expired); with
+    /// N + 2 at once, the other N + 1 are still too many.
+    #[test]
+    fn a_pause_excuses_the_paused_holder_only() {
+        let pause = [Fault::new(Kind::Pause, Some(0), 5 * MS, 2000 * MS)];
+        let report = check(&all_at_once(3), &[], &pause, 2, 0);
+        assert_eq!(report.violations(), 0);
+        assert_eq!(report.count(Finding::OverlapWithPause), 1);
+        let report = check(&all_at_once(4), &[], &pause, 2, 0);
+        assert_eq!(report.violations(), 1, "3 unpaused holders at once");
+        // A fault on the server that took every permit excuses holders that end in time.
+        let restart = [Fault::new(
+            Kind::OperatorDel,
+            None,
+            11 * MS + MS / 2,
+            11 * MS + MS / 2,
+        )];
+        let quick: Vec<Section> = (0..3).map(|i| section(i, 10 + i as u128, 13)).collect();
+        let report = check(&quick, &[], &restart, 2, 0);
+        assert_eq!(report.violations(), 0);
+        assert_eq!(report.count(Finding::OverlapExcused), 1);
+    }
+
+    /// Rule 3 with N permits: a write of A accepted after writes of N newer holders is a
+    /// violation; after fewer, it is fencing's window (reported, allowed).
+    #[test]
+    fn a_write_accepted_after_n_newer_writers_is_stale() {
+        let a = section(0, 2, 1000);
+        let b = section(1, 6, 7); // asked at 5 ms, after A was granted: newer
+        let c = section(2, 8, 1000);
+        let writes = [write(&b, 7), write(&a, 9), write(&c, 12), write(&a, 13)];
+        let sections = [a, b, c];
+        let report = check(&sections, &writes, &[], 2, 0);
+        assert_eq!(report.count(Finding::StaleAccepted), 1, "after B and C");
+        assert_eq!(report.count(Finding::SupersededAccepted), 1, "after B only");
+        assert_eq!(report.violations(), 1);
+        let report = check(&sections, &writes, &[], 1, 0);
+        assert_eq!(report.count(Finding::StaleAccepted), 2, "a lock: after B");
+    }
 }

@@ -75,6 +75,17 @@ pub(crate) struct Fault {
 }
 
 impl Fault {
+    /// A fault of `kind` on process `proc` (`None`: the server) from `from` to `to`.
+    #[cfg(test)]
+    pub(crate) fn new(kind: Kind, proc: Option<usize>, from: u128, to: u128) -> Fault {
+        Fault {
+            kind,
+            proc,
+            from,
+            to,
+        }
+    }
+
     pub(crate) fn touches(&self, s: &Section) -> bool {
         self.proc.is_none_or(|p| p == s.proc) && self.from <= s.end && s.asked <= self.to
     }

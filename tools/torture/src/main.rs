@@ -8,6 +8,7 @@
 //! cargo run -p dlock-torture -- --backend etcd --secs 20
 //! cargo run -p dlock-torture -- --backend etcd --no-faults
 //! cargo run -p dlock-torture -- --backend redis --election --secs 20
+//! cargo run -p dlock-torture -- --backend redis --permits 3 --keys 2 --secs 20
 //! ```
 //!
 //! `--election`: each task campaigns in the election named after the key
@@ -15,14 +16,22 @@
 //! `Leadership::run`, and resigns; a term is a fencing token, so every rule below applies to
 //! leaders as it does to holders (two leaders of one election at once is rule 5).
 //!
+//! `--permits N` (default 1: locks, as above): each task takes one of the N permits of the
+//! semaphore named after the key (`Locker::semaphore(key, N)`) instead, and every rule
+//! below is read with N holders allowed at once: rule 5 counts N + 1 sections of one key at
+//! once, the resource keeps the N highest tokens it accepted (see `workers::RESOURCE_WRITE`
+//! for why that is the rule it can check), and rule 3 a write accepted after writes of N
+//! newer acquisitions. With N = 1 each reads as written. `--election` takes no `--permits`.
+//!
 //! # What runs
 //!
 //! - **Lock server**: one `redis-server` whose persistence `--persistence rdb|aof|none`
 //!   chooses (default `rdb`), or, with `--backend etcd`, a 3-member etcd cluster.
 //! - **Fenced resource**: a second `redis-server`, never proxied and never faulted. Per lock
-//!   key it keeps the highest fencing token it accepted and a log of every write. A Lua
-//!   script accepts a write if its token is `>=` the highest (equal: the same holder writing
-//!   twice), refuses it otherwise, and logs it either way with the server's clock.
+//!   key it keeps the highest fencing token it accepted (the N highest with `--permits N`)
+//!   and a log of every write. A Lua script accepts a write if its token is `>=` the highest
+//!   (equal: the same holder writing twice; with N: `>=` the lowest of the N highest once it
+//!   has N), refuses it otherwise, and logs it either way with the server's clock.
 //! - **Workers**: each process reaches the lock server through fault-injecting proxies of its
 //!   own (one per etcd member) and the resource directly. Each task loops: lock a random key,
 //!   work (mostly 1-30 ms, one time in ten 0.5-3 s, longer than the TTL), write to the
@@ -63,12 +72,15 @@
 //! 1. **Duplicate token**: two acquisitions of one key got the same fencing token.
 //! 2. **Token backwards**: B is newer than A, yet `token(B) < token(A)`.
 //! 3. **Stale write accepted**: the resource accepted a write of A after it had accepted a
-//!    write of a newer B. The resource's rule makes this possible only when
-//!    `token(A) >= token(B)`: it is rule 1 or 2 doing harm, what fencing exists to prevent.
+//!    write of a newer B (with `--permits N`: writes of N different acquisitions newer than
+//!    A). The resource's rule makes this possible only when `token(A) >= token(B)` (for
+//!    one of the N): it is rule 1 or 2 doing harm, what fencing exists to prevent.
 //! 4. **Same-token writes accepted**: the resource accepted writes of two different
 //!    acquisitions carrying the same token, so it could not tell them apart.
 //! 5. **Unexcused overlap**: two sections of one key overlap in time (B granted before A's
-//!    section ended) and neither excuse applies:
+//!    section ended) and neither excuse applies (with `--permits N`: B granted while N
+//!    sections A of its key were open, and fewer than `open - N + 1` of the pairs (A, B)
+//!    have an excuse, so that B and N unexcused others held at once):
 //!    - a *pause* touched either section: a paused holder resumes believing it holds the
 //!      lock (the documented limit); only fencing protects the resource then, and rules 3-4
 //!      check that it did;
@@ -165,6 +177,8 @@ struct Args {
     faults: bool,
     /// Campaign in elections instead of locking (`--election`).
     election: bool,
+    /// Take one of this many permits of a semaphore per key (`--permits N`; 1: a lock).
+    permits: u32,
     persistence: Persistence,
     /// Worker mode: set by the coordinator when it spawns a worker.
     worker: Option<WorkerArgs>,
@@ -188,6 +202,7 @@ fn parse_args() -> Args {
         secs: 20,
         faults: true,
         election: false,
+        permits: 1,
         persistence: Persistence::Rdb,
         worker: None,
     };
@@ -204,6 +219,8 @@ fn parse_args() -> Args {
             "--persistence" => args.persistence = Persistence::parse(&value()),
             "--no-faults" => args.faults = false,
             "--election" => args.election = true,
+            // Not a number: 0, refused below with the others.
+            "--permits" => args.permits = value().parse().unwrap_or(0),
             "--resource" => resource = Some(value()),
             "--worker" => {
                 let endpoints = value().split(',').map(String::from).collect();
@@ -216,6 +233,18 @@ fn parse_args() -> Args {
             }
             other => panic!("unknown argument {other}"),
         }
+    }
+    if args.permits == 0 || args.permits > dlock::MAX_PERMITS {
+        eprintln!(
+            "--permits N: 1 to {}, not {}",
+            dlock::MAX_PERMITS,
+            args.permits
+        );
+        std::process::exit(2);
+    }
+    if args.election && args.permits > 1 {
+        eprintln!("--election takes no --permits: an election has one leader");
+        std::process::exit(2);
     }
     if let Some(worker) = &mut args.worker {
         worker.resource = resource.expect("a worker needs --resource ADDR");

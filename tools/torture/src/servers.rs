@@ -65,7 +65,7 @@ pub(crate) async fn coordinator(args: Args) -> i32 {
     .await
     .expect("collect sections");
     let writes = read_resource_log(&resource, args.keys).await;
-    let report = check(&sections, &writes, &faults, t0);
+    let report = check(&sections, &writes, &faults, args.permits, t0);
     report.print(&args, &sections, &writes, &faults)
 }
 
@@ -135,6 +135,7 @@ impl WorkerProcess {
             .args(["--tasks", &args.tasks.to_string()])
             .args(["--keys", &args.keys.to_string()])
             .args(["--secs", &args.secs.to_string()])
+            .args(["--permits", &args.permits.to_string()])
             .args(["--resource", &resource.to_string()])
             .args(["--worker", &endpoints.join(","), &id.to_string()])
             .args(args.election.then_some("--election"))
