@@ -42,6 +42,8 @@ for target in "redis rdb" "redis aof" "etcd rdb" "redis rdb --election" "etcd rd
 done
 # Semaphores: 3 permits per key on 2 keys (12 tasks); 4 sections of one key at once without
 # an excuse is a violation, and the fenced resource keeps the 3 highest tokens.
-timeout 120 cargo run --quiet -p dlock-torture -- --backend redis --permits 3 \
-  --persistence rdb --procs 3 --tasks 4 --keys 2 --secs "${DLOCK_TORTURE_SECS:-20}"
+for backend in redis etcd; do
+  timeout 120 cargo run --quiet -p dlock-torture -- --backend "$backend" --permits 3 \
+    --persistence rdb --procs 3 --tasks 4 --keys 2 --secs "${DLOCK_TORTURE_SECS:-20}"
+done
 echo "test.sh: all tests and examples passed"

@@ -462,10 +462,7 @@ fn held_until_stop(dir: &TempDir, name: &str) -> String {
 /// Three `dlock run --permits 2` at once: two run together, never three; the third starts
 /// only after one of the first two ended, with a greater fencing token; the one that waits
 /// says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_three_runs_share_two_permits() {
-    let redis = RedisServer::start().await;
-    let server = ["--redis", &redis.url()];
+async fn three_runs_share_two_permits(server: &[&str]) {
     let dir = TempDir::new("cli-permits");
     let log = log_in(&dir);
     let children: Vec<Child> = ["A", "B", "C"]
@@ -553,10 +550,7 @@ async fn bad_permits_are_usage_errors() {
 
 /// While `run --permits 2` holds a permit of KEY, `run --permits 3` and a plain `run` (a
 /// lock: 1 permit) of KEY exit 78 at once, running nothing and saying which number holds it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_other_permits_while_held_are_refused() {
-    let redis = RedisServer::start().await;
-    let server = ["--redis", &redis.url()];
+async fn other_permits_while_held_are_refused(server: &[&str]) {
     let dir = TempDir::new("cli-mismatch");
     let log = log_in(&dir);
     let script = held_until_stop(&dir, "A");
@@ -610,10 +604,7 @@ async fn redis_other_permits_while_held_are_refused() {
 /// While two `run --permits 2` hold both permits, `status --permits 2` lists both holders
 /// (token, TTL left, value) and exits 0, `run --no-wait` exits 75, a plain `status` says
 /// the key is a semaphore; once both ended, the key is free (exit 1).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_status_lists_every_permit_holder() {
-    let redis = RedisServer::start().await;
-    let server = ["--redis", &redis.url()];
+async fn status_lists_every_permit_holder(server: &[&str]) {
     let dir = TempDir::new("cli-holders");
     let log = log_in(&dir);
     let mut holders = Vec::new();
@@ -773,4 +764,40 @@ async fn redis_lost_permit_stops_the_child_before_the_rival_runs() {
         ["D", "started", "TERM", "rival"],
         "the child was not stopped before the rival ran: {log:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_three_runs_share_two_permits() {
+    let redis = RedisServer::start().await;
+    three_runs_share_two_permits(&["--redis", &redis.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_three_runs_share_two_permits() {
+    let etcd = EtcdServer::start().await;
+    three_runs_share_two_permits(&["--etcd", &etcd.endpoint()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_other_permits_while_held_are_refused() {
+    let redis = RedisServer::start().await;
+    other_permits_while_held_are_refused(&["--redis", &redis.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_other_permits_while_held_are_refused() {
+    let etcd = EtcdServer::start().await;
+    other_permits_while_held_are_refused(&["--etcd", &etcd.endpoint()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_status_lists_every_permit_holder() {
+    let redis = RedisServer::start().await;
+    status_lists_every_permit_holder(&["--redis", &redis.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_status_lists_every_permit_holder() {
+    let etcd = EtcdServer::start().await;
+    status_lists_every_permit_holder(&["--etcd", &etcd.endpoint()]).await;
 }
