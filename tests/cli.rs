@@ -470,7 +470,7 @@ async fn three_runs_share_two_permits(server: &[&str]) {
         .map(|name| {
             let script = logged_pair(&log, name, 1.5);
             let args = ["run", "--permits", "2", "pool", "--", "sh", "-c", &script];
-            dlock(&server, &args).spawn().expect("spawn")
+            dlock(server, &args).spawn().expect("spawn")
         })
         .collect();
     let mut stderr = String::new();
@@ -555,7 +555,7 @@ async fn other_permits_while_held_are_refused(server: &[&str]) {
     let log = log_in(&dir);
     let script = held_until_stop(&dir, "A");
     let holder = dlock(
-        &server,
+        server,
         &["run", "--permits", "2", "pool", "--", "sh", "-c", &script],
     )
     .spawn()
@@ -578,7 +578,7 @@ async fn other_permits_while_held_are_refused(server: &[&str]) {
         ],
         vec!["run", "pool", "--", "sh", "-c", &touch],
     ] {
-        let ran = run(&server, &args).await;
+        let ran = run(server, &args).await;
         assert_eq!(ran.status.code(), Some(78), "{args:?}: {}", ran.stderr);
         assert!(
             ran.stderr.contains("is held with 2 permit(s)")
@@ -593,7 +593,7 @@ async fn other_permits_while_held_are_refused(server: &[&str]) {
     assert!(holder.status.success(), "the holder: {}", holder.stderr);
     // Free again: the next holder's number stands.
     let ran = run(
-        &server,
+        server,
         &["run", "--permits", "3", "pool", "--", "sh", "-c", &touch],
     )
     .await;
@@ -623,7 +623,7 @@ async fn status_lists_every_permit_holder(server: &[&str]) {
             "-c",
             &script,
         ];
-        holders.push(dlock(&server, &args).spawn().expect("spawn"));
+        holders.push(dlock(server, &args).spawn().expect("spawn"));
         wait_for_line(&log, &format!("{name} start")).await;
     }
     let tokens: Vec<String> = lines(&log)
@@ -631,7 +631,7 @@ async fn status_lists_every_permit_holder(server: &[&str]) {
         .map(|l| l.split(' ').nth(2).unwrap().to_owned())
         .collect();
 
-    let status = run(&server, &["status", "--permits", "2", "pool"]).await;
+    let status = run(server, &["status", "--permits", "2", "pool"]).await;
     assert_eq!(status.status.code(), Some(0), "{}", status.stderr);
     let shown: Vec<&str> = status.stdout.lines().collect();
     assert_eq!(shown.len(), 3, "a title and one line per holder: {shown:?}");
@@ -645,7 +645,7 @@ async fn status_lists_every_permit_holder(server: &[&str]) {
     }
 
     let busy = run(
-        &server,
+        server,
         &["run", "--permits", "2", "--no-wait", "pool", "--", "true"],
     )
     .await;
@@ -657,7 +657,7 @@ async fn status_lists_every_permit_holder(server: &[&str]) {
         "{}",
         busy.stderr
     );
-    let plain = run(&server, &["status", "pool"]).await;
+    let plain = run(server, &["status", "pool"]).await;
     assert_eq!(plain.status.code(), Some(0), "{}", plain.stderr);
     assert!(
         plain.stdout.contains(
@@ -672,7 +672,7 @@ async fn status_lists_every_permit_holder(server: &[&str]) {
         let holder = finish(holder).await;
         assert!(holder.status.success(), "a holder: {}", holder.stderr);
     }
-    let free = run(&server, &["status", "--permits", "2", "pool"]).await;
+    let free = run(server, &["status", "--permits", "2", "pool"]).await;
     assert_eq!(free.status.code(), Some(1), "{}", free.stderr);
     assert_eq!(free.stdout, "pool: free\n");
 }
