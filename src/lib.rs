@@ -3,7 +3,7 @@
 //! New here? The [guide] walks through it chapter by chapter: [getting
 //! started](guide::getting_started), the [guarantees and limits](guide::guarantees), [choosing
 //! a backend](guide::backends), [production connections](guide::production),
-//! [elections](guide::elections), the [`dlock` command](guide::command), [coming from the Go
+//! [elections](guide::elections), [semaphores](guide::semaphores), the [`dlock` command](guide::command), [coming from the Go
 //! component](guide::from_go) and [writing a backend](guide::writing_a_backend).
 //!
 //! A [`Locker`] hands out [`LockGuard`]s. A guard is renewed in the background while it
@@ -57,6 +57,21 @@
 //! let written = leadership.run(async { /* act as leader, fenced by */ leadership.term() }).await?;
 //! assert_eq!(election.leader().await?.map(|l| l.fencing_token), Some(written));
 //! leadership.resign().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Semaphores
+//!
+//! [`Locker::semaphore`] gives a [`Semaphore`]: at most N holders of a name at once, each
+//! holding a [`LockGuard`] (a permit) with everything a lock's guard promises.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> dlock::Result<()> {
+//! let locker = dlock::Locker::builder(dlock::Config::default()).build()?;
+//! let crawlers = locker.semaphore("crawler", 5);              // at most 5 at once
+//! let permit = crawlers.acquire().await?;                      // a LockGuard
+//! assert_eq!(crawlers.holders().await?.len(), 1);
+//! permit.release().await?;
 //! # Ok(()) }
 //! ```
 //!

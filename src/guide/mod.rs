@@ -9,11 +9,12 @@
 //! 3. [`backends`]: Choosing a backend: Redis (Cluster, Sentinel, replica acknowledgement), etcd, the in-process store.
 //! 4. [`production`]: Production connections: TLS, a least-privilege Redis ACL and etcd role, secrets, logs and metrics.
 //! 5. [`elections`]: Elections: campaign, lead under `run`, fence with the term, observe the leader.
-//! 6. [`command`]: The `dlock` command: run a program under a lock from a shell or cron; its man page and completions.
-//! 7. [`from_go`]: Coming from the Go component: the same config, the `lock`/`try_lock`/`unlock` layer, the mapping.
-//! 8. [`writing_a_backend`]: Writing a backend: the `Backend` trait in outline, and the conformance suite.
-//! 9. [`benchmarks`]: Benchmarks, and how to rerun them.
-//! 10. [`internals`]: How dlock is built: the layout and the test harness, for contributors.
+//! 6. [`semaphores`]: Semaphores: at most N holders, permits as guards, disagreeing N, waiting and fairness per backend.
+//! 7. [`command`]: The `dlock` command: run a program under a lock from a shell or cron; its man page and completions.
+//! 8. [`from_go`]: Coming from the Go component: the same config, the `lock`/`try_lock`/`unlock` layer, the mapping.
+//! 9. [`writing_a_backend`]: Writing a backend: the `Backend` trait in outline, and the conformance suite.
+//! 10. [`benchmarks`]: Benchmarks, and how to rerun them.
+//! 11. [`internals`]: How dlock is built: the layout and the test harness, for contributors.
 //!
 //! The [crate root](crate) has the whole API on one screen; each type's page says what it
 //! does on drop, on cancellation and on a lost lock.
@@ -29,4 +30,5 @@ pub mod getting_started;
 pub mod guarantees;
 pub mod internals;
 pub mod production;
+pub mod semaphores;
 pub mod writing_a_backend;

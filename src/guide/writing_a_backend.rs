@@ -39,6 +39,12 @@
 //!   next poll.
 //! - **`holder`** (provided: "cannot tell"): who holds a lock now, for
 //!   [`Locker::holder`](crate::Locker::holder) and elections.
+//! - **`max_permits`** (provided: 1) and **`holders`**: semaphores come with the same calls.
+//!   A request carries `permits` (1 for a lock, N for a semaphore); a backend that returns
+//!   more than 1 from `max_permits` admits up to `permits` holders of a storage key, refuses
+//!   an attempt naming another N than its holders' with `Error::PermitsMismatch`, and lists
+//!   them in `holders`. `tests/external_backend.rs` does it for a `HashMap` in a few lines,
+//!   and the conformance suite checks it.
 //!
 //! Waiting for a held lock and keeping held locks alive are provided on top of these, and may be
 //! overridden where the server does better (etcd queues waiters natively). The trait's rustdoc
