@@ -22,7 +22,7 @@ use dlock::{Error, LockOptions, Locker};
 use tokio::time::Instant;
 
 use super::baselines::{EtcdSemaphoreFloor, Op, RedisSemaphoreFloor};
-use super::measure::{config, locker, ms, percentile, rate};
+use super::measure::{config, locker, ms, percentile, rate_per_task, shares};
 use super::support::fixtures::{Etcd, Redis, WithPubsub};
 use super::Settings;
 
@@ -56,11 +56,12 @@ pub async fn run(redis: &Redis, etcd: &Etcd, s: &Settings) {
     println!("### Acquire + release pairs/s, one semaphore\n");
     println!("Measured alternately, twice each; the better window of each is kept. Waiting: dlock");
     println!("as configured (Redis: pub/sub); the Redis floor tries again every 1 ms; the etcd");
-    println!("floor watches the prefix for deletes.\n");
     println!(
-        "| backend | tasks | dlock pairs/s | floor pairs/s | dlock / floor | floor waits by |"
+        "floor watches the prefix for deletes. Shares: the fewest and the most pairs one task"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("completed, as a share of all (fair: 100 % / tasks).\n");
+    println!("| backend | tasks | dlock pairs/s | dlock shares (min–max) | floor pairs/s | floor shares (min–max) | dlock / floor | floor waits by |");
+    println!("|---|---|---|---|---|---|---|---|");
     for tasks in [1, CONTENDING_TASKS] {
         let lockers = &redis_lockers[..tasks.min(2)];
         let dlock = Some(pairs(lockers, &format!("sem-tp-{tasks}")));
@@ -101,30 +102,35 @@ pub async fn run(redis: &Redis, etcd: &Etcd, s: &Settings) {
     println!(
         "`CONFIG RESETSTAT`, then {pairs_each} pairs, then `INFO commandstats` (a script and each"
     );
-    println!("command inside it count one each); the server's CPU (user + system, `/proc`) and");
-    println!("the client's wall time per pair.\n");
+    println!("command inside it count one each); the server's main thread's time on a CPU");
+    println!("(`/proc/<pid>/schedstat`) and the client's wall time per pair. Alternated twice,");
+    println!("the faster round of each kept.\n");
     println!("| | commands per pair | of which | server CPU per pair | wall time per pair | / floor (wall) |");
     println!("|---|---|---|---|---|---|");
     let server = super::hold::server_pid(redis).await;
-    let floor = {
+    let floor_op: Op = {
         let floor = RedisSemaphoreFloor::new(redis, "bench:semfloor-cost", PERMITS).await;
-        let op: Op = Arc::new(move |_, i| {
+        Arc::new(move |_, i| {
             let floor = floor.clone();
             Box::pin(async move {
                 let token = format!("c{i}");
                 floor.acquire_polling(&token).await;
                 floor.release(&token).await;
             })
-        });
-        cost(redis, &server, pairs_each, op).await
+        })
     };
-    let dlock = cost(
-        redis,
-        &server,
-        pairs_each,
-        pairs(&redis_lockers[..1], "sem-cost"),
-    )
-    .await;
+    let dlock_op = pairs(&redis_lockers[..1], "sem-cost");
+    // Alternated twice; the faster round of each is kept (others share this machine).
+    let (mut floor, mut dlock): (Option<Cost>, Option<Cost>) = (None, None);
+    for _ in 0..2 {
+        for (op, best) in [(&floor_op, &mut floor), (&dlock_op, &mut dlock)] {
+            let got = cost(redis, &server, pairs_each, op.clone()).await;
+            if best.as_ref().is_none_or(|b| got.wall_us < b.wall_us) {
+                *best = Some(got);
+            }
+        }
+    }
+    let (floor, dlock) = (floor.unwrap(), dlock.unwrap());
     for (name, c) in [("floor", &floor), ("dlock", &dlock)] {
         println!(
             "| {name} | {:.1} | {} | {:.1} µs | {:.1} µs | {:.2}x |",
@@ -214,22 +220,27 @@ async fn throughput_row(
     floor_waits: &str,
     s: &Settings,
 ) {
-    let (mut d, mut f) = (0f64, 0f64);
+    let (mut d, mut f) = ((0f64, Vec::new()), (0f64, Vec::new()));
     for _ in 0..2 {
         if let Some(dlock) = &dlock {
             let op = dlock.clone();
-            d = d.max(rate(tasks, s.window, move |t, i| op(t, i)).await);
+            let got = rate_per_task(tasks, s.window, move |t, i| op(t, i)).await;
+            d = if got.0 > d.0 { got } else { d };
         }
         let op = floor.clone();
-        f = f.max(rate(tasks, s.window, move |t, i| op(t, i)).await);
+        let got = rate_per_task(tasks, s.window, move |t, i| op(t, i)).await;
+        f = if got.0 > f.0 { got } else { f };
     }
+    let floor_cells = format!("{:.0} | {}", f.0, shares(&f.1));
     if dlock.is_some() {
         println!(
-            "| {backend} | {tasks} | {d:.0} | {f:.0} | {:.2}x | {floor_waits} |",
-            d / f
+            "| {backend} | {tasks} | {:.0} | {} | {floor_cells} | {:.2}x | {floor_waits} |",
+            d.0,
+            shares(&d.1),
+            d.0 / f.0
         );
     } else {
-        println!("| {backend} | {tasks} | {UNSUPPORTED} | {f:.0} | | {floor_waits} |");
+        println!("| {backend} | {tasks} | {UNSUPPORTED} | | {floor_cells} | | {floor_waits} |");
     }
 }
 
@@ -372,12 +383,12 @@ async fn cost(redis: &Redis, server: &str, pairs: u64, op: Op) -> Cost {
         .query_async(&mut admin)
         .await
         .unwrap();
-    let (cpu0, start) = (super::hold::cpu_time(server), Instant::now());
+    let (cpu0, start) = (on_cpu_ns(server), Instant::now());
     for i in 0..pairs {
         op(0, i).await;
     }
     let wall = start.elapsed();
-    let cpu = super::hold::cpu_time(server) - cpu0;
+    let cpu = Duration::from_nanos(on_cpu_ns(server).saturating_sub(cpu0));
     let n = pairs as f64;
     let mut per_command: Vec<(String, f64)> = super::cost::commandstats(&mut admin)
         .await
@@ -396,4 +407,13 @@ async fn cost(redis: &Redis, server: &str, pairs: u64, op: Op) -> Cost {
         cpu_us: cpu.as_secs_f64() * 1e6 / n,
         wall_us: wall.as_secs_f64() * 1e6 / n,
     }
+}
+
+/// Nanoseconds the process's main thread (Redis's command thread) has run on a CPU, from
+/// `/proc/<pid>/schedstat`: finer than the 10 ms ticks of `/proc/<pid>/stat`.
+fn on_cpu_ns(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
