@@ -9,12 +9,30 @@
 //!   transaction on that lease and a delete: two writes.
 //! - etcd peer: etcd's own lock service (`Lock` + `Unlock` RPCs of etcd-client) on a shared
 //!   lease, as its concurrency package does.
+//!
+//! Semaphores of N permits (issue 21, the `semaphore` section), floors only (no peer crate
+//! keeps a semaphore on these servers):
+//!
+//! - Redis floor ([`RedisSemaphoreFloor`]): one sorted set of holder tokens scored by expiry
+//!   in server ms; acquire is one script (`TIME`, drop the expired, `ZCARD` < N → `ZADD`),
+//!   release is `ZREM`. No fencing token, no renewal, no check that every caller names the
+//!   same N, no tombstone for resent or undone calls. Waiters retry every 1 ms, or, where the
+//!   section measures the wake-up itself, listen on a channel the release publishes to.
+//! - etcd floor ([`EtcdSemaphoreFloor`]): a key `prefix/token` on the process's one lease
+//!   (granted once) per holder; held while fewer than N keys of the prefix have a lower
+//!   create revision. Acquire is one transaction (the put, then a range of the prefix's
+//!   first N keys by create revision, keys only); release is a delete; a waiter watches the
+//!   prefix for deletes and ranges again once the watch is created and after each delete.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, GetResponse, LockOptions, PutOptions, SortOrder, SortTarget,
+    Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+};
+use futures_util::StreamExt;
 use redis::Script;
 
 use super::support::fixtures::{Etcd, Redis};
@@ -115,4 +133,181 @@ pub async fn etcd_peer(etcd: &Etcd) -> Op {
             lock_client.unlock(locked.key()).await.unwrap();
         })
     })
+}
+
+/// The Redis semaphore floor: `key` is a sorted set of holder tokens scored by expiry
+/// (server ms). One value per process: its own connection, like a locker.
+#[derive(Clone)]
+pub struct RedisSemaphoreFloor {
+    conn: redis::aio::ConnectionManager,
+    key: String,
+    permits: u32,
+    acquire: Arc<Script>,
+}
+
+/// Drops the expired holders, then adds this one if fewer than N are left: 1 if it did.
+const FLOOR_ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  return 1
+end
+return 0
+";
+
+impl RedisSemaphoreFloor {
+    /// A connection of its own to the semaphore `key` of `permits`.
+    pub async fn new(redis: &Redis, key: &str, permits: u32) -> RedisSemaphoreFloor {
+        RedisSemaphoreFloor {
+            conn: redis.connection().await,
+            key: key.to_owned(),
+            permits,
+            acquire: Arc::new(Script::new(FLOOR_ACQUIRE)),
+        }
+    }
+
+    /// Where releases are announced, for waiters that listen ([`Self::acquire_notified`]).
+    fn channel(&self) -> String {
+        format!("{}:free", self.key)
+    }
+
+    /// One attempt: true if `token` now holds a permit.
+    pub async fn try_acquire(&self, token: &str) -> bool {
+        let taken: i64 = self
+            .acquire
+            .key(&self.key)
+            .arg(self.permits)
+            .arg(TTL.as_millis() as u64)
+            .arg(token)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        taken == 1
+    }
+
+    /// Waits for a permit by trying again every 1 ms.
+    pub async fn acquire_polling(&self, token: &str) {
+        while !self.try_acquire(token).await {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Waits for a permit, trying again when a release is announced (subscribed before the
+    /// first attempt, so that no announcement is missed; every second in any case).
+    pub async fn acquire_notified(&self, token: &str, pubsub: &redis::Client) {
+        let mut pubsub = pubsub.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(self.channel()).await.unwrap();
+        let mut announced = pubsub.on_message();
+        while !self.try_acquire(token).await {
+            let _ = tokio::time::timeout(Duration::from_secs(1), announced.next()).await;
+        }
+    }
+
+    /// `ZREM`: the permit is free.
+    pub async fn release(&self, token: &str) {
+        let _: i64 = redis::cmd("ZREM")
+            .arg(&self.key)
+            .arg(token)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+    }
+
+    /// `ZREM` and `PUBLISH` on the semaphore's channel, pipelined (one round trip).
+    pub async fn release_announced(&self, token: &str) {
+        let _: (i64, i64) = redis::pipe()
+            .cmd("ZREM")
+            .arg(&self.key)
+            .arg(token)
+            .cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(token)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+    }
+}
+
+/// The etcd semaphore floor: a key `prefix/token` per holder on the process's one lease,
+/// held while it is among the prefix's N oldest keys (by create revision). One value per
+/// process: its own client and lease, like a locker.
+#[derive(Clone)]
+pub struct EtcdSemaphoreFloor {
+    client: etcd_client::Client,
+    lease: i64,
+    prefix: String,
+    permits: u32,
+}
+
+impl EtcdSemaphoreFloor {
+    /// A client of its own, its lease granted once, for the semaphore `prefix` of `permits`.
+    pub async fn new(etcd: &Etcd, prefix: &str, permits: u32) -> EtcdSemaphoreFloor {
+        let (client, lease) = shared_lease(etcd).await;
+        EtcdSemaphoreFloor {
+            client,
+            lease,
+            prefix: format!("{prefix}/"),
+            permits,
+        }
+    }
+
+    /// The prefix's first N keys by create revision, keys only: the holders.
+    fn holders(&self) -> GetOptions {
+        GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(self.permits as i64)
+    }
+
+    /// Waits for a permit; returns the key to release.
+    pub async fn acquire(&self, token: &str) -> String {
+        let key = format!("{}{token}", self.prefix);
+        let held = |reply: &GetResponse| reply.kvs().iter().any(|kv| kv.key() == key.as_bytes());
+        let mut kv = self.client.kv_client();
+        let put = TxnOp::put(
+            key.as_str(),
+            "",
+            Some(PutOptions::new().with_lease(self.lease)),
+        );
+        let first = TxnOp::get(self.prefix.as_str(), Some(self.holders()));
+        let reply = kv.txn(Txn::new().and_then([put, first])).await.unwrap();
+        match &reply.op_responses()[1] {
+            TxnOpResponse::Get(range) if held(range) => return key,
+            _ => {}
+        }
+        // Deletes of the prefix from now on, each of which may make this key one of the
+        // first N. From now, not from the put's revision: etcd serves a watch that starts in
+        // the past from a loop that catches up every 100 ms. A delete between the put and the
+        // watch's creation is caught by ranging again once the watch is created.
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_filters([WatchFilterType::NoPut]);
+        let mut watch = self
+            .client
+            .watch_client()
+            .watch(self.prefix.as_str(), Some(options))
+            .await
+            .unwrap();
+        loop {
+            let message = watch.message().await.unwrap().expect("the watch ended");
+            if message.events().is_empty() && !message.created() {
+                continue; // a progress notice
+            }
+            let range = kv
+                .get(self.prefix.as_str(), Some(self.holders()))
+                .await
+                .unwrap();
+            if held(&range) {
+                return key;
+            }
+        }
+    }
+
+    /// Deletes the holder's key.
+    pub async fn release(&self, key: &str) {
+        self.client.kv_client().delete(key, None).await.unwrap();
+    }
 }

@@ -84,7 +84,7 @@ async fn measure(redis: &Redis, server: &str, s: &Settings, op: Op) -> Cost {
 }
 
 /// `(command, calls)` of every command the server has run so far.
-async fn commandstats(admin: &mut redis::aio::ConnectionManager) -> Vec<(String, u64)> {
+pub async fn commandstats(admin: &mut redis::aio::ConnectionManager) -> Vec<(String, u64)> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(admin)

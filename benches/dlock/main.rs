@@ -10,7 +10,10 @@
 //! 4. `hold`: 100,000 locks held, on Redis and on etcd: live heap per guard (`heap.rs`), the
 //!    CPU the client and the server spend on renewal, and etcd's lease count;
 //! 5. `cost`: what one uncontended lock + release costs the Redis server (commands and CPU
-//!    per pair), against the floor and rslock.
+//!    per pair), against the floor and rslock;
+//! 6. `semaphore`: semaphores of 5 permits: acquire + release pairs/s on one semaphore (1
+//!    and 16 tasks), handoff to a blocked waiter (p50/p90) and, on Redis, the commands and
+//!    time of one pair, against the floors (issue 21).
 //!
 //! Each section also records its figures for `charts.rs`, which ends the run by drawing
 //! them as SVG files in `benches/charts/` (shown by BENCHMARKS.md).
@@ -23,7 +26,7 @@
 //! ```sh
 //! cargo bench --all-features --bench dlock              # full run (~5 min)
 //! cargo bench --all-features --bench dlock -- --quick   # shorter windows, for a smoke test
-//! cargo bench --all-features --bench dlock -- hold  # or: throughput, handoff, contention, hold, cost
+//! cargo bench --all-features --bench dlock -- hold  # or: throughput, handoff, contention, hold, cost, semaphore
 //! ```
 
 #[path = "../../tests/support/mod.rs"]
@@ -37,6 +40,7 @@ mod handoff;
 mod heap;
 mod hold;
 mod measure;
+mod semaphore;
 mod throughput;
 
 use std::time::Duration;
@@ -107,7 +111,7 @@ fn main() {
 }
 
 /// Sections named on the command line (`throughput`, `handoff`, `contention`, `hold`,
-/// `cost`), or all.
+/// `cost`, `semaphore`), or all.
 fn wanted(section: &str) -> bool {
     let named: Vec<String> = std::env::args()
         .skip(1)
@@ -139,6 +143,9 @@ async fn run(s: Settings) {
     }
     if wanted("cost") {
         cost::run(&redis, &s).await;
+    }
+    if wanted("semaphore") {
+        semaphore::run(&redis, &etcd, &s).await;
     }
     charts::write(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/charts"));
 }
