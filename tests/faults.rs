@@ -176,7 +176,7 @@ async fn semaphore_holders_stay_at_most_n_with_renewals_cut<F: Proxied>() {
     ];
     let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let losses = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let until = Instant::now() + 4 * TTL;
+    let until = Instant::now() + 5 * TTL;
     let mut tasks = Vec::new();
     for i in 0..64 {
         let crawlers = lockers[i % 4].semaphore("crawler", 3);
@@ -207,14 +207,27 @@ async fn semaphore_holders_stay_at_most_n_with_renewals_cut<F: Proxied>() {
             }
         }));
     }
+    // Each cut falls while a task behind the proxy surely holds a permit: this one, on a
+    // locker of its own (its turn does not wait behind another locker's tasks).
+    let cutter = target.via_proxy().await.semaphore("crawler", 3);
     let cuts = tokio::spawn({
         let target = target.clone();
+        let (spans, losses) = (spans.clone(), losses.clone());
         async move {
-            while Instant::now() + TTL < until {
-                sleep(TTL / 2).await;
+            while Instant::now() + 2 * TTL < until {
+                sleep(TTL / 4).await;
+                let options = LockOptions::new().wait_timeout(until - Instant::now());
+                let Ok(permit) = cutter.acquire_with(options).await else {
+                    continue;
+                };
+                let (start, lost) = (Instant::now(), permit.lost());
                 target.proxy.blackhole();
-                sleep(TTL + TTL / 2).await;
+                let fired = timeout(2 * TTL, lost.cancelled()).await.is_ok();
+                spans.lock().unwrap().push((start, Instant::now()));
+                assert!(fired, "lost() did not fire within 2 TTLs of a cut");
+                losses.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 target.proxy.pass();
+                let _ = permit.release().await;
             }
         }
     });

@@ -27,25 +27,30 @@
 --
 -- The fencing token is the server clock in microseconds, and more than the last one drawn
 -- while the semaphore was kept: strictly increasing as a lock's (obtain.lua).
-if redis.call('TYPE', KEYS[1]).ok == 'string' then
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+-- What this attempt needs of the hash, in one read: its own entry (a resent copy), the
+-- semaphore's N and the last fencing token. A string there is a lock's key.
+local fields = redis.pcall('HMGET', KEYS[1], ARGV[1], '#n', '#last')
+if fields.err then
   if string.byte(redis.call('GET', KEYS[1]), 1) ~= 126 then
     return -1 -- a held lock
   end
   redis.call('DEL', KEYS[1]) -- a released lock's tombstone: free
+  fields = {}
 end
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
--- Holders whose TTL ran out, and tombstones whose time is over, go first.
+local own, theirs, last = fields[1], tonumber(fields[2]), tonumber(fields[3])
+-- Holders whose TTL ran out leave, with their entries; so do tombstones whose time is over
+-- (holders are scored in (0, ms] once expired, tombstones in [-ms, 0)).
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], 0, ms)
 for i = 1, #expired do
   redis.call('HDEL', KEYS[1], expired[i])
+  if expired[i] == ARGV[1] then
+    own = false
+  end
 end
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, ms)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], -ms, '(0')
+redis.call('ZREMRANGEBYSCORE', KEYS[2], -ms, ms)
 local ttl = tonumber(ARGV[2])
-local own = redis.call('HGET', KEYS[1], ARGV[1])
 if own then -- a resent copy of an attempt that took a permit
   redis.call('ZADD', KEYS[2], 'XX', ms + ttl, ARGV[1])
   return tonumber(string.match(own, '^%d+'))
@@ -55,22 +60,24 @@ if redis.call('ZSCORE', KEYS[2], '~' .. ARGV[1]) then
 end
 local n = tonumber(ARGV[3])
 local held = redis.call('ZCOUNT', KEYS[2], '(0', '+inf')
-if held > 0 then
-  local theirs = tonumber(redis.call('HGET', KEYS[1], '#n'))
-  if theirs and theirs ~= n then
-    return -theirs
-  end
+if held > 0 and theirs and theirs ~= n then
+  return -theirs
 end
--- Waiters that stopped trying in time (gone, cancelled) leave the line first.
+-- The line, without the waiters that stopped trying in time (gone, cancelled); where this
+-- attempt stands in it (an attempt not in line stands behind all of it).
 local line = redis.call('ZRANGE', KEYS[3], 0, -1)
+local ahead, in_line = 0, false
 for i = 1, #line do
   local until_ms = tonumber(redis.call('HGET', KEYS[1], '@' .. line[i]))
   if not until_ms or until_ms <= ms then
     redis.call('ZREM', KEYS[3], line[i])
     redis.call('HDEL', KEYS[1], '@' .. line[i])
+  elseif line[i] == ARGV[1] then
+    in_line = true
+  elseif not in_line then
+    ahead = ahead + 1
   end
 end
-local ahead = redis.call('ZRANK', KEYS[3], ARGV[1]) or redis.call('ZCARD', KEYS[3])
 if held + ahead >= n then
   local mark = ARGV[4]
   if mark == '!' or mark == '^' then
@@ -78,7 +85,9 @@ if held + ahead >= n then
   end
   local patience = tonumber(ARGV[6])
   if patience > 0 then
-    redis.call('ZADD', KEYS[3], 'NX', tonumber(now[1]) * 1000000 + tonumber(now[2]), ARGV[1])
+    if not in_line then
+      redis.call('ZADD', KEYS[3], tonumber(now[1]) * 1000000 + tonumber(now[2]), ARGV[1])
+    end
     redis.call('HSET', KEYS[1], '@' .. ARGV[1], ms + patience)
     for i = 1, 3 do
       if redis.call('PTTL', KEYS[i]) < patience then
@@ -88,18 +97,23 @@ if held + ahead >= n then
   end
   return 0
 end
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[1], '@' .. ARGV[1])
+if in_line then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('HDEL', KEYS[1], '@' .. ARGV[1])
+end
 local fence = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local last = tonumber(redis.call('HGET', KEYS[1], '#last'))
 if last and fence <= last then
   fence = last + 1
 end
 local digits = string.format('%.0f', fence)
 redis.call('HSET', KEYS[1], ARGV[1], digits .. ARGV[5], '#last', digits, '#n', ARGV[3])
 redis.call('ZADD', KEYS[2], ms + ttl, ARGV[1])
--- Both keys live as long as their longest holder.
-local keep = math.max(redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2]), ttl)
-redis.call('PEXPIRE', KEYS[1], keep)
-redis.call('PEXPIRE', KEYS[2], keep)
+-- Both keys live as long as their longest holder. A hash without `#last` was new (or held
+-- waiters' entries only): its TTL is set whatever the holders' is.
+local pttl = redis.call('PTTL', KEYS[2])
+if pttl < ttl or not last then
+  local keep = math.max(pttl, ttl)
+  redis.call('PEXPIRE', KEYS[1], keep)
+  redis.call('PEXPIRE', KEYS[2], keep)
+end
 return fence

@@ -24,15 +24,19 @@ if expiry and tonumber(expiry) > ms then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('ZADD', KEYS[2], -(ms + window), tombstone)
-  local channel = KEYS[1] .. ':released'
-  if redis.call('HDEL', KEYS[1], '!') == 1 then
-    redis.call('PUBLISH', channel, ARGV[3])
-  end
-  if redis.call('HDEL', KEYS[1], '^') == 1 then
-    if redis.REDIS_VERSION then
-      redis.call('SPUBLISH', channel, ARGV[3])
-    else
+  local marks = redis.call('HMGET', KEYS[1], '!', '^')
+  if marks[1] or marks[2] then
+    redis.call('HDEL', KEYS[1], '!', '^')
+    local channel = KEYS[1] .. ':released'
+    if marks[1] then
       redis.call('PUBLISH', channel, ARGV[3])
+    end
+    if marks[2] then
+      if redis.REDIS_VERSION then
+        redis.call('SPUBLISH', channel, ARGV[3])
+      else
+        redis.call('PUBLISH', channel, ARGV[3])
+      end
     end
   end
   if redis.call('ZCOUNT', KEYS[2], '(0', '+inf') == 0 then
