@@ -106,6 +106,73 @@ async fn an_acknowledged_lock_is_on_every_replica_it_waited_for() {
     }
 }
 
+/// Semaphores take the same acknowledgement: a permit no replica acknowledged is undone and
+/// refused (nothing held on the master), and an acknowledged permit is on every replica it
+/// waited for, renewed (acknowledged) past its TTL, and released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_permits_wait_for_replica_acknowledgement() {
+    let lonely = support::ReplicatedRedis::start(0).await;
+    let url = lonely.master().url();
+    let locker = locker_at(
+        &url,
+        Duration::from_secs(5),
+        Some(ReplicaAck::new(1, ms(50))),
+    )
+    .await;
+    match locker.semaphore("pool", 3).try_acquire().await {
+        Err(e @ Error::Backend { .. }) => assert!(
+            e.to_string().contains("only 0 of 1 replicas acknowledged"),
+            "unclear error: {e}"
+        ),
+        other => panic!("a permit no replica has was granted: {other:?}"),
+    }
+    let plain = locker_at(&url, Duration::from_secs(5), None).await;
+    assert!(
+        plain
+            .semaphore("pool", 3)
+            .holders()
+            .await
+            .expect("holders")
+            .is_empty(),
+        "the unacknowledged permit was not undone"
+    );
+
+    let redis = support::ReplicatedRedis::start(2).await;
+    let ttl = Duration::from_secs(2);
+    let locker = locker_at(
+        &redis.master().url(),
+        ttl,
+        Some(ReplicaAck::new(2, ms(500))),
+    )
+    .await;
+    let pool = locker.semaphore("pool", 3);
+    let permits = [
+        pool.acquire().await.expect("acquire"),
+        pool.acquire().await.expect("acquire"),
+    ];
+    for replica in redis.replicas() {
+        let mut conn = support::connection_manager_at(&replica.url()).await;
+        let held: u64 = redis::cmd("ZCARD")
+            .arg("repl:{pool}:held")
+            .query_async(&mut conn)
+            .await
+            .expect("ZCARD");
+        assert!(
+            held >= 2,
+            "replica {} lacks acknowledged permits",
+            replica.url()
+        );
+    }
+    sleep(3 * ttl).await; // renewed, acknowledged, past three TTLs
+    for permit in permits {
+        assert!(
+            !permit.is_lost(),
+            "an acknowledged permit was lost while renewed"
+        );
+        permit.release().await.expect("release");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_renewals_fire_lost_while_the_replica_still_has_the_lock() {
     let redis = support::ReplicatedRedis::start(1).await;

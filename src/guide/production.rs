@@ -44,7 +44,7 @@
 //! `*?[]\` in it, the patterns are globs):
 //!
 //! ```text
-//! ACL SETUSER dlock reset on >CHANGE-ME ~myapp:lock:* &myapp:lock:* +evalsha +script|load +get +set +pexpire +pttl +time +publish +subscribe +unsubscribe +type +del +hget +hset +hdel +zadd +zrem +zscore +zcount +zcard +zrank +zrange +zrangebyscore +zremrangebyscore
+//! ACL SETUSER dlock reset on >CHANGE-ME ~myapp:lock:* &myapp:lock:* +evalsha +script|load +get +set +pexpire +pttl +time +publish +subscribe +unsubscribe +type +del +hget +hmget +hset +hdel +zadd +zrem +zscore +zcount +zrange +zrangebyscore +zremrangebyscore
 //! ```
 //!
 //! | right | what for |
@@ -54,7 +54,7 @@
 //! | `+evalsha`, `+script\|load` | the scripts (loaded once when the server does not have them) |
 //! | `+get +set +pexpire +pttl +time` | called from the scripts (Redis 7 checks them against the caller): read a lock, write it or its tombstone, renew it, read what remains of its TTL (`Locker::holder`), draw the fencing token |
 //! | `+publish` | the release script announces the release |
-//! | `+type +del +hget +hset +hdel +zadd +zrem +zscore +zcount +zcard +zrank +zrange +zrangebyscore +zremrangebyscore` | called from the semaphore scripts (`Locker::semaphore`): a semaphore's hash, its holders and its line of waiters, and a name that passes between a lock and a semaphore |
+//! | `+type +del +hget +hmget +hset +hdel +zadd +zrem +zscore +zcount +zrange +zrangebyscore +zremrangebyscore` | called from the semaphore scripts (`Locker::semaphore`): a semaphore's hash, its holders and its line of waiters, and a name that passes between a lock and a semaphore |
 //! | `+subscribe +unsubscribe` | the notification connection (`.redis_pubsub(..)`) |
 //!
 //! With `.redis_cluster_pubsub(..)` add `+spublish +ssubscribe +sunsubscribe` (releases announced

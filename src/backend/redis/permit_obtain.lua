@@ -33,6 +33,9 @@ local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 -- semaphore's N and the last fencing token. A string there is a lock's key.
 local fields = redis.pcall('HMGET', KEYS[1], ARGV[1], '#n', '#last')
 if fields.err then
+  if not string.find(fields.err, 'WRONGTYPE', 1, true) then
+    return fields -- any other error (a refused right) is the caller's to see
+  end
   if string.byte(redis.call('GET', KEYS[1]), 1) ~= 126 then
     return -1 -- a held lock
   end

@@ -15,6 +15,9 @@ for i = 1, #KEYS do
   -- pcall: a key that a semaphore took meanwhile (a hash) is not ours, and must not fail
   -- the batch's other locks.
   local value = redis.pcall('GET', KEYS[i])
+  if type(value) == 'table' and not string.find(value.err, 'WRONGTYPE', 1, true) then
+    return value -- any other error (a refused right) is the caller's to see
+  end
   local token = ARGV[2 * i - 1]
   if type(value) == 'string' and string.find(value, token, 1, true) == 1
       and string.byte(value, #token + 1) == 58 then -- `:`

@@ -20,6 +20,9 @@
 -- or holds another acquisition.
 local value = redis.pcall('GET', KEYS[1])
 if type(value) == 'table' then
+  if not string.find(value.err, 'WRONGTYPE', 1, true) then
+    return value -- any other error (a refused right) is the caller's to see
+  end
   return 0 -- a semaphore took the name (a hash): the lock is not ours
 end
 if not value then
