@@ -91,6 +91,13 @@ const HOLDERS: &str = "SELECT fence, value, permits, \
          GREATEST(0, extract(epoch FROM expires - now()) * 1000)::bigint \
      FROM dlock_locks WHERE key = $1 AND permits > 0 AND expires > now()";
 
+/// `LockGuard::fence_transaction`: the guard's live row, locked until the caller's
+/// transaction ends. `clock_timestamp()`, not `now()`: the transaction may have begun long
+/// ago. The fencing token names the acquisition (the sequence never repeats one).
+pub(crate) const FENCE_TRANSACTION: &str = "SELECT 1 FROM dlock_locks \
+     WHERE key = $1 AND fence = $2 AND permits > 0 AND expires > clock_timestamp() \
+     FOR KEY SHARE";
+
 /// Runs the schema, in one transaction under an advisory lock so that concurrent calls do
 /// not race on `CREATE ... IF NOT EXISTS`.
 pub(crate) async fn migrate(pool: &PgPool) -> Result<()> {
