@@ -3,7 +3,7 @@
 //! harness runs both as `nobody` (through `setpriv`, which execs: the child is the server
 //! itself), on a dir it hands to that user, and fails with a clear message when it cannot.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use sqlx::PgPool;
 
 use super::{free_port, TempDir};
 
-/// Where Debian's `postgresql` package puts the server binaries.
-const BIN_DIRS: &[&str] = &["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"];
+/// Where Debian's `postgresql` package puts the server binaries: `<version>/bin` below.
+const BIN_ROOT: &str = "/usr/lib/postgresql";
 
 /// The user the server runs as when the tests run as root.
 const UNPRIVILEGED: &str = "nobody";
@@ -22,16 +22,28 @@ const UNPRIVILEGED_GROUP: &str = "nogroup";
 /// The superuser `initdb` creates.
 pub const SUPERUSER: &str = "postgres";
 
+/// The newest installed version's bin dir with both `initdb` and `postgres`.
 fn bin_dir() -> PathBuf {
-    for dir in BIN_DIRS {
-        if Path::new(dir).join("postgres").is_file() && Path::new(dir).join("initdb").is_file() {
-            return PathBuf::from(dir);
-        }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(BIN_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            let complete = bin.join("postgres").is_file() && bin.join("initdb").is_file();
+            complete.then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    match versions.pop() {
+        Some((_, bin)) => bin,
+        None => panic!(
+            "PostgreSQL's initdb and postgres not found under {BIN_ROOT}/<version>/bin: \
+             install them with `apt-get install -y postgresql` (or run scripts/test.sh, \
+             which installs it)"
+        ),
     }
-    panic!(
-        "PostgreSQL's initdb and postgres not found in {BIN_DIRS:?}: install them with \
-         `apt-get install -y postgresql` (or run scripts/test.sh, which installs it)"
-    );
 }
 
 fn running_as_root() -> bool {
