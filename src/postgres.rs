@@ -29,3 +29,17 @@ pub const SCHEMA: &str = crate::backend::postgres::SCHEMA;
 pub async fn migrate(pool: &PgPool) -> Result<()> {
     crate::backend::postgres::migrate(pool).await
 }
+
+#[cfg(test)]
+mod tests {
+    /// The README prints the schema for teams that run their own migrations: it must be
+    /// exactly what `migrate` runs.
+    #[test]
+    fn the_readme_prints_the_schema_migrate_runs() {
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains(super::SCHEMA.trim()),
+            "README.md's PostgreSQL section is not src/backend/postgres/schema.sql"
+        );
+    }
+}
