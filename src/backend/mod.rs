@@ -429,6 +429,7 @@ pub struct Lease {
     /// The lock's TTL.
     pub ttl: Duration,
     /// [`Request::permits`]: 1 for a lock.
+    #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
     pub permits: u32,
 }
 
