@@ -234,6 +234,24 @@ impl LockerBuilder {
         self.install(crate::backend::etcd::EtcdBackend::new(client))
     }
 
+    /// The connection pool for [`Driver::Postgres`] (feature `postgres`). Run
+    /// [`dlock::postgres::migrate`](crate::postgres::migrate) once first (or the SQL it runs,
+    /// [`dlock::postgres::SCHEMA`](crate::postgres::SCHEMA), in your own migrations).
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = sqlx::PgPool::connect("postgres://app@127.0.0.1/app").await?;
+    /// dlock::postgres::migrate(&pool).await?;
+    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Postgres))
+    ///     .postgres(pool)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres(self, pool: sqlx::PgPool) -> Self {
+        self.install(crate::backend::postgres::PostgresBackend::new(pool))
+    }
+
     /// The store for [`Driver::Memory`]; without it the process-wide [`MemoryStore::global`]
     /// is used.
     ///

@@ -38,7 +38,7 @@ const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Which backend a [`Locker`](crate::Locker) talks to.
 ///
-/// Written in YAML/JSON as `redis`, `etcd`, `memory` or `custom`.
+/// Written in YAML/JSON as `redis`, `etcd`, `postgres`, `memory` or `custom`.
 ///
 /// ```
 /// let driver: dlock::Driver = serde_json::from_str("\"etcd\"").unwrap();
@@ -53,6 +53,8 @@ pub enum Driver {
     Redis,
     /// etcd: a key attached to a lease kept alive, waiters queued by revision.
     Etcd,
+    /// PostgreSQL: one row per holder in `dlock_locks`, with an expiry by the server's clock.
+    Postgres,
     /// In-process: the same semantics inside one process, for tests and examples.
     Memory,
     /// A backend given with `LockerBuilder::backend` (feature `unstable-backend`), such as
@@ -70,6 +72,7 @@ impl Driver {
         match self {
             Driver::Redis => "redis",
             Driver::Etcd => "etcd",
+            Driver::Postgres => "postgres",
             Driver::Memory => "memory",
             Driver::Custom => "custom",
         }

@@ -228,7 +228,10 @@ impl Error {
     }
 
     /// `key` is held with `held` permits; the call named `asked` ([`Error::PermitsMismatch`]).
-    #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "etcd", feature = "postgres")),
+        allow(dead_code)
+    )]
     pub(crate) fn permits_mismatch(key: &str, asked: u32, held: u32) -> Self {
         Error::PermitsMismatch {
             key: display_key(key),

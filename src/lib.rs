@@ -126,6 +126,9 @@ mod holder;
 mod locker;
 pub mod metrics;
 mod options;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 mod registry;
 mod semaphore;
 #[cfg(feature = "testing")]

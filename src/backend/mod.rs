@@ -28,12 +28,14 @@ pub(crate) mod erased;
 pub(crate) mod etcd;
 pub(crate) mod memory;
 pub(crate) mod permission;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 mod support;
 mod wake;
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) use support::retry_until_acquired;
 #[cfg(feature = "etcd")]
 pub(crate) use support::safety_margin;
@@ -349,7 +351,10 @@ impl Request<'_> {
     /// assert_eq!(request.useful_for(), std::time::Duration::from_secs(9));
     /// # }
     /// ```
-    #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "etcd", feature = "postgres")),
+        allow(dead_code)
+    )]
     pub fn useful_for(&self) -> Duration {
         self.ttl - support::safety_margin(self.ttl)
     }
@@ -424,6 +429,7 @@ pub struct Lease {
     /// The lock's TTL.
     pub ttl: Duration,
     /// [`Request::permits`]: 1 for a lock.
+    #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
     pub permits: u32,
 }
 
@@ -455,7 +461,7 @@ pub enum Renewal {
     Lost(&'static str),
 }
 
-#[cfg(any(feature = "redis", feature = "etcd"))]
+#[cfg(any(feature = "redis", feature = "etcd", feature = "postgres"))]
 impl Renewal {
     /// The outcome of a renewal that found the lock still ours, or gone or taken.
     pub(crate) fn still_ours(ours: bool) -> Renewal {

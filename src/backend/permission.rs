@@ -35,7 +35,10 @@ pub(crate) fn refused_right(error: Error) -> Error {
 }
 
 /// The server's explanation, when `source` is a refused right of a client we know.
-#[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(unused_variables))]
+#[cfg_attr(
+    not(any(feature = "redis", feature = "etcd", feature = "postgres")),
+    allow(unused_variables)
+)]
 fn detail(source: &BoxError) -> Option<String> {
     #[cfg(feature = "redis")]
     if let Some(e) = source.downcast_ref::<redis::RedisError>() {
@@ -49,6 +52,14 @@ fn detail(source: &BoxError) -> Option<String> {
         // range outside the user's roles) and its admin-only calls.
         if i32::from(status.code()) == 7 {
             return Some(status.message().to_owned());
+        }
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(sqlx::Error::Database(e)) = source.downcast_ref::<sqlx::Error>() {
+        // SQLSTATE 42501, insufficient_privilege: a role without a right on dlock's table,
+        // sequence or functions.
+        if e.code().as_deref() == Some("42501") {
+            return Some(e.message().to_owned());
         }
     }
     None

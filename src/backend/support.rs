@@ -3,7 +3,12 @@
 //! provided waiting loop of [`Backend`].
 // The in-process backend alone needs none of the helpers for server calls.
 #![cfg_attr(
-    not(any(feature = "redis", feature = "etcd", feature = "unstable-backend")),
+    not(any(
+        feature = "redis",
+        feature = "etcd",
+        feature = "postgres",
+        feature = "unstable-backend"
+    )),
     allow(dead_code)
 )]
 

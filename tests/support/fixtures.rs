@@ -408,3 +408,145 @@ impl Etcd {
         self.server.pid().expect("the etcd fixture's server runs")
     }
 }
+
+/// A PostgreSQL server of its own, with dlock's schema; each locker has a pool of its own.
+/// A lock is held while `dlock_locks` has a live holder row (`permits > 0`) under its key.
+#[cfg(feature = "postgres")]
+pub struct Postgres {
+    pub server: super::PostgresServer,
+    pub admin: sqlx::PgPool,
+    /// The role the lockers connect as (the superuser, or a least-privilege role).
+    pub role: String,
+}
+
+#[cfg(feature = "postgres")]
+impl Postgres {
+    /// A server with the schema and the counters' table, lockers connecting as the superuser.
+    pub async fn start_as_superuser() -> Postgres {
+        let server = super::PostgresServer::start().await;
+        let admin = server.pool().await;
+        dlock::postgres::migrate(&admin).await.expect("migrate");
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS dlock_test_counters (name text PRIMARY KEY, value bigint NOT NULL)",
+        )
+        .execute(&admin)
+        .await
+        .expect("counters table");
+        let role = super::postgres_server::SUPERUSER.to_owned();
+        Postgres {
+            server,
+            admin,
+            role,
+        }
+    }
+
+    /// A pool of its own, as the fixture's role.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        self.server
+            .pool_as(&self.role, 10)
+            .await
+            .expect("connect to postgres")
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Fixture for Postgres {
+    const DRIVER: Driver = Driver::Postgres;
+    async fn start() -> Self {
+        Postgres::start_as_superuser().await
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        let pool = self.pool().await;
+        Locker::builder(config)
+            .postgres(pool)
+            .build()
+            .expect("build")
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM dlock_locks WHERE key = $1 AND permits > 0 AND expires > now())",
+        )
+        .bind(format!("{prefix}{key}"))
+        .fetch_one(&self.admin)
+        .await
+        .expect("exists")
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        sqlx::query("DELETE FROM dlock_locks WHERE key = $1")
+            .bind(format!("{prefix}{key}"))
+            .execute(&self.admin)
+            .await
+            .expect("delete");
+    }
+    async fn stop_server(&mut self) {
+        self.server.kill();
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        let value: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM dlock_test_counters WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.admin)
+                .await
+                .expect("read counter");
+        value.unwrap_or(0) as u64
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        sqlx::query(
+            "INSERT INTO dlock_test_counters (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value as i64)
+        .execute(&self.admin)
+        .await
+        .expect("write counter");
+    }
+}
+
+/// The README's GRANT lines for the lockers' role (`dlock_app` there): rights on dlock's
+/// table, sequence and functions only.
+#[cfg(feature = "postgres")]
+pub const POSTGRES_GRANTS: &str = "
+CREATE ROLE dlock_app LOGIN;
+REVOKE EXECUTE ON FUNCTION dlock_acquire, dlock_abandon FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON dlock_locks TO dlock_app;
+GRANT USAGE ON SEQUENCE dlock_fence TO dlock_app;
+GRANT EXECUTE ON FUNCTION dlock_acquire, dlock_abandon TO dlock_app;
+";
+
+/// [`Postgres`] whose lockers connect as `dlock_app`, a role with [`POSTGRES_GRANTS`] only
+/// (the schema is migrated by the superuser).
+#[cfg(feature = "postgres")]
+pub struct PostgresLeastPrivilege(pub Postgres);
+
+#[cfg(feature = "postgres")]
+impl Fixture for PostgresLeastPrivilege {
+    const DRIVER: Driver = Driver::Postgres;
+    async fn start() -> Self {
+        let mut fx = Postgres::start_as_superuser().await;
+        sqlx::raw_sql(POSTGRES_GRANTS)
+            .execute(&fx.admin)
+            .await
+            .expect("the README's GRANT lines");
+        fx.role = "dlock_app".to_owned();
+        PostgresLeastPrivilege(fx)
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        self.0.locker(config).await
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        self.0.exists(prefix, key).await
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        self.0.delete(prefix, key).await
+    }
+    async fn stop_server(&mut self) {
+        self.0.stop_server().await
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        self.0.read_counter(name).await
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        self.0.write_counter(name, value).await
+    }
+}

@@ -7,11 +7,15 @@ mod etcd_server;
 /// Needs the `testing` feature (the torture tool includes this harness without it).
 #[cfg(feature = "testing")]
 pub mod fixtures;
+#[cfg(feature = "postgres")]
+mod postgres_server;
 mod proxy;
 mod redis_server;
 mod sentinel;
 
 pub use etcd_server::{client_at, EtcdCluster, EtcdServer};
+#[cfg(feature = "postgres")]
+pub use postgres_server::PostgresServer;
 pub use proxy::Proxy;
 pub use redis_server::{
     connection_manager_at, connection_manager_for, form_cluster, script_calls, RedisCluster,
