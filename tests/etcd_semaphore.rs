@@ -130,23 +130,37 @@ async fn waiters_are_granted_in_request_order() {
         // The next waiter starts only once this one's key is in the queue.
         await_queue_len(&admin, "fifo", i + 3, Duration::from_secs(5)).await;
     }
-    // Release one permit at a time: each release grants exactly the next waiter in line.
-    first.release().await.expect("release first");
-    second.release().await.expect("release second");
-    let mut pending = Vec::new();
-    for (i, (task, granted, release)) in waiters.into_iter().enumerate() {
-        timeout(Duration::from_secs(10), granted)
-            .await
-            .unwrap_or_else(|_| panic!("waiter {i} starved"))
-            .expect("granted");
-        pending.push((task, release));
-        if pending.len() == 2 {
-            let (task, release) = pending.remove(0);
-            release.send(()).unwrap();
-            task.await.unwrap();
-        }
+    // Release one permit at a time, and wait for its grant before the next release: each
+    // release grants exactly the next waiter in line (two at once would let the two granted
+    // tasks record themselves in either order).
+    let mut granted_rx = Vec::new();
+    let mut running = Vec::new();
+    for (task, granted, release) in waiters {
+        granted_rx.push(granted);
+        running.push((task, release));
     }
-    for (task, release) in pending {
+    let mut granted_rx = granted_rx.into_iter().enumerate();
+    let mut next_grant = || {
+        let (i, granted) = granted_rx.next().expect("a waiter left");
+        async move {
+            timeout(Duration::from_secs(10), granted)
+                .await
+                .unwrap_or_else(|_| panic!("waiter {i} starved"))
+                .expect("granted");
+        }
+    };
+    first.release().await.expect("release first");
+    next_grant().await;
+    second.release().await.expect("release second");
+    next_grant().await;
+    let mut running = running.into_iter();
+    for _ in 2..6 {
+        let (task, release) = running.next().expect("a running waiter");
+        release.send(()).unwrap();
+        task.await.unwrap();
+        next_grant().await;
+    }
+    for (task, release) in running {
         release.send(()).unwrap();
         task.await.unwrap();
     }
