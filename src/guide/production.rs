@@ -102,6 +102,14 @@
 //! creates it with the auth API calls equivalent to the lines above); a role on another prefix
 //! gets `Error::PermissionDenied` (`a_missing_etcd_right_is_a_typed_error`).
 //!
+//! **The client's own timeouts.** redis-rs 1.x gives a `MultiplexedConnection` (and a
+//! `ConnectionManager` by default) a 500 ms response timeout: on a loaded host a lock call
+//! then fails with `Error::Backend` ("timed out") long before dlock's own call timeout (5 s).
+//! Set it to what your deployment tolerates, e.g.
+//! `AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(2)))` with
+//! `get_multiplexed_async_connection_with_config`; dlock bounds every call by the lock's
+//! TTL and its call timeout anyway (`Locker::builder(..).call_timeout(..)`).
+//!
 //! **Secrets stay secret.** dlock never prints what it was given: passwords from URLs or
 //! connect options appear in no log line, error or `Debug` output of a builder or locker —
 //! normal operation, a refused password, a server that dies under a held lock, on both backends

@@ -187,10 +187,15 @@ impl WithPubsub for Redis {
 pub struct RedisMultiplexed(Redis);
 
 impl RedisMultiplexed {
+    /// redis-rs's default response timeout (500 ms) fails calls on a loaded machine (seen: a
+    /// `mutual_exclusion` run beside two `cargo` builds, "timed out"); the fixture gives it
+    /// 2 s, as the connection managers of `tests/support` have.
     async fn connection(&self) -> ::redis::aio::MultiplexedConnection {
+        let config = ::redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)));
         self.0
             .pubsub_client()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("multiplexed connection")
     }
