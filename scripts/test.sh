@@ -43,9 +43,15 @@ for target in "redis rdb" "redis aof" "etcd rdb" "redis rdb --election" "etcd rd
   timeout 120 cargo run --quiet -p dlock-torture -- --backend "$backend" $election \
     --persistence "$persistence" --procs 3 --tasks 4 --keys 3 --secs "${DLOCK_TORTURE_SECS:-20}"
 done
+# PostgreSQL: kill -9 and a restart with crash recovery, operator deletes, worker pauses and
+# the proxies' faults; locks, then elections.
+for election in "" --election; do
+  timeout 120 cargo run --quiet -p dlock-torture -- --backend postgres $election \
+    --procs 3 --tasks 4 --keys 3 --secs "${DLOCK_TORTURE_SECS:-20}"
+done
 # Semaphores: 3 permits per key on 2 keys (12 tasks); 4 sections of one key at once without
 # an excuse is a violation, and the fenced resource keeps the 3 highest tokens.
-for backend in redis etcd; do
+for backend in redis etcd postgres; do
   timeout 120 cargo run --quiet -p dlock-torture -- --backend "$backend" --permits 3 \
     --persistence rdb --procs 3 --tasks 4 --keys 2 --secs "${DLOCK_TORTURE_SECS:-20}"
 done

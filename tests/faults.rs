@@ -7,6 +7,8 @@ mod support;
 use std::time::Duration;
 
 use dlock::{Config, Driver, Error, LockOptions, Locker};
+#[cfg(feature = "postgres")]
+use support::fixtures::Postgres;
 use support::fixtures::{Etcd, Proxied, Redis};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -288,6 +290,17 @@ scenarios! {
         semaphore_holders_stay_at_most_n_with_renewals_cut::<Etcd>,
 }
 
+#[cfg(feature = "postgres")]
+scenarios! {
+    postgres_short_blackhole_is_survived: short_blackhole_is_survived::<Postgres>,
+    postgres_long_blackhole_fires_lost_before_the_server_expiry:
+        long_blackhole_fires_lost_before_the_server_expiry::<Postgres>,
+    postgres_reset_while_held_keeps_the_lock: reset_while_held_keeps_the_lock::<Postgres>,
+    postgres_reset_while_waiting_still_acquires: reset_while_waiting_still_acquires::<Postgres>,
+    postgres_semaphore_holders_stay_at_most_n_with_renewals_cut:
+        semaphore_holders_stay_at_most_n_with_renewals_cut::<Postgres>,
+}
+
 // ---------------------------------------------------------------------------------------
 // Redis only: data-losing restart, server down, blackholed server at lock time. (etcd keeps
 // its data across restarts; its dead-endpoint case is in tests/etcd.rs.)
@@ -364,7 +377,18 @@ async fn redis_down_gives_a_typed_error_not_a_hang() {
 /// Scenario 5b: Blackholed server (accepts, never answers) when `lock()` is called: bounded by the TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_blackholed_lock_call_is_bounded() {
-    let target = Target::<Redis>::start().await;
+    blackholed_lock_call_is_bounded::<Redis>().await
+}
+
+/// Scenario 5b on PostgreSQL: every pooled connection, and any new one, is blackholed.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_blackholed_lock_call_is_bounded() {
+    blackholed_lock_call_is_bounded::<Postgres>().await
+}
+
+async fn blackholed_lock_call_is_bounded<F: Proxied>() {
+    let target = Target::<F>::start().await;
     let proxy = &target.proxy;
     let locker = target.via_proxy().await;
     proxy.blackhole();

@@ -323,3 +323,77 @@ async fn etcd_semaphores_do_not_grow() {
         .expect("build");
     no_growth(locker, Etcd(server.client().await), Kind::Semaphores).await;
 }
+
+/// PostgreSQL: the rows of `dlock_locks` (holders, and the bars of undone attempts), and the
+/// server's connections of the locker's pool beyond what the pool counts as its own (a
+/// listening or undo connection that escaped the pool would show there).
+#[cfg(feature = "postgres")]
+struct Postgres {
+    admin: sqlx::PgPool,
+    /// The locker's pool, whose connections carry the application name `dlock-soak`.
+    pool: sqlx::PgPool,
+}
+
+#[cfg(feature = "postgres")]
+impl Residue for Postgres {
+    async fn counts(&self) -> Vec<(&'static str, u64)> {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM dlock_locks")
+            .fetch_one(&self.admin)
+            .await
+            .unwrap();
+        let connections: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dlock-soak'",
+        )
+        .fetch_one(&self.admin)
+        .await
+        .unwrap();
+        let beyond = (connections - i64::from(self.pool.size())).max(0);
+        vec![
+            ("rows", rows as u64),
+            ("connections beyond the pool", beyond as u64),
+        ]
+    }
+    async fn delete(&self, key: &str) {
+        sqlx::query("DELETE FROM dlock_locks WHERE key = $1")
+            .bind(format!("soak:{key}"))
+            .execute(&self.admin)
+            .await
+            .unwrap();
+    }
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_no_growth(kind: Kind) {
+    let server = support::PostgresServer::start().await;
+    let admin = server.pool().await;
+    dlock::postgres::migrate(&admin).await.expect("migrate");
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(server.port())
+        .username("postgres")
+        .database("postgres")
+        .application_name("dlock-soak");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .expect("connect");
+    let locker = Locker::builder(config(Driver::Postgres))
+        .postgres(pool.clone())
+        .build()
+        .expect("build");
+    no_growth(locker, Postgres { admin, pool }, kind).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_does_not_grow() {
+    postgres_no_growth(Kind::Locks).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_semaphores_do_not_grow() {
+    postgres_no_growth(Kind::Semaphores).await;
+}

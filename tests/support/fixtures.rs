@@ -508,6 +508,32 @@ impl Fixture for Postgres {
     }
 }
 
+/// Through the proxy: a small pool (4 connections, 1 s to acquire one) whose connections,
+/// the listening one included, all reach the server through `proxy`.
+#[cfg(feature = "postgres")]
+impl Proxied for Postgres {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.server.port()))
+    }
+    async fn locker_via(&self, proxy: &Proxy, config: Config) -> Locker {
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(proxy.addr().port())
+            .username(&self.role)
+            .database("postgres");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(1))
+            .connect_with(options)
+            .await
+            .expect("connect to postgres through the proxy");
+        Locker::builder(config)
+            .postgres(pool)
+            .build()
+            .expect("build")
+    }
+}
+
 /// The README's GRANT lines for the lockers' role (`dlock_app` there): rights on dlock's
 /// table, sequence and functions only.
 #[cfg(feature = "postgres")]

@@ -36,8 +36,9 @@
 //! is undone in the background by `dlock_abandon`, which takes the same advisory lock:
 //! it deletes the attempt's row, or, if the attempt has not run yet, leaves a bar (a row
 //! with `permits = 0`, holding nothing, gone with the TTL) so that the late attempt takes
-//! nothing. An attempt that finds its own token's row answers its fencing token again (a
-//! resent attempt is the same acquisition). A resent release would answer `false`: the
+//! nothing; the undo deletes the bar once it has expired (no later attempt on a key taken
+//! once would). An attempt that finds its own token's row answers its fencing token again
+//! (a resent attempt is the same acquisition). A resent release would answer `false`: the
 //! protocol has no tombstone for releases, and sqlx does not resend.
 //!
 //! # Wake-ups
@@ -69,6 +70,14 @@ const NAME: &str = "postgres";
 const ACQUIRE: &str = "SELECT dlock_acquire($1, $2, $3, $4, $5, $6)";
 
 const ABANDON: &str = "SELECT dlock_abandon($1, $2, $3)";
+
+/// Deletes the bar `dlock_abandon` left for `(key, token)` once it has expired.
+const UNBAR: &str = "DELETE FROM dlock_locks \
+     WHERE key = $1 AND token = $2 AND permits = 0 AND expires <= now()";
+
+/// Past a bar's TTL, how much longer its undo waits before deleting it: the bar's expiry
+/// is by the server's clock, from the start of the abandon's transaction.
+const UNBAR_MARGIN: Duration = Duration::from_millis(100);
 
 const RENEW: &str = "UPDATE dlock_locks SET expires = now() + $3 * interval '1 millisecond' \
      WHERE key = $1 AND token = $2 AND permits > 0 AND expires > now()";
@@ -147,7 +156,10 @@ impl PostgresBackend {
                         .bind(millis(ttl));
                     cx.call(NAME, &key, ttl, query.fetch_one(&pool))
                 };
-                cx.until_confirmed(NAME, &key, sent + ttl, abandon).await;
+                let barred = cx.until_confirmed(NAME, &key, sent + ttl, abandon).await;
+                if barred == Some(false) {
+                    unbar_when_expired(pool, cx, key, storage_key, token, ttl);
+                }
             }
         });
         let query = sqlx::query_scalar::<_, i64>(ACQUIRE)
@@ -386,6 +398,35 @@ impl Backend for PostgresBackend {
         }
         Ok(released)
     }
+}
+
+/// Deletes a bar once it has expired, in the background (on a task of its own: the next
+/// attempts on the key need not wait for it). Nothing else would: expired rows are otherwise
+/// deleted by later attempts, and a key taken once (or a locker gone quiet) has none. Given
+/// up when the locker closes; a later attempt's sweep deletes the bar then.
+fn unbar_when_expired(
+    pool: PgPool,
+    cx: Context,
+    key: String,
+    storage_key: String,
+    token: String,
+    ttl: Duration,
+) {
+    let closing = cx.closing().clone();
+    cx.clone().spawn(async move {
+        let unbar = async {
+            tokio::time::sleep(ttl + UNBAR_MARGIN).await;
+            let query = sqlx::query(UNBAR).bind(&storage_key).bind(&token);
+            if let Err(e) = cx.call(NAME, &key, ttl, query.execute(&pool)).await {
+                tracing::debug!(component = "dlock", backend = NAME, key = %key, error = %e,
+                    "an expired bar could not be deleted; a later attempt's sweep will");
+            }
+        };
+        tokio::select! {
+            _ = closing.cancelled() => {}
+            _ = unbar => {}
+        }
+    });
 }
 
 fn millis(d: Duration) -> i64 {

@@ -580,6 +580,7 @@ impl Report {
     ) -> i32 {
         let persistence = match args.backend.as_str() {
             "redis" => args.persistence.name(),
+            "postgres" => "WAL, fsync on (crash recovery)",
             _ => "raft (3 members)",
         };
         println!(

@@ -30,6 +30,8 @@ pub(crate) enum Kind {
     QuorumLoss,
     OperatorDeletePrefix,
     LeaseRevoke,
+    PostgresRestart,
+    OperatorDeleteRows,
 }
 
 impl Kind {
@@ -47,6 +49,8 @@ impl Kind {
             Kind::QuorumLoss => "kill 2 of 3 (no quorum)".into(),
             Kind::OperatorDeletePrefix => "operator delete prefix".into(),
             Kind::LeaseRevoke => "operator revoke lease".into(),
+            Kind::PostgresRestart => "postgres kill -9+recovery".into(),
+            Kind::OperatorDeleteRows => "operator DELETE rows".into(),
         }
     }
 
@@ -54,12 +58,17 @@ impl Kind {
     pub(crate) fn is_operator(self) -> bool {
         matches!(
             self,
-            Kind::OperatorDel | Kind::OperatorDeletePrefix | Kind::LeaseRevoke
+            Kind::OperatorDel
+                | Kind::OperatorDeletePrefix
+                | Kind::LeaseRevoke
+                | Kind::OperatorDeleteRows
         )
     }
 
     /// Faults that take locks away on the server, which a holder learns of only at its
-    /// next renewal: they excuse an overlap of bounded length (rule 5).
+    /// next renewal: they excuse an overlap of bounded length (rule 5). Not a PostgreSQL
+    /// crash: with fsync and synchronous commit on, crash recovery keeps every committed
+    /// acquisition and renewal, so the holders must keep mutual exclusion through it.
     pub(crate) fn takes_locks(self) -> bool {
         self.is_operator() || matches!(self, Kind::RedisRestart(_))
     }
@@ -236,6 +245,9 @@ pub(crate) async fn server_faults(server: &mut LockServer, end: Instant) -> Vec<
                 persistence,
             } => redis_fault(server, *persistence, n % 2 == 0).await,
             LockServer::Etcd { cluster, admin } => etcd_fault(cluster, admin, n % 2 == 0).await,
+            LockServer::Postgres { server, admin } => {
+                postgres_fault(server, admin, n % 2 == 0).await
+            }
         };
         if let Some(kind) = kind {
             faults.push(Fault {
@@ -383,4 +395,27 @@ async fn operator_revoke_lease(admin: &mut etcd_client::Client) -> bool {
         tokio::time::timeout(Duration::from_secs(2), attempt).await,
         Ok(Some(_))
     )
+}
+
+/// A `kill -9` of the server, down for 0.1-1 s, and a restart that runs crash recovery on
+/// the same data dir; or an operator deleting the holder rows of the lock keys (the
+/// sequence left alone). `None` if nothing happened (no holder row at that moment).
+async fn postgres_fault(
+    server: &mut support::PostgresServer,
+    admin: &sqlx::PgPool,
+    restart: bool,
+) -> Option<Kind> {
+    if restart {
+        server.kill();
+        sleep(random_duration(100..1000)).await;
+        server.restart().await;
+        return Some(Kind::PostgresRestart);
+    }
+    let delete = sqlx::query("DELETE FROM dlock_locks WHERE key LIKE $1 AND permits > 0")
+        .bind(format!("{PREFIX}%"))
+        .execute(admin);
+    match tokio::time::timeout(Duration::from_secs(2), delete).await {
+        Ok(Ok(done)) if done.rows_affected() > 0 => Some(Kind::OperatorDeleteRows),
+        _ => None,
+    }
 }

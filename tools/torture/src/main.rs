@@ -7,6 +7,7 @@
 //! cargo run -p dlock-torture -- --backend redis --persistence aof --secs 20
 //! cargo run -p dlock-torture -- --backend etcd --secs 20
 //! cargo run -p dlock-torture -- --backend etcd --no-faults
+//! cargo run -p dlock-torture -- --backend postgres --secs 20
 //! cargo run -p dlock-torture -- --backend redis --election --secs 20
 //! cargo run -p dlock-torture -- --backend redis --permits 3 --keys 2 --secs 20
 //! ```
@@ -26,7 +27,8 @@
 //! # What runs
 //!
 //! - **Lock server**: one `redis-server` whose persistence `--persistence rdb|aof|none`
-//!   chooses (default `rdb`), or, with `--backend etcd`, a 3-member etcd cluster.
+//!   chooses (default `rdb`), or, with `--backend etcd`, a 3-member etcd cluster, or, with
+//!   `--backend postgres`, one PostgreSQL server (the test harness's, fsync on).
 //! - **Fenced resource**: a second `redis-server`, never proxied and never faulted. Per lock
 //!   key it keeps the highest fencing token it accepted (the N highest with `--permits N`)
 //!   and a log of every write. A Lua script accepts a write if its token is `>=` the highest
@@ -58,7 +60,10 @@
 //!   applies to Redis. An operator `DEL`s the lock keys (found with `SCAN`, fencing counters
 //!   left alone). On etcd: a follower or the leader is killed and restarted, rarely two
 //!   members at once (quorum lost for less than the TTL); an operator deletes the lock
-//!   prefix, or revokes a random lease. Server faults alternate between a restart and an
+//!   prefix, or revokes a random lease. On PostgreSQL: the server is killed (SIGKILL), stays
+//!   down 0.1-1 s and restarts with crash recovery on its data dir (this excuses nothing:
+//!   every committed acquisition and renewal survives); an operator `DELETE`s the holder
+//!   rows of the lock keys (the sequence left alone). Server faults alternate between a restart and an
 //!   operator action, a restart first, so that every run has at least one restart.
 //!
 //! A fault *touches* a section when the fault's time span meets the section's

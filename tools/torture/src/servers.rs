@@ -1,4 +1,5 @@
-//! The coordinator and what it runs: the lock server (Redis or a 3-member etcd cluster), the
+//! The coordinator and what it runs: the lock server (Redis, a 3-member etcd cluster or
+//! PostgreSQL), the
 //! fenced resource, the worker processes and their proxies; then the faults and the checker.
 
 use std::io::{BufRead, BufReader};
@@ -81,6 +82,11 @@ pub(crate) enum LockServer {
         /// large, and the Redis variant small.
         admin: Box<etcd_client::Client>,
     },
+    Postgres {
+        server: support::PostgresServer,
+        /// The operator's own pool, straight to the server (no proxy).
+        admin: sqlx::PgPool,
+    },
 }
 
 impl LockServer {
@@ -95,7 +101,13 @@ impl LockServer {
                 let admin = Box::new(cluster.client().await);
                 LockServer::Etcd { cluster, admin }
             }
-            other => panic!("--backend redis|etcd, not {other}"),
+            "postgres" => {
+                let server = support::PostgresServer::start().await;
+                let admin = server.pool().await;
+                dlock::postgres::migrate(&admin).await.expect("migrate");
+                LockServer::Postgres { server, admin }
+            }
+            other => panic!("--backend redis|etcd|postgres, not {other}"),
         }
     }
 
@@ -103,6 +115,9 @@ impl LockServer {
     fn addrs(&self) -> Vec<SocketAddr> {
         match self {
             LockServer::Redis { server, .. } => vec![server.addr()],
+            LockServer::Postgres { server, .. } => {
+                vec![SocketAddr::from(([127, 0, 0, 1], server.port()))]
+            }
             LockServer::Etcd { cluster, .. } => cluster
                 .endpoints()
                 .iter()

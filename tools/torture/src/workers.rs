@@ -132,10 +132,10 @@ pub(crate) async fn worker(args: Args, me: WorkerArgs) -> i32 {
 
 async fn connect_locker(backend: &str, endpoints: &[String]) -> Locker {
     let config = Config {
-        driver: if backend == "etcd" {
-            Driver::Etcd
-        } else {
-            Driver::Redis
+        driver: match backend {
+            "etcd" => Driver::Etcd,
+            "postgres" => Driver::Postgres,
+            _ => Driver::Redis,
         },
         prefix: PREFIX.into(),
         default_ttl: TTL,
@@ -147,6 +147,27 @@ async fn connect_locker(backend: &str, endpoints: &[String]) -> Locker {
             let urls: Vec<String> = endpoints.iter().map(|a| format!("http://{a}")).collect();
             let client = support::client_at(&urls).await;
             Locker::builder(config).etcd(client).build().expect("build")
+        }
+        "postgres" => {
+            // A small pool whose every connection (the listening one too) goes through
+            // this worker's proxy; a blackholed one gives up waiting for a connection in
+            // TTL/2.
+            let addr: std::net::SocketAddr = endpoints[0].parse().expect("proxy addr");
+            let options = sqlx::postgres::PgConnectOptions::new()
+                .host("127.0.0.1")
+                .port(addr.port())
+                .username("postgres")
+                .database("postgres");
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(TTL / 2)
+                .connect_with(options)
+                .await
+                .expect("connect to postgres through the proxy");
+            Locker::builder(config)
+                .postgres(pool)
+                .build()
+                .expect("build")
         }
         _ => {
             let url = format!("redis://{}/", endpoints[0]);
