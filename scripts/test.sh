@@ -21,10 +21,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The soak tests (100,000 keys per backend) run alone afterwards: they load both cores, and
-# the fault tests next to them measure deadlines.
+# The soak tests (100,000 cycles per backend, locks and semaphores) run afterwards, two at a
+# time: the fault tests must not run beside them (they measure deadlines), and the etcd and
+# PostgreSQL soaks wait on their servers' fsyncs more than on the CPU.
 cargo test --all-features -- --test-threads "${DLOCK_TEST_THREADS:-4}" --skip _does_not_grow
-cargo test --all-features --test soak -- --test-threads 1
+cargo test --all-features --test soak -- --test-threads 2
 # The guide's pictures (tools/pictures, a workspace member the root's `cargo test` skips):
 # fails when docs/pictures/*.svg are not what `cargo run -p dlock-pictures` draws.
 cargo test --quiet -p dlock-pictures
