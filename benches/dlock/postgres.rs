@@ -201,7 +201,11 @@ fn dlock_op(lockers: Vec<Locker>, hot: bool) -> Op {
     Arc::new(move |task, _| {
         let locker = lockers[task % lockers.len()].clone();
         Box::pin(async move {
-            let key = if hot { "hot".to_owned() } else { format!("k{task}") };
+            let key = if hot {
+                "hot".to_owned()
+            } else {
+                format!("k{task}")
+            };
             let options = LockOptions::new().wait_timeout(Duration::from_secs(60));
             let guard = locker.lock_with(&key, options).await.unwrap();
             guard.release().await.unwrap();
@@ -213,7 +217,11 @@ fn floor_op(floors: Vec<Floor>, hot: bool) -> Op {
     Arc::new(move |task, i| {
         let floor = floors[task % floors.len()].clone();
         Box::pin(async move {
-            let key = if hot { "hot".to_owned() } else { format!("k{task}") };
+            let key = if hot {
+                "hot".to_owned()
+            } else {
+                format!("k{task}")
+            };
             let token = format!("{task}-{i}");
             floor.acquire(&key, &token).await;
             floor.release(&key, &token).await;
@@ -445,7 +453,9 @@ async fn explain_inner(admin: &PgPool) {
             (row.get(0), row.get(1), row.get(2), row.get(3));
         println!("| {name} | {live} | {dead} | {vacuumed} |");
     }
-    println!("\nInside `dlock_acquire`, with a generic plan (`plan_cache_mode = force_generic_plan`),");
+    println!(
+        "\nInside `dlock_acquire`, with a generic plan (`plan_cache_mode = force_generic_plan`),"
+    );
     println!("on the key the pairs above used, in a rolled-back transaction:\n");
     for sql in [
         "PREPARE p(text) AS DELETE FROM dlock_locks WHERE key = $1 AND expires <= now()",
