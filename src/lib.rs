@@ -2,7 +2,8 @@
 //!
 //! New here? The [guide] walks through it chapter by chapter: [getting
 //! started](guide::getting_started), the [guarantees and limits](guide::guarantees), [choosing
-//! a backend](guide::backends), [production connections](guide::production),
+//! a backend](guide::backends), [PostgreSQL](guide::postgres) (with lock-checked
+//! transactions), [production connections](guide::production),
 //! [elections](guide::elections), [semaphores](guide::semaphores), the [`dlock` command](guide::command), [coming from the Go
 //! component](guide::from_go) and [writing a backend](guide::writing_a_backend).
 //!

@@ -1,5 +1,6 @@
 //! The `dlock` command end to end: the built binary, real child processes, a real
-//! `redis-server` / `etcd` (started by `tests/support`), and the fault proxy.
+//! `redis-server` / `etcd` / PostgreSQL (started by `tests/support`; PostgreSQL with the
+//! `postgres` feature), and the fault proxy.
 //!
 //! Order is checked with what the children write (lines appended to one file), never with
 //! timing assertions; the bounds below only stop a hung test.
@@ -25,6 +26,7 @@ fn dlock(server: &[&str], args: &[&str]) -> Command {
         .args(args)
         .env_remove("DLOCK_REDIS_URL")
         .env_remove("DLOCK_ETCD_ENDPOINTS")
+        .env_remove("DLOCK_POSTGRES_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -800,4 +802,92 @@ async fn redis_status_lists_every_permit_holder() {
 async fn etcd_status_lists_every_permit_holder() {
     let etcd = EtcdServer::start().await;
     status_lists_every_permit_holder(&["--etcd", &etcd.endpoint()]).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// `--postgres URL` (feature `postgres`): the schema is created by the test, as the command
+// never creates it.
+
+#[cfg(feature = "postgres")]
+async fn postgres_with_schema() -> support::PostgresServer {
+    let server = support::PostgresServer::start().await;
+    let pool = server.pool().await;
+    dlock::postgres::migrate(&pool).await.expect("migrate");
+    pool.close().await;
+    server
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_second_run_waits_for_the_first_then_runs() {
+    let server = postgres_with_schema().await;
+    second_run_waits_for_the_first_then_runs(&["--postgres", &server.url()]).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_no_wait_status_and_forwarded_sigterm() {
+    let server = postgres_with_schema().await;
+    no_wait_status_and_forwarded_sigterm(&["--postgres", &server.url()]).await;
+}
+
+/// A database without dlock's schema: exit 78 naming what is missing and how to create it,
+/// nothing run, and nothing created; a bad URL is 78 and an unreachable server 69, neither
+/// printing the password; `--postgres` with `--redis` is a usage error.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_without_schema_bad_urls_and_unreachable_servers() {
+    let server = support::PostgresServer::start().await;
+    let ran = run(&["--postgres", &server.url()], &["run", "k", "--", "true"]).await;
+    assert_eq!(ran.status.code(), Some(78), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("no dlock schema") && ran.stderr.contains("migrate"),
+        "{}",
+        ran.stderr
+    );
+    let pool = server.pool().await;
+    let created: bool = sqlx::query_scalar("SELECT to_regclass('dlock_locks') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!created, "the command created the schema");
+
+    let ran = run(
+        &["--postgres", "postgres://al:s3cr3t-pw@h:notaport/db"],
+        &["status", "k"],
+    )
+    .await;
+    assert_eq!(ran.status.code(), Some(78), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("invalid PostgreSQL URL"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        !ran.stderr.contains("s3cr3t-pw"),
+        "password printed: {}",
+        ran.stderr
+    );
+
+    let port = support::free_port();
+    let url = format!("postgres://al:s3cr3t-pw@127.0.0.1:{port}/db");
+    let ran = run(&["--postgres", &url], &["status", "k"]).await;
+    assert_eq!(ran.status.code(), Some(69), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("cannot reach postgres://"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        !ran.stderr.contains("s3cr3t-pw"),
+        "password printed: {}",
+        ran.stderr
+    );
+
+    let ran = run(
+        &["--postgres", &url, "--redis", "redis://127.0.0.1:1/"],
+        &["status", "k"],
+    )
+    .await;
+    assert_eq!(ran.status.code(), Some(64), "{}", ran.stderr);
 }

@@ -11,6 +11,12 @@ use dlock::{Config, Driver, Error};
 
 use support::fixtures::{Postgres, PostgresLeastPrivilege};
 
+/// `examples/inventory_postgres.rs`, whose `run` is run below on this suite's server (the
+/// example itself needs a server of the user's, so scripts/test.sh does not run it).
+#[allow(dead_code)]
+#[path = "../examples/inventory_postgres.rs"]
+mod inventory_example;
+
 conformance!(postgres_backend, Postgres);
 conformance!(postgres_least_privilege, PostgresLeastPrivilege);
 
@@ -277,4 +283,15 @@ async fn a_release_notifies_a_waiter_of_another_locker() {
          (every 30 s) instead of being notified"
     );
     guard.release().await.expect("release");
+}
+
+/// The inventory example: 80 orders over two lockers for 50 units, each decrement committed
+/// in a lock-checked transaction (`fence_transaction`): exactly 50 sold, 0 left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_example_sells_exactly_the_stock() {
+    let fx = Postgres::start().await;
+    let (sold, left) = inventory_example::run(&fx.admin)
+        .await
+        .expect("the inventory example");
+    assert_eq!((sold, left), (50, 0));
 }

@@ -13,7 +13,11 @@
 //!    per pair), against the floor and rslock;
 //! 6. `semaphore`: semaphores of 5 permits: acquire + release pairs/s on one semaphore (1
 //!    and 16 tasks), handoff to a blocked waiter (p50/p90) and, on Redis, the commands and
-//!    time of one pair, against the floors (issue 21).
+//!    time of one pair, against the floors (issue 21);
+//! 7. `postgres`: PostgreSQL (issue 22): pairs/s (1 and 16 tasks, distinct keys and one hot
+//!    key), handoff p50/p90, and the statements and server time of one pair
+//!    (`pg_stat_statements`) with `EXPLAIN ANALYZE` of the acquire, against the floor (one
+//!    `INSERT .. ON CONFLICT` + `DELETE`) and the peer (`pg_advisory_lock`).
 //!
 //! Each section also records its figures for `charts.rs`, which ends the run by drawing
 //! them as SVG files in `benches/charts/` (shown by BENCHMARKS.md).
@@ -26,7 +30,7 @@
 //! ```sh
 //! cargo bench --all-features --bench dlock              # full run (~5 min)
 //! cargo bench --all-features --bench dlock -- --quick   # shorter windows, for a smoke test
-//! cargo bench --all-features --bench dlock -- hold  # or: throughput, handoff, contention, hold, cost, semaphore
+//! cargo bench --all-features --bench dlock -- hold  # or: throughput, handoff, contention, hold, cost, semaphore, postgres
 //! ```
 
 #[path = "../../tests/support/mod.rs"]
@@ -40,6 +44,7 @@ mod handoff;
 mod heap;
 mod hold;
 mod measure;
+mod postgres;
 mod semaphore;
 mod throughput;
 
@@ -49,7 +54,7 @@ use std::time::Duration;
 static HEAP: heap::Counting = heap::Counting;
 
 use dlock::testing::Fixture;
-use support::fixtures::{Etcd, Memory, Redis};
+use support::fixtures::{Etcd, Memory, Postgres, Redis};
 
 /// How long and how many: the full run, or `--quick`.
 pub struct Settings {
@@ -111,7 +116,7 @@ fn main() {
 }
 
 /// Sections named on the command line (`throughput`, `handoff`, `contention`, `hold`,
-/// `cost`, `semaphore`), or all.
+/// `cost`, `semaphore`, `postgres`), or all.
 fn wanted(section: &str) -> bool {
     let named: Vec<String> = std::env::args()
         .skip(1)
@@ -146,6 +151,10 @@ async fn run(s: Settings) {
     }
     if wanted("semaphore") {
         semaphore::run(&redis, &etcd, &s).await;
+    }
+    if wanted("postgres") {
+        let mut pg = Postgres::start().await;
+        postgres::run(&mut pg, &s).await;
     }
     charts::write(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/charts"));
 }

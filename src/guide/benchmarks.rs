@@ -16,7 +16,8 @@
 //! cargo bench --all-features --bench dlock                        # every section, a few minutes
 //! cargo bench --all-features --bench dlock -- --quick             # shorter windows: a smoke run
 //! cargo bench --all-features --bench dlock -- <section>           # one or more sections by name:
-//! cargo bench --all-features --bench dlock -- throughput handoff  #   throughput, handoff, contention, hold, cost
+//! cargo bench --all-features --bench dlock -- throughput handoff  #   throughput, handoff, contention, hold, cost,
+//!                                                                 #   semaphore, postgres
 //! ```
 //!
 //! Each run prints its tables and redraws the charts in `benches/charts/`. On a shared or small
@@ -54,6 +55,12 @@
 //! - **`cost`**: what one uncontended lock + release costs the Redis server: the commands it
 //!   runs (`INFO commandstats`, a script's own commands included) and its CPU time per pair,
 //!   against the floor and rslock.
+//! - **`postgres`**: PostgreSQL (issue 22): pairs per second at 1 and 16 tasks, distinct keys
+//!   and one hot key, and the handoff to a blocked waiter (p50, p90), against the floor (one
+//!   `INSERT .. ON CONFLICT` with `nextval`, then a `DELETE`) and the peer (`pg_advisory_lock`
+//!   on a pooled connection); then the statements and the server's time per pair
+//!   (`pg_stat_statements`, the statements inside dlock's function included) and `EXPLAIN
+//!   ANALYZE` of the acquires. See [the PostgreSQL chapter](super::postgres).
 //!
 //! The code is `benches/dlock/`: `main.rs` (arguments, section selection, output),
 //! `measure.rs` (the rate loop, percentiles), `baselines.rs` (the floors and peers), one module

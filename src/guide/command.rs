@@ -1,13 +1,14 @@
 //! # The `dlock` command
 //!
 //! `flock(1)` across machines: run any program under a distributed lock, over Redis (or etcd,
-//! when built with `--features cli,etcd`).
+//! when built with `--features cli,etcd`; or PostgreSQL, with `--features cli,postgres`).
 //!
 //! ```sh
-//! cargo install dlock-rs --features cli            # or --features cli,etcd (needs protoc)
+//! cargo install dlock-rs --features cli            # or cli,etcd (needs protoc), cli,postgres
 //!
 //! dlock --redis redis://:secret@redis:6379/ run nightly-report -- /usr/local/bin/report --full
 //! dlock --etcd http://etcd-1:2379,http://etcd-2:2379 run --wait 10m migrate -- ./migrate.sh
+//! dlock --postgres postgres://jobs@db/app run vacuum-report -- ./report.sh
 //! DLOCK_REDIS_URL=redis://redis:6379/ dlock status nightly-report   # held/free, token, TTL left, value
 //!
 //! # cron: every 5 minutes on every host, at most one report runs; the others exit 75 at once.
@@ -22,9 +23,15 @@
 //! with the lock, shown by `dlock status` and `Election::leader`: the lock is a leadership of
 //! the election KEY, and excludes plain `locker.lock(KEY)` holders with the same prefix
 //! (`--prefix`, default `dlock:`) as well. The server comes from `--redis URL`, `--etcd URLS`
-//! (comma-separated), or `DLOCK_REDIS_URL` / `DLOCK_ETCD_ENDPOINTS`; `--config dlock.yaml` (the
+//! (comma-separated), `--postgres URL`, or `DLOCK_REDIS_URL` / `DLOCK_ETCD_ENDPOINTS` /
+//! `DLOCK_POSTGRES_URL`; `--config dlock.yaml` (the
 //! Config format) sets the prefix, TTL and retry interval. No message ever shows a password
 //! from a URL: `user:password@` is replaced by `***@`.
+//!
+//! On PostgreSQL the command needs dlock's schema in the database and never creates it (the
+//! role that runs jobs should not own it, and re-creating the functions at every run would
+//! rewrite the catalog): create it once with `dlock::postgres::migrate` or the README's SQL
+//! (see [the PostgreSQL chapter](super::postgres)); without it, dlock exits 78 saying so.
 //!
 //! If the lock is lost while CMD runs (the server unreachable for most of a TTL, the key
 //! deleted), CMD gets SIGTERM — before the server can give the lock to anyone else — then

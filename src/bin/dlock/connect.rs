@@ -18,6 +18,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 enum Endpoint {
     Redis(String),
     Etcd(Vec<String>),
+    Postgres(String),
+}
+
+impl Endpoint {
+    fn driver(&self) -> Driver {
+        match self {
+            Endpoint::Redis(_) => Driver::Redis,
+            Endpoint::Etcd(_) => Driver::Etcd,
+            Endpoint::Postgres(_) => Driver::Postgres,
+        }
+    }
 }
 
 /// The server and the config to lock with.
@@ -27,11 +38,17 @@ pub struct Server {
     endpoint: Endpoint,
 }
 
+/// The server flags of the command line: at most one is given (clap refuses two).
+pub struct Flags {
+    pub redis: Option<String>,
+    pub etcd: Option<String>,
+    pub postgres: Option<String>,
+}
+
 impl Server {
     /// Flags first, then the config file's driver, then the environment.
     pub fn from_flags(
-        redis: Option<String>,
-        etcd: Option<String>,
+        flags: Flags,
         config_file: Option<PathBuf>,
         prefix: Option<String>,
     ) -> Result<Server, Failure> {
@@ -42,51 +59,69 @@ impl Server {
             None => None,
         };
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let endpoint = match (redis, etcd, file.as_ref().map(|c| c.driver)) {
-            (Some(url), None, None | Some(Driver::Redis)) => Endpoint::Redis(url),
-            (None, Some(urls), None | Some(Driver::Etcd)) => Endpoint::Etcd(split(&urls)),
-            (Some(_), _, Some(driver)) | (_, Some(_), Some(driver)) => {
+        let flag = match (flags.redis, flags.etcd, flags.postgres) {
+            (Some(url), None, None) => Some(Endpoint::Redis(url)),
+            (None, Some(urls), None) => Some(Endpoint::Etcd(split(&urls))),
+            (None, None, Some(url)) => Some(Endpoint::Postgres(url)),
+            (None, None, None) => None,
+            _ => unreachable!("clap refuses two server flags"),
+        };
+        let from_env = |driver: Driver| -> Result<Endpoint, Failure> {
+            let why = format!("the config file's driver is {driver}");
+            match driver {
+                Driver::Redis => Ok(Endpoint::Redis(
+                    env("DLOCK_REDIS_URL").ok_or_else(|| missing(&why))?,
+                )),
+                Driver::Etcd => Ok(Endpoint::Etcd(split(
+                    &env("DLOCK_ETCD_ENDPOINTS").ok_or_else(|| missing(&why))?,
+                ))),
+                Driver::Postgres => Ok(Endpoint::Postgres(
+                    env("DLOCK_POSTGRES_URL").ok_or_else(|| missing(&why))?,
+                )),
+                driver => Err(Failure::new(
+                    exit::CONFIG,
+                    format!("driver {driver} cannot be used by the dlock command: use redis, etcd or postgres"),
+                )),
+            }
+        };
+        let endpoint = match (flag, file.as_ref().map(|c| c.driver)) {
+            (Some(endpoint), None) => endpoint,
+            (Some(endpoint), Some(driver)) if endpoint.driver() == driver => endpoint,
+            (Some(_), Some(driver)) => {
                 return Err(Failure::new(
                     exit::CONFIG,
                     format!("the config file says driver {driver}, but another server was given on the command line"),
                 ))
             }
-            (None, None, Some(Driver::Redis)) => Endpoint::Redis(
-                env("DLOCK_REDIS_URL").ok_or_else(|| missing("the config file's driver is redis"))?,
-            ),
-            (None, None, Some(Driver::Etcd)) => Endpoint::Etcd(split(
-                &env("DLOCK_ETCD_ENDPOINTS")
-                    .ok_or_else(|| missing("the config file's driver is etcd"))?,
-            )),
-            (None, None, Some(driver)) => {
-                return Err(Failure::new(
-                    exit::CONFIG,
-                    format!("driver {driver} cannot be used by the dlock command: use redis or etcd"),
-                ))
-            }
-            (None, None, None) => match (env("DLOCK_REDIS_URL"), env("DLOCK_ETCD_ENDPOINTS")) {
-                (Some(url), None) => Endpoint::Redis(url),
-                (None, Some(urls)) => Endpoint::Etcd(split(&urls)),
-                (Some(_), Some(_)) => {
-                    return Err(Failure::new(
-                        exit::USAGE,
-                        "both DLOCK_REDIS_URL and DLOCK_ETCD_ENDPOINTS are set: pass --redis or --etcd",
-                    ))
+            (None, Some(driver)) => from_env(driver)?,
+            (None, None) => {
+                let set: Vec<Endpoint> = [
+                    env("DLOCK_REDIS_URL").map(Endpoint::Redis),
+                    env("DLOCK_ETCD_ENDPOINTS").map(|urls| Endpoint::Etcd(split(&urls))),
+                    env("DLOCK_POSTGRES_URL").map(Endpoint::Postgres),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                match <[Endpoint; 1]>::try_from(set) {
+                    Ok([endpoint]) => endpoint,
+                    Err(set) if set.is_empty() => return Err(missing("no server given")),
+                    Err(_) => {
+                        return Err(Failure::new(
+                            exit::USAGE,
+                            "more than one of DLOCK_REDIS_URL, DLOCK_ETCD_ENDPOINTS and \
+                             DLOCK_POSTGRES_URL is set: pass --redis, --etcd or --postgres",
+                        ))
+                    }
                 }
-                (None, None) => return Err(missing("no server given")),
-            },
-            (Some(_), Some(_), _) => unreachable!("clap refuses --redis with --etcd"),
+            }
         };
-        let driver = match endpoint {
-            Endpoint::Redis(_) => Driver::Redis,
-            Endpoint::Etcd(_) => Driver::Etcd,
-        };
-        let mut config = file.unwrap_or_else(|| Config::new(driver));
+        let mut config = file.unwrap_or_else(|| Config::new(endpoint.driver()));
         if let Some(prefix) = prefix {
             config.prefix = prefix;
         }
         match &endpoint {
-            Endpoint::Redis(url) => remember_password(url),
+            Endpoint::Redis(url) | Endpoint::Postgres(url) => remember_password(url),
             Endpoint::Etcd(urls) => urls.iter().for_each(|url| remember_password(url)),
         }
         Ok(Server { config, endpoint })
@@ -102,6 +137,7 @@ impl Server {
         let builder = match &self.endpoint {
             Endpoint::Redis(url) => redis(builder, url).await?,
             Endpoint::Etcd(urls) => etcd(builder, urls).await?,
+            Endpoint::Postgres(url) => postgres(builder, url).await?,
         };
         builder
             .build()
@@ -112,7 +148,7 @@ impl Server {
 fn missing(why: &str) -> Failure {
     Failure::new(
         exit::USAGE,
-        format!("{why}: pass --redis URL or --etcd URLS, or set DLOCK_REDIS_URL or DLOCK_ETCD_ENDPOINTS"),
+        format!("{why}: pass --redis URL, --etcd URLS or --postgres URL, or set DLOCK_REDIS_URL, DLOCK_ETCD_ENDPOINTS or DLOCK_POSTGRES_URL"),
     )
 }
 
@@ -202,5 +238,53 @@ async fn etcd(_: dlock::LockerBuilder, _: &[String]) -> Result<dlock::LockerBuil
     Err(Failure::new(
         exit::CONFIG,
         "this dlock was built without etcd support: build it with `--features cli,etcd` (needs protoc)",
+    ))
+}
+
+/// A small pool (one connection for the statements, one for release notifications while
+/// waiting), then a check that dlock's schema is there. The command never creates it: see
+/// the guide's `dlock` chapter (the role that runs jobs should not own the schema, and
+/// `CREATE OR REPLACE FUNCTION` at every run would rewrite the catalog and need ownership).
+#[cfg(feature = "postgres")]
+async fn postgres(
+    builder: dlock::LockerBuilder,
+    url: &str,
+) -> Result<dlock::LockerBuilder, Failure> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .map_err(|e| Failure::new(exit::CONFIG, format!("invalid PostgreSQL URL {url}: {e}")))?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options);
+    let pool = match tokio::time::timeout(CONNECT_TIMEOUT * 2, pool).await {
+        Ok(Ok(pool)) => pool,
+        Ok(Err(e)) => return Err(unreachable_at(url, e)),
+        Err(_) => return Err(unreachable_at(url, "no answer")),
+    };
+    let schema = sqlx::query_scalar::<_, bool>(
+        "SELECT to_regclass('dlock_locks') IS NOT NULL AND to_regproc('dlock_acquire') IS NOT NULL",
+    )
+    .fetch_one(&pool);
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, schema).await {
+        Ok(Ok(true)) => Ok(builder.postgres(pool)),
+        Ok(Ok(false)) => Err(Failure::new(
+            exit::CONFIG,
+            format!(
+                "{url} has no dlock schema (table dlock_locks, function dlock_acquire) in the \
+                 role's search_path: create it first with dlock::postgres::migrate or the SQL \
+                 of the README's PostgreSQL section (dlock::postgres::SCHEMA)"
+            ),
+        )),
+        Ok(Err(e)) => Err(unreachable_at(url, e)),
+        Err(_) => Err(unreachable_at(url, "no answer")),
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(_: dlock::LockerBuilder, _: &str) -> Result<dlock::LockerBuilder, Failure> {
+    Err(Failure::new(
+        exit::CONFIG,
+        "this dlock was built without PostgreSQL support: build it with `--features cli,postgres`",
     ))
 }

@@ -45,7 +45,8 @@ Exit status:
   126 / 127     CMD could not be started / was not found
   128+N         dlock got signal N while waiting for the lock; nothing was run
 
-Passwords in URLs are never printed. Environment: DLOCK_REDIS_URL, DLOCK_ETCD_ENDPOINTS.";
+Passwords in URLs are never printed. Environment: DLOCK_REDIS_URL, DLOCK_ETCD_ENDPOINTS,
+DLOCK_POSTGRES_URL.";
 
 /// A reason to exit: the status and what to say on stderr (redacted when printed).
 #[derive(Debug)]

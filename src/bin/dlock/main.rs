@@ -1,4 +1,5 @@
-//! `dlock`: runs a program under a distributed lock (Redis, or etcd with the `etcd` feature),
+//! `dlock`: runs a program under a distributed lock (Redis; etcd or PostgreSQL with the
+//! `etcd` or `postgres` feature),
 //! like `flock(1)` across machines, `etcdctl lock NAME CMD` or `consul lock PREFIX CMD`.
 //!
 //! `dlock run KEY -- CMD ARGS...` waits for the lock, runs the command while the lock is
@@ -37,7 +38,7 @@ use crate::exit::Failure;
 #[command(
     name = "dlock",
     version,
-    about = "Run a program under a distributed lock (Redis or etcd)",
+    about = "Run a program under a distributed lock (Redis, etcd or PostgreSQL)",
     after_help = exit::HELP,
 )]
 struct Cli {
@@ -51,8 +52,16 @@ struct Cli {
     #[arg(long, global = true, value_name = "URLS")]
     etcd: Option<String>,
 
+    /// PostgreSQL URL: postgres://[user[:password]@]host[:port]/database[?sslmode=...].
+    /// Default: $DLOCK_POSTGRES_URL. Needs a dlock built with the `postgres` feature, and
+    /// dlock's schema in that database (dlock::postgres::migrate, or the README's SQL):
+    /// the command does not create it.
+    #[arg(long, global = true, value_name = "URL", conflicts_with_all = ["redis", "etcd"])]
+    postgres: Option<String>,
+
     /// A config file (YAML or JSON, the library's format: driver, prefix, default_ttl,
-    /// retry_interval). The server URL still comes from --redis/--etcd or the environment.
+    /// retry_interval). The server URL still comes from --redis/--etcd/--postgres or the
+    /// environment.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -195,7 +204,12 @@ fn main() {
 
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     // Only the lock commands reach a server; the generated documents need none.
-    let server = || connect::Server::from_flags(cli.redis, cli.etcd, cli.config, cli.prefix);
+    let flags = connect::Flags {
+        redis: cli.redis,
+        etcd: cli.etcd,
+        postgres: cli.postgres,
+    };
+    let server = || connect::Server::from_flags(flags, cli.config, cli.prefix);
     match cli.command {
         Command::Run(args) => {
             let locker = server()?.locker(args.ttl).await?;

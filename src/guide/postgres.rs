@@ -1,0 +1,141 @@
+//! # PostgreSQL
+//!
+//! Feature `postgres`. Locks are rows of the table `dlock_locks`, leases with an expiry by
+//! the server's clock, never session state: a pooled connection going back to the pool, or
+//! PgBouncer in transaction mode, strands nothing, and a lost lock is found by the same
+//! deadline rule as on Redis and etcd. The locker takes your sqlx `PgPool`.
+//! On top of everything a lock promises elsewhere, PostgreSQL gives **lock-checked
+//! transactions**: a write in your own transaction that commits only while the lock is held.
+//!
+//! ## Setup
+//!
+//! Create the schema once, from the service itself (idempotent, safe at every start and from
+//! many processes at once; it needs the rights to create a table, a sequence and functions):
+//!
+//! ```rust,no_run
+//! # #[cfg(feature = "postgres")]
+//! # async fn setup() -> Result<(), Box<dyn std::error::Error>> {
+//! use dlock::{Config, Driver, Locker};
+//!
+//! let pool = sqlx::PgPool::connect("postgres://app@db/app").await?;
+//! dlock::postgres::migrate(&pool).await?;
+//! let locker = Locker::builder(Config::new(Driver::Postgres))
+//!     .postgres(pool.clone())
+//!     .build()?;
+//! # Ok(()) }
+//! # fn main() {}
+//! ```
+//!
+//! Teams that run their own migrations take the SQL instead:
+//! `dlock::postgres::SCHEMA`, printed verbatim in the README's
+//! "PostgreSQL" section (a unit test keeps the two equal). It creates the sequence
+//! `dlock_fence`, the table `dlock_locks` and the functions `dlock_acquire` and
+//! `dlock_abandon`.
+//!
+//! The role the lockers connect as needs much less than the one that migrates: rights on
+//! dlock's table, sequence and functions, nothing else. These are the README's lines, run
+//! by the schema's owner:
+//!
+//! ```sql
+//! CREATE ROLE dlock_app LOGIN;
+//! REVOKE EXECUTE ON FUNCTION dlock_acquire, dlock_abandon FROM PUBLIC;
+//! GRANT SELECT, INSERT, UPDATE, DELETE ON dlock_locks TO dlock_app;
+//! GRANT USAGE ON SEQUENCE dlock_fence TO dlock_app;
+//! GRANT EXECUTE ON FUNCTION dlock_acquire, dlock_abandon TO dlock_app;
+//! ```
+//!
+//! A right that is missing is reported as
+//! [`Error::PermissionDenied`](crate::Error::PermissionDenied) with PostgreSQL's own words.
+//!
+//! From a shell, the [`dlock` command](super::command) takes `--postgres URL` (or
+//! `DLOCK_POSTGRES_URL`) when built with `--features cli,postgres`. It never creates the
+//! schema: the role that runs jobs should not own it, and re-creating the functions at every
+//! run would rewrite the catalog and need ownership. Without the schema it exits 78 and says
+//! how to create it.
+//!
+//! ## Lock-checked transactions
+//!
+//! A fencing token protects a resource that checks it. When the resource is a table in the
+//! same database, `LockGuard::fence_transaction` (in `dlock::postgres`) does better, with no change to your tables: called inside your transaction, it confirms
+//! that the guard still holds its lock and keeps the lock from passing to anyone until the
+//! transaction ends (a `FOR KEY SHARE` row lock on the lease row, checked live by
+//! `clock_timestamp()`). A write the transaction commits after the call committed while the
+//! lock was held; if the lock was lost before the call, the call fails with
+//! [`Error::OwnershipLost`](crate::Error::OwnershipLost) and nothing commits.
+//!
+//! A stock decrement, read and written back under the product's lock:
+//!
+//! ```rust,no_run
+//! # #[cfg(feature = "postgres")]
+//! # async fn sell(locker: &dlock::Locker, pool: &sqlx::PgPool) -> Result<bool, Box<dyn std::error::Error>> {
+//! let guard = locker.lock("inventory:1001").await?;
+//! let mut tx = pool.begin().await?;
+//! guard.fence_transaction(&mut tx).await?; // OwnershipLost: the lock is gone, tx rolls back on drop
+//! let stock: i64 = sqlx::query_scalar("SELECT stock FROM inventory WHERE sku = 1001")
+//!     .fetch_one(&mut *tx)
+//!     .await?;
+//! if stock > 0 {
+//!     sqlx::query("UPDATE inventory SET stock = $1 WHERE sku = 1001")
+//!         .bind(stock - 1)
+//!         .execute(&mut *tx)
+//!         .await?;
+//! }
+//! tx.commit().await?; // committed while the lock was held, or not at all
+//! guard.release().await?;
+//! # Ok(stock > 0) }
+//! # fn main() {}
+//! ```
+//!
+//! `examples/inventory_postgres.rs` is the whole program: 80 orders over two lockers for 50
+//! units (`DATABASE_URL=postgres://... cargo run --features postgres --example
+//! inventory_postgres`). It needs a server of yours, so `scripts/test.sh` does not run it
+//! in its loop over the examples; the test suite runs its `run` on its own server instead.
+//!
+//! Keep the transaction short: while it is open, a rival waits even for a lock whose TTL
+//! has passed (that is the point: the rival's write comes after your commit).
+//!
+//! ## Wake-ups
+//!
+//! A waiter's attempts mark the holder's row; the release of a marked row sends
+//! `pg_notify('dlock_released', key)` in the same statement. Each locker `LISTEN`s on one
+//! connection of its pool, opened only when a first task waits (an uncontended service
+//! never opens it), and reopened after a lost connection. Polling every `retry_interval`
+//! stays the safety net, so a lost notification costs one poll, never a lock. Through
+//! PgBouncer in transaction mode `LISTEN` does not work: waiters then poll.
+//!
+//! ## Limits
+//!
+//! - **Failover.** A failover to a replica without synchronous replication can lose the
+//!   last lease rows (and fencing tokens drawn just before it), as with Redis: two holders
+//!   are then possible until the lost row's TTL passes. Use synchronous replication
+//!   (`synchronous_standby_names`) for locks that must survive a failover.
+//!   `synchronous_commit = off` can lose a row on a crash of the server alone.
+//! - **Resent releases.** sqlx never resends a statement, and the protocol keeps no
+//!   tombstone for releases: a release resent by some other layer answers "not released"
+//!   (`false`), and deletes nothing of another holder (releases are token-checked).
+//!   Interrupted acquires are undone in the background (`dlock_abandon`).
+//! - **Isolation levels of `fence_transaction`.** Tested under READ COMMITTED, PostgreSQL's
+//!   default. Under REPEATABLE READ or SERIALIZABLE the check can fail with a serialization
+//!   error when the lease row changed after the transaction's snapshot (a renewal, say):
+//!   retry the transaction. It checks the lock when called; call it before the writes it
+//!   protects, in the transaction that makes them, on the database that holds the locks.
+//! - **Clocks.** Expiries are `now()` + TTL on the server; liveness is read by the server's
+//!   clock only, so client clocks do not matter.
+//!
+//! ## The tests that prove it
+//!
+//! | guarantee | test |
+//! |---|---|
+//! | everything a lock promises on the other backends (mutual exclusion, `lost()` by the deadline, cancel-safe acquire, token-checked release, strictly increasing fencing tokens, `holder()`, elections, semaphores) | the conformance suite, `conformance!(postgres_backend, Postgres)` in `tests/postgres.rs` |
+//! | the same as the least-privilege role with the GRANT lines above | `conformance!(postgres_least_privilege, PostgresLeastPrivilege)` |
+//! | fencing tokens never go back across `kill -9` and crash recovery | `fencing_tokens_keep_increasing_across_kill_9_and_crash_recovery` |
+//! | a missing right is `PermissionDenied` | `a_missing_right_is_reported_as_permission_denied` |
+//! | a holder paused (SIGSTOP) past its TTL between `fence_transaction` and commit either commits while the rival waits, or fails; never after the rival's write | `a_paused_holder_never_commits_after_the_rival` |
+//! | a release wakes a waiter of another locker by NOTIFY, not by its poll | `a_release_notifies_a_waiter_of_another_locker` |
+//! | the inventory example sells exactly its stock | `the_inventory_example_sells_exactly_the_stock` |
+//! | `dlock --postgres URL run`: a second run waits for the first; `status`; a missing schema is reported | `tests/cli.rs`: `postgres_second_run_waits_for_the_first_then_runs`, `postgres_no_wait_status_and_forwarded_sigterm`, `postgres_without_schema_bad_urls_and_unreachable_servers` |
+//!
+//! Each starts PostgreSQL from Debian's `postgresql` package on a free loopback port in a
+//! temp dir (as `nobody` when run as root: the server refuses root), through
+//! `tests/support/postgres_server.rs`. How dlock compares with a bare `INSERT .. ON
+//! CONFLICT` and with `pg_advisory_lock` is in BENCHMARKS.md ("Issue 22: PostgreSQL").
