@@ -23,7 +23,6 @@
 //!    its backend is dropped; otherwise, if the process dies, it expires after one TTL.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -373,28 +372,16 @@ async fn keep_alive(
     }
 }
 
-/// The first of `a` and `b` to succeed, or the last error when both fail.
-async fn first_ok<T>(
-    a: impl Future<Output = Result<T>>,
-    b: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    tokio::pin!(a, b);
-    tokio::select! {
-        first = &mut a => match first {
-            Ok(done) => Ok(done),
-            Err(_) => b.await,
-        },
-        first = &mut b => match first {
-            Ok(done) => Ok(done),
-            Err(_) => a.await,
-        },
-    }
-}
-
 /// Whether etcd answered that the lease does not exist (a put on it, a keep-alive of it).
 pub(super) fn lease_not_found(e: &Error) -> bool {
     e.to_string().contains("lease not found")
 }
+
+/// How many fresh keep-alive streams a renewal opens at once when it has none: one per
+/// member of a 3-member cluster. Two were not enough: a CI run saw two renewals in a row,
+/// each on two fresh streams, all sent to the one member whose endpoint hung
+/// (`etcd::renewals_reach_a_surviving_member_when_one_endpoint_hangs`).
+const FRESH_STREAMS: usize = 3;
 
 /// One renewal of a session: a keep-alive (`keep_alive`), then the key check (`check_keys`).
 struct Renewer<'a> {
@@ -408,10 +395,12 @@ impl Renewer<'_> {
     /// One keep-alive. `Ok(true)`: renewed; `Ok(false)`: the lease is gone; `Err`: unknown.
     ///
     /// On the open stream; with none open (the first renewal, or the last one failed or
-    /// went unanswered), on two fresh streams at once, keeping the first that answers. The
-    /// client's channel sends each new stream to a member picked at random and cannot tell
-    /// a member that hangs from one that answers, so one stream alone could land on the
-    /// hung member again and again; two rarely do both.
+    /// went unanswered), on [`FRESH_STREAMS`] fresh streams at once, keeping the first that
+    /// answers. The client's channel sends each new stream to a member it picks (two at
+    /// random, the less loaded of them) and cannot tell a member that hangs from one that
+    /// answers; a hung member whose connection was just replaced has nothing in flight, so
+    /// it is the less loaded one and a lone stream lands on it again and again. Streams
+    /// opened together spread: each one in flight loads the member it went to.
     async fn keep_alive(&mut self) -> Result<bool> {
         let lease_id = self.session.lease_id;
         let failed = |e: etcd_client::Error| Error::backend("etcd", "", e);
@@ -433,8 +422,9 @@ impl Renewer<'_> {
                     let mut leases = self.client.lease_client();
                     async move { leases.keep_alive(lease_id).await.map_err(failed) }
                 };
-                let opened = first_ok(open(), open()).await;
-                opened.map(|stream| {
+                let opens = (0..FRESH_STREAMS).map(|_| Box::pin(open()));
+                let opened = futures_util::future::select_ok(opens).await;
+                opened.map(|(stream, _others)| {
                     self.stream = Some(stream);
                     true
                 })
