@@ -142,8 +142,11 @@ async fn churn<R: Residue + Sync>(locker: &Locker, residue: &R, total: usize, ki
 /// The semaphore soaks on etcd and PostgreSQL run a quarter of the cycles: every cycle there
 /// waits for fsyncs, and 100,000 took 280 s (etcd) and 135 s (PostgreSQL) beside the other
 /// soaks, more than the CI's budget. `DLOCK_SOAK_KEYS=400000` runs 100,000 of them.
-fn fsynced_semaphore_cycles() -> usize {
-    keys() / 4
+fn fsynced_cycles(kind: Kind) -> usize {
+    match kind {
+        Kind::Locks => keys(),
+        Kind::Semaphores => keys() / 4,
+    }
 }
 
 async fn no_growth<R: Residue + Sync>(locker: Locker, residue: R, kind: Kind, total: usize) {
@@ -207,24 +210,23 @@ impl Residue for Memory {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_store_does_not_grow() {
+async fn memory_no_growth(kind: Kind) {
     let store = MemoryStore::new();
     let locker = Locker::builder(config(Driver::Memory))
         .memory(store.clone())
         .build()
         .expect("build");
-    no_growth(locker, Memory(store), Kind::Locks, keys()).await;
+    no_growth(locker, Memory(store), kind, keys()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_does_not_grow() {
+    memory_no_growth(Kind::Locks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_semaphores_do_not_grow() {
-    let store = MemoryStore::new();
-    let locker = Locker::builder(config(Driver::Memory))
-        .memory(store.clone())
-        .build()
-        .expect("build");
-    no_growth(locker, Memory(store), Kind::Semaphores, keys()).await;
+    memory_no_growth(Kind::Semaphores).await;
 }
 
 struct Redis(redis::aio::ConnectionManager);
@@ -253,39 +255,25 @@ impl Residue for Redis {
 }
 
 /// Redis with its default persistence (RDB snapshots), as users run it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_does_not_grow() {
+async fn redis_no_growth(kind: Kind) {
     let server = support::RedisServer::start_with(&["--save", "3600 1 300 100 60 10000"]).await;
     let locker = Locker::builder(config(Driver::Redis))
         .redis(server.connection_manager().await)
         .redis_pubsub(redis::Client::open(server.url()).unwrap())
         .build()
         .expect("build");
-    no_growth(
-        locker,
-        Redis(server.connection_manager().await),
-        Kind::Locks,
-        keys(),
-    )
-    .await;
+    let residue = Redis(server.connection_manager().await);
+    no_growth(locker, residue, kind, keys()).await;
 }
 
-/// Semaphores on Redis with its default persistence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_does_not_grow() {
+    redis_no_growth(Kind::Locks).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_semaphores_do_not_grow() {
-    let server = support::RedisServer::start_with(&["--save", "3600 1 300 100 60 10000"]).await;
-    let locker = Locker::builder(config(Driver::Redis))
-        .redis(server.connection_manager().await)
-        .redis_pubsub(redis::Client::open(server.url()).unwrap())
-        .build()
-        .expect("build");
-    no_growth(
-        locker,
-        Redis(server.connection_manager().await),
-        Kind::Semaphores,
-        keys(),
-    )
-    .await;
+    redis_no_growth(Kind::Semaphores).await;
 }
 
 struct Etcd(etcd_client::Client);
@@ -310,31 +298,24 @@ impl Residue for Etcd {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_does_not_grow() {
+async fn etcd_no_growth(kind: Kind) {
     let server = support::EtcdServer::start().await;
     let locker = Locker::builder(config(Driver::Etcd))
         .etcd(server.client().await)
         .build()
         .expect("build");
-    no_growth(locker, Etcd(server.client().await), Kind::Locks, keys()).await;
+    let cycles = fsynced_cycles(kind);
+    no_growth(locker, Etcd(server.client().await), kind, cycles).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_does_not_grow() {
+    etcd_no_growth(Kind::Locks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_semaphores_do_not_grow() {
-    let server = support::EtcdServer::start().await;
-    let locker = Locker::builder(config(Driver::Etcd))
-        .etcd(server.client().await)
-        .build()
-        .expect("build");
-    let cycles = fsynced_semaphore_cycles();
-    no_growth(
-        locker,
-        Etcd(server.client().await),
-        Kind::Semaphores,
-        cycles,
-    )
-    .await;
+    etcd_no_growth(Kind::Semaphores).await;
 }
 
 /// PostgreSQL: the rows of `dlock_locks` (holders, and the bars of undone attempts), and the
@@ -396,10 +377,7 @@ async fn postgres_no_growth(kind: Kind) {
         .postgres(pool.clone())
         .build()
         .expect("build");
-    let cycles = match kind {
-        Kind::Locks => keys(),
-        Kind::Semaphores => fsynced_semaphore_cycles(),
-    };
+    let cycles = fsynced_cycles(kind);
     no_growth(locker, Postgres { admin, pool }, kind, cycles).await;
 }
 
