@@ -543,34 +543,39 @@ impl Count {
 /// In one read: fails if our own key is gone; otherwise how many keys are ahead of it, and
 /// the revision of that count.
 async fn count_ahead(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<Count> {
-    let own_key = entry.attachment.own_key.as_bytes();
     // The names of every key ahead: etcd's count ignores the create-revision bound.
+    let names = GetOptions::new().with_prefix().with_keys_only();
+    let (ahead, revision) = read_ahead(client, cx, entry, names).await?;
+    Ok(Count {
+        ahead: ahead.map_or(0, |g| g.kvs().len()) as i64,
+        seen: revision,
+    })
+}
+
+/// In one read: our own key, failing if it is gone, and the keys created before it that
+/// `ahead` selects (its create-revision bound is set here), with the reply's revision.
+async fn read_ahead(
+    client: &Client,
+    cx: &Context,
+    entry: &Entry<'_>,
+    ahead: GetOptions,
+) -> Result<(Option<GetResponse>, i64)> {
+    let own_key = entry.attachment.own_key.as_bytes();
+    let ahead = ahead.with_max_create_revision(entry.revision - 1);
     let read = Txn::new().and_then([
         TxnOp::get(own_key, None),
-        TxnOp::get(
-            entry.queue,
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only()
-                    .with_max_create_revision(entry.revision - 1),
-            ),
-        ),
+        TxnOp::get(entry.queue, Some(ahead)),
     ]);
     let mut kv = client.kv_client();
     let reply = cx.call("etcd", entry.key, entry.ttl, kv.txn(read)).await?;
-    let gets = gets(&reply);
-    if !own_exists(gets.first(), entry) {
+    let mut gets = gets(&reply).into_iter();
+    if !own_exists(gets.next().as_ref(), entry) {
         tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
             "the waiter's own key or lease disappeared while waiting");
         return Err(Error::lost(entry.key));
     }
-    let ahead = gets.get(1).map(|g| g.kvs().len()).unwrap_or_default();
     let revision = reply.header().map(|h| h.revision()).unwrap_or_default();
-    Ok(Count {
-        ahead: ahead as i64,
-        seen: revision,
-    })
+    Ok((gets.next(), revision))
 }
 
 /// Whether `get` (of our own key) found it, ours, on our session's lease.
@@ -593,32 +598,15 @@ enum Ahead {
 
 /// In one read: fails if our own key is gone; otherwise what is ahead of it.
 async fn predecessor(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<Ahead> {
-    let own_key = entry.attachment.own_key.as_bytes();
-    let read = Txn::new().and_then([
-        TxnOp::get(own_key, None),
-        TxnOp::get(
-            entry.queue,
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_max_create_revision(entry.revision - 1)
-                    .with_sort(SortTarget::Create, SortOrder::Descend)
-                    .with_limit(1),
-            ),
-        ),
-    ]);
-    let mut kv = client.kv_client();
-    let reply = cx.call("etcd", entry.key, entry.ttl, kv.txn(read)).await?;
-    let gets = gets(&reply);
-    if !own_exists(gets.first(), entry) {
-        tracing::warn!(component = "dlock", backend = "etcd", key = %entry.key,
-            "the waiter's own key or lease disappeared while waiting");
-        return Err(Error::lost(entry.key));
-    }
+    let last = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_limit(1);
+    let (ahead, _) = read_ahead(client, cx, entry, last).await?;
     // The range's count is of every key ahead, whatever the limit.
     Ok(
-        match gets
-            .get(1)
+        match ahead
+            .as_ref()
             .and_then(|g| Some((g.kvs().first()?, g.count())))
         {
             Some((kv, count)) => Ahead::Key(kv.key().to_vec(), count),

@@ -97,8 +97,14 @@ where
     let mut invocation = script.prepare_invoke();
     for &i in batch {
         let (lease, token) = &locks[i];
-        for key in permits::keys(&lease.storage_key, lease.permits) {
-            invocation.key(key);
+        // The hot path of holding many locks: a lock's key is passed as it is, a
+        // semaphore's two keys are made only for permits.
+        if lease.permits > 1 {
+            for key in permits::keys(&lease.storage_key, lease.permits) {
+                invocation.key(key);
+            }
+        } else {
+            invocation.key(&lease.storage_key);
         }
         invocation.arg(&**token).arg(millis(lease.ttl));
     }
