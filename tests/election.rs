@@ -1,6 +1,7 @@
-//! Leader election (`dlock::Election`) on every backend, on real servers: what users of
-//! etcd's `Election` and Curator's leader recipes rely on, and the failure they reported
-//! (two leaders after a session loss: Curator 727/1137/1211, etcd 10811/11007).
+//! Leader election (`dlock::Election`) on every backend (PostgreSQL with the `postgres`
+//! feature), on real servers: what users of etcd's `Election` and Curator's leader recipes
+//! rely on, and the failure they reported (two leaders after a session loss: Curator
+//! 727/1137/1211, etcd 10811/11007).
 //!
 //! No timed assertions: instants are recorded and compared for order; bounds are generous
 //! safety nets against a hang.
@@ -13,6 +14,8 @@ use std::time::Duration;
 
 use dlock::testing::Fixture;
 use dlock::{Config, Locker};
+#[cfg(feature = "postgres")]
+use support::fixtures::Postgres;
 use support::fixtures::{Etcd, Memory, Proxied, Redis};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -388,6 +391,18 @@ on_backend!(
 on_backend!(
     etcd_backend,
     super::Etcd,
+    [
+        terms_strictly_increase_across_successive_leaders,
+        two_campaigns_never_both_lead,
+        observers_see_every_change,
+        run_while_leader_campaigns_again_after_finishing_and_after_loss,
+        cut_off_leader_stops_before_another_is_elected,
+    ]
+);
+#[cfg(feature = "postgres")]
+on_backend!(
+    postgres_backend,
+    super::Postgres,
     [
         terms_strictly_increase_across_successive_leaders,
         two_campaigns_never_both_lead,
