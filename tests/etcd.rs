@@ -561,3 +561,85 @@ async fn interrupted_acquires_leave_no_key_on_the_session() {
         sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One of etcd's own counters, read from its `/metrics` page on the client port.
+async fn etcd_metric(server: &support::EtcdServer, name: &str) -> i64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.client_addr())
+        .await
+        .expect("connect to etcd's metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("ask for etcd's metrics");
+    let mut page = String::new();
+    stream
+        .read_to_string(&mut page)
+        .await
+        .expect("read etcd's metrics");
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("etcd's /metrics has no {name}"))
+        .trim()
+        .parse::<f64>()
+        .expect("a number") as i64
+}
+
+/// Reads (ranges, in or out of a txn) the server has served so far.
+async fn ranges(server: &support::EtcdServer) -> i64 {
+    etcd_metric(server, "etcd_mvcc_range_total").await
+}
+
+/// A waiter with exactly one key ahead takes the lock on that key's deletion, without
+/// reading the queue again: etcd's range count ignores the create-revision bound (it counts
+/// the whole prefix), so the waiter tells "one ahead" by the reply's `more` flag instead.
+/// Ten handoffs; a waiter's reads before it is parked on its watch can at worst add a few.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_next_in_line_is_granted_by_the_deletion_without_another_read() {
+    let server = support::EtcdServer::start().await;
+    let holder = locker(server.client().await, Duration::from_secs(5)).await;
+    let waiter = Arc::new(locker(server.client().await, Duration::from_secs(5)).await);
+    // What a release reads by itself, nobody waiting.
+    let held = holder.lock("handoff").await.expect("lock");
+    let before = ranges(&server).await;
+    held.release().await.expect("release");
+    let release_reads = ranges(&server).await - before;
+
+    let mut extra = 0;
+    for round in 0..10 {
+        let held = holder.lock("handoff").await.expect("lock");
+        let watchers = etcd_metric(&server, "etcd_debugging_mvcc_watcher_total").await;
+        let waiting = {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.lock("handoff").await.expect("waiter lock") })
+        };
+        // Parked: its watch exists and its reads have stopped.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = ranges(&server).await;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the waiter never parked"
+            );
+            sleep(Duration::from_millis(300)).await;
+            let now = ranges(&server).await;
+            let watching = etcd_metric(&server, "etcd_debugging_mvcc_watcher_total").await;
+            if watching > watchers && now == last {
+                break;
+            }
+            last = now;
+        }
+        held.release().await.expect("release");
+        let granted = timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("the waiter was never granted")
+            .expect("waiter task");
+        extra += ranges(&server).await - last - release_reads;
+        granted.release().await.expect("waiter release");
+    }
+    assert!(
+        extra < 10,
+        "waiters read {extra} ranges beyond the releases' over 10 handoffs (2 per handoff: \
+         one more read of the queue each time)"
+    );
+}

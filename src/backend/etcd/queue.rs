@@ -370,7 +370,7 @@ pub(super) fn delete(
 pub(super) async fn wait_for_turn(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result<()> {
     let mut watching: Option<(Vec<u8>, WatchStream)> = None;
     loop {
-        let Ahead::Key(predecessor, ahead) = predecessor(client, cx, entry).await? else {
+        let Ahead::Key(predecessor, alone) = predecessor(client, cx, entry).await? else {
             return Ok(());
         };
         // A lock queued behind a semaphore's key: a refused request, not a wait.
@@ -396,7 +396,8 @@ pub(super) async fn wait_for_turn(client: &Client, cx: &Context, entry: &Entry<'
                             .iter()
                             .any(|e| e.event_type() == EventType::Delete)
                         {
-                            if ahead == 1 {
+                            // The only key ahead is gone: the lock is ours.
+                            if alone {
                                 return Ok(());
                             }
                             watching = None;
@@ -592,8 +593,8 @@ fn own_exists(get: Option<&GetResponse>, entry: &Entry<'_>) -> bool {
 enum Ahead {
     /// Nothing: the lock is ours.
     Nothing,
-    /// The key just before ours, and how many keys are ahead in all.
-    Key(Vec<u8>, i64),
+    /// The key just before ours, and whether it is the only key ahead.
+    Key(Vec<u8>, bool),
 }
 
 /// In one read: fails if our own key is gone; otherwise what is ahead of it.
@@ -603,13 +604,14 @@ async fn predecessor(client: &Client, cx: &Context, entry: &Entry<'_>) -> Result
         .with_sort(SortTarget::Create, SortOrder::Descend)
         .with_limit(1);
     let (ahead, _) = read_ahead(client, cx, entry, last).await?;
-    // The range's count is of every key ahead, whatever the limit.
+    // Not the range's count: etcd counts the whole prefix, ignoring the create-revision
+    // bound. `more` says whether keys ahead were left out by the limit of one.
     Ok(
         match ahead
             .as_ref()
-            .and_then(|g| Some((g.kvs().first()?, g.count())))
+            .and_then(|g| Some((g.kvs().first()?, !g.more())))
         {
-            Some((kv, count)) => Ahead::Key(kv.key().to_vec(), count),
+            Some((kv, alone)) => Ahead::Key(kv.key().to_vec(), alone),
             None => Ahead::Nothing,
         },
     )
