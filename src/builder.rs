@@ -33,6 +33,8 @@ pub struct LockerBuilder {
     redis_pubsub: crate::backend::redis::PubsubSlot,
     #[cfg(feature = "redis")]
     redis_replica_ack: crate::backend::redis::AckSlot,
+    #[cfg(feature = "postgres")]
+    postgres_listen: crate::backend::postgres::ListenSlot,
 }
 
 /// The default of [`LockerBuilder::call_timeout`].
@@ -55,6 +57,8 @@ impl LockerBuilder {
             redis_pubsub: Default::default(),
             #[cfg(feature = "redis")]
             redis_replica_ack: Default::default(),
+            #[cfg(feature = "postgres")]
+            postgres_listen: Default::default(),
         }
     }
 
@@ -249,7 +253,37 @@ impl LockerBuilder {
     /// ```
     #[cfg(feature = "postgres")]
     pub fn postgres(self, pool: sqlx::PgPool) -> Self {
-        self.install(crate::backend::postgres::PostgresBackend::new(pool))
+        let listen = self.postgres_listen.clone();
+        self.install(crate::backend::postgres::PostgresBackend::new(pool, listen))
+    }
+
+    /// PostgreSQL only: where the locker listens for release notifications (default
+    /// [`Listen::Pool`](crate::postgres::Listen::Pool), a connection of its pool). Behind
+    /// PgBouncer in transaction pooling mode, give
+    /// [`Listen::Direct`](crate::postgres::Listen::Direct) with options that reach
+    /// PostgreSQL itself, or [`Listen::Off`](crate::postgres::Listen::Off) to rely on polling
+    /// at `retry_interval`: see [`Listen`](crate::postgres::Listen) for why. Before or after
+    /// `.postgres(..)`; the last one given wins.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use dlock::postgres::Listen;
+    /// use sqlx::postgres::PgConnectOptions;
+    ///
+    /// // Every statement through PgBouncer (transaction pooling) on 6432...
+    /// let pool = sqlx::PgPool::connect("postgres://app@pgbouncer.internal:6432/app").await?;
+    /// // ...and release notifications straight from PostgreSQL.
+    /// let direct: PgConnectOptions = "postgres://app@db.internal:5432/app".parse()?;
+    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Postgres))
+    ///     .postgres(pool)
+    ///     .postgres_listen(Listen::Direct(direct))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres_listen(self, listen: crate::postgres::Listen) -> Self {
+        *crate::backend::recover(self.postgres_listen.lock()) = listen;
+        self
     }
 
     /// The store for [`Driver::Memory`]; without it the process-wide [`MemoryStore::global`]
@@ -385,6 +419,11 @@ impl std::fmt::Debug for LockerBuilder {
         out.field(
             "redis_pubsub",
             &crate::backend::recover(self.redis_pubsub.lock()).is_some(),
+        );
+        #[cfg(feature = "postgres")]
+        out.field(
+            "postgres_listen",
+            &*crate::backend::recover(self.postgres_listen.lock()),
         );
         out.finish_non_exhaustive()
     }

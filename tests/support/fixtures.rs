@@ -585,7 +585,11 @@ impl Fixture for PostgresLeastPrivilege {
 /// [`Postgres`] behind a PgBouncer of its own in transaction pooling mode
 /// (`tests/support/pgbouncer.rs`): each locker's pool (sqlx's default options) connects
 /// through PgBouncer, so consecutive statements of one client connection may run on
-/// different server connections. The server-side view (`exists`, counters) stays direct.
+/// different server connections. Its lockers do not `LISTEN` ([`Listen::Off`]): nothing of
+/// theirs reaches PostgreSQL but through PgBouncer. The server-side view (`exists`,
+/// counters) stays direct.
+///
+/// [`Listen::Off`]: dlock::postgres::Listen::Off
 #[cfg(feature = "postgres")]
 pub struct PostgresThroughPgBouncer {
     pub bouncer: super::PgBouncer,
@@ -601,6 +605,28 @@ impl PostgresThroughPgBouncer {
             .await
             .expect("connect to postgres through pgbouncer")
     }
+
+    /// Options that reach PostgreSQL itself, bypassing PgBouncer.
+    pub fn direct_options(&self) -> sqlx::postgres::PgConnectOptions {
+        sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(self.pg.server.port())
+            .username(&self.pg.role)
+            .database("postgres")
+    }
+
+    /// A locker whose pool goes through PgBouncer, listening as `listen` says.
+    pub async fn locker_listening(
+        &self,
+        config: Config,
+        listen: dlock::postgres::Listen,
+    ) -> Locker {
+        Locker::builder(config)
+            .postgres(self.pool().await)
+            .postgres_listen(listen)
+            .build()
+            .expect("build")
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -612,10 +638,8 @@ impl Fixture for PostgresThroughPgBouncer {
         PostgresThroughPgBouncer { bouncer, pg }
     }
     async fn locker(&self, config: Config) -> Locker {
-        Locker::builder(config)
-            .postgres(self.pool().await)
-            .build()
-            .expect("build")
+        self.locker_listening(config, dlock::postgres::Listen::Off)
+            .await
     }
     async fn exists(&self, prefix: &str, key: &str) -> bool {
         self.pg.exists(prefix, key).await

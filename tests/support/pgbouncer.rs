@@ -53,7 +53,10 @@ impl PgBouncer {
         let as_nobody = running_as_root();
         let dir = TempDir::new("pgbouncer");
         let port = free_port();
-        let userlist: String = users.iter().map(|user| format!("\"{user}\" \"\"\n")).collect();
+        let userlist: String = users
+            .iter()
+            .map(|user| format!("\"{user}\" \"\"\n"))
+            .collect();
         std::fs::write(dir.path().join("userlist.txt"), userlist).expect("userlist.txt");
         let config = format!(
             "[databases]\n\

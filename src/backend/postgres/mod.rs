@@ -1,6 +1,6 @@
 //! The PostgreSQL backend: locks are rows of `dlock_locks` (leases with an expiry by the
 //! server's clock), never session state, so a pooled connection or PgBouncer in transaction
-//! mode strands nothing. `schema.sql` beside this file is the whole schema.
+//! mode strands nothing (tested: `postgres_through_pgbouncer` in `tests/postgres.rs`). `schema.sql` beside this file is the whole schema.
 //!
 //! # One row per holder
 //!
@@ -41,23 +41,48 @@
 //! (a resent attempt is the same acquisition). A resent release would answer `false`: the
 //! protocol has no tombstone for releases, and sqlx does not resend.
 //!
+//! # Statements: simple protocol, values as hex
+//!
+//! Every statement is sent in PostgreSQL's simple query protocol (`sqlx::raw_sql`): one
+//! message, one answer, no prepared statement. Behind PgBouncer in transaction pooling mode
+//! (1.18: no prepared statements there), each Sync may run on another server connection,
+//! and sqlx's extended protocol needs two: Parse+Describe, then Bind+Execute. Its named,
+//! cached statements (`sqlx_s_1`, ...) then meet another client's or none ("already
+//! exists", "does not exist"), and even its unnamed ones (`persistent(false)`) can be bound
+//! to another client's statement: "bind message supplies 2 parameters, but prepared
+//! statement \"\" requires 3", and with the same count (renew and abandon both take key,
+//! token, TTL) the wrong statement would run. No pool option of the user's avoids that.
+//! The simple protocol costs one round trip, as a cached statement does.
+//!
+//! Values go into the SQL text as hex only: a text is `convert_from(decode('<hex>',
+//! 'hex'), 'UTF8')`, a `bytea` `decode('<hex>', 'hex')`, numbers are formatted by Rust, so
+//! no quoting rule or server setting (`standard_conforming_strings`) is involved. Rows come
+//! back in text format, which sqlx decodes for the types read here.
+//!
 //! # Wake-ups
 //!
 //! A waiter's attempts mark the holder rows (`waited`); a release that deletes a marked row
 //! sends `pg_notify('dlock_released', key)`. One connection per locker `LISTEN`s, opened
-//! only when a first task waits; polling stays the safety net.
+//! only when a first task waits: one of the pool's, or one of its own
+//! ([`Listen`](crate::postgres::Listen)); with `Listen::Off` nothing listens and rows are
+//! not marked. Polling stays the safety net.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
-use sqlx::Row;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::{Executor, Row};
 use tokio::time::Instant;
 
 use super::{retry_until_acquired, Backend, Context, Grant, Lease, Renewal, Request, Wakeups};
 use crate::config::Driver;
 use crate::error::{Error, Result};
+use crate::postgres::Listen;
 use crate::Holder;
+
+/// Where the locker listens ([`Listen`]): the builder's, whether `.postgres_listen(..)` was
+/// called before or after `.postgres(..)`; read when a first task waits.
+pub(crate) type ListenSlot = Arc<Mutex<Listen>>;
 
 /// The schema: the table, its sequence and the two functions (`schema.sql`).
 pub(crate) const SCHEMA: &str = include_str!("schema.sql");
@@ -67,45 +92,131 @@ const CHANNEL: &str = "dlock_released";
 
 const NAME: &str = "postgres";
 
-const ACQUIRE: &str = "SELECT dlock_acquire($1, $2, $3, $4, $5, $6)";
+/// One attempt: `dlock_acquire(key, token, ttl_ms, permits, value, announce)`.
+fn acquire_sql(request: &Request<'_>, announce: bool) -> String {
+    let permits = i32::try_from(request.permits).unwrap_or(i32::MAX);
+    let value = request
+        .value
+        .map_or_else(|| "NULL::bytea".to_owned(), |v| bytea(v.as_bytes()));
+    format!(
+        "SELECT dlock_acquire({}, {}, {}::bigint, {permits}::integer, {value}, {announce})",
+        text(request.storage_key),
+        text(request.token),
+        millis(request.ttl),
+    )
+}
 
-const ABANDON: &str = "SELECT dlock_abandon($1, $2, $3)";
+fn abandon_sql(storage_key: &str, token: &str, ttl: Duration) -> String {
+    format!(
+        "SELECT dlock_abandon({}, {}, {}::bigint)",
+        text(storage_key),
+        text(token),
+        millis(ttl)
+    )
+}
 
 /// Deletes the bar `dlock_abandon` left for `(key, token)` once it has expired.
-const UNBAR: &str = "DELETE FROM dlock_locks \
-     WHERE key = $1 AND token = $2 AND permits = 0 AND expires <= now()";
+fn unbar_sql(storage_key: &str, token: &str) -> String {
+    format!(
+        "DELETE FROM dlock_locks \
+         WHERE key = {} AND token = {} AND permits = 0 AND expires <= now()",
+        text(storage_key),
+        text(token)
+    )
+}
 
 /// Past a bar's TTL, how much longer its undo waits before deleting it: the bar's expiry
 /// is by the server's clock, from the start of the abandon's transaction.
 const UNBAR_MARGIN: Duration = Duration::from_millis(100);
 
-const RENEW: &str = "UPDATE dlock_locks SET expires = now() + $3 * interval '1 millisecond' \
-     WHERE key = $1 AND token = $2 AND permits > 0 AND expires > now()";
+fn renew_sql(storage_key: &str, token: &str, ttl: Duration) -> String {
+    format!(
+        "UPDATE dlock_locks SET expires = now() + {}::bigint * interval '1 millisecond' \
+         WHERE key = {} AND token = {} AND permits > 0 AND expires > now()",
+        millis(ttl),
+        text(storage_key),
+        text(token)
+    )
+}
 
-const RENEW_MANY: &str = "UPDATE dlock_locks AS l \
-     SET expires = now() + r.ttl_ms * interval '1 millisecond' \
-     FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(key, token, ttl_ms) \
-     WHERE l.key = r.key AND l.token = r.token AND l.permits > 0 AND l.expires > now() \
-     RETURNING l.key, l.token";
+/// One statement for a whole batch: three comma-separated lists (keys and tokens in hex,
+/// TTLs in milliseconds), unnested side by side.
+fn renew_many_sql(locks: &[(&Lease, &mut String)]) -> String {
+    let list = |item: &dyn Fn(&(&Lease, &mut String)) -> String| {
+        locks.iter().map(item).collect::<Vec<_>>().join(",")
+    };
+    let keys = list(&|(lease, _)| hex(lease.storage_key.as_bytes()));
+    let tokens = list(&|(_, token)| hex(token.as_bytes()));
+    let ttls = list(&|(lease, _)| millis(lease.ttl).to_string());
+    format!(
+        "UPDATE dlock_locks AS l \
+         SET expires = now() + r.ttl_ms * interval '1 millisecond' \
+         FROM (SELECT convert_from(decode(k, 'hex'), 'UTF8') AS key, \
+                      convert_from(decode(t, 'hex'), 'UTF8') AS token, ttl_ms \
+               FROM unnest(string_to_array('{keys}', ','), string_to_array('{tokens}', ','), \
+                           string_to_array('{ttls}', ',')::bigint[]) AS u(k, t, ttl_ms)) AS r \
+         WHERE l.key = r.key AND l.token = r.token AND l.permits > 0 AND l.expires > now() \
+         RETURNING l.key, l.token"
+    )
+}
 
 /// Deletes the row whatever its expiry (nothing is left behind), answers whether it was
 /// still live, and notifies the key's waiters if any marked it.
-const RELEASE: &str = "WITH d AS (DELETE FROM dlock_locks \
-         WHERE key = $1 AND token = $2 AND permits > 0 \
-         RETURNING expires > now() AS live, waited) \
-     SELECT d.live, (SELECT count(*) FROM pg_notify('dlock_released', $1) WHERE d.waited) \
-     FROM d";
+fn release_sql(storage_key: &str, token: &str) -> String {
+    let key = text(storage_key);
+    format!(
+        "WITH d AS (DELETE FROM dlock_locks \
+             WHERE key = {key} AND token = {} AND permits > 0 \
+             RETURNING expires > now() AS live, waited) \
+         SELECT d.live, (SELECT count(*) FROM pg_notify('{CHANNEL}', {key}) WHERE d.waited) \
+         FROM d",
+        text(token)
+    )
+}
 
-const HOLDERS: &str = "SELECT fence, value, permits, \
-         GREATEST(0, extract(epoch FROM expires - now()) * 1000)::bigint \
-     FROM dlock_locks WHERE key = $1 AND permits > 0 AND expires > now()";
+fn holders_sql(storage_key: &str) -> String {
+    format!(
+        "SELECT fence, value, permits, \
+             GREATEST(0, extract(epoch FROM expires - now()) * 1000)::bigint \
+         FROM dlock_locks WHERE key = {} AND permits > 0 AND expires > now()",
+        text(storage_key)
+    )
+}
+
+/// A text value as SQL that no server setting can read otherwise (`standard_conforming_strings`,
+/// an odd `client_encoding`): its UTF-8 bytes in hex, decoded by the server. Only hex digits
+/// go between the quotes.
+fn text(value: &str) -> String {
+    format!("convert_from({}, 'UTF8')", bytea(value.as_bytes()))
+}
+
+/// A `bytea` value as SQL: `decode('<hex>', 'hex')`.
+fn bytea(value: &[u8]) -> String {
+    format!("decode('{}', 'hex')", hex(value))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    out
+}
 
 /// `LockGuard::fence_transaction`: the guard's live row, locked until the caller's
 /// transaction ends. `clock_timestamp()`, not `now()`: the transaction may have begun long
 /// ago. The fencing token names the acquisition (the sequence never repeats one).
-pub(crate) const FENCE_TRANSACTION: &str = "SELECT 1 FROM dlock_locks \
-     WHERE key = $1 AND fence = $2 AND permits > 0 AND expires > clock_timestamp() \
-     FOR KEY SHARE";
+pub(crate) fn fence_transaction_sql(storage_key: &str, fence: i64) -> String {
+    format!(
+        "SELECT 1 FROM dlock_locks \
+         WHERE key = {} AND fence = {fence}::bigint AND permits > 0 \
+           AND expires > clock_timestamp() \
+         FOR KEY SHARE",
+        text(storage_key)
+    )
+}
 
 /// Runs the schema, in one transaction under an advisory lock so that concurrent calls do
 /// not race on `CREATE ... IF NOT EXISTS`.
@@ -121,15 +232,17 @@ pub(crate) async fn migrate(pool: &PgPool) -> Result<()> {
 /// The PostgreSQL backend over an injected pool.
 pub(crate) struct PostgresBackend {
     pool: PgPool,
+    listen: ListenSlot,
     wakeups: Arc<Wakeups>,
     /// Set once the listening task is started (by the first waiter).
     listening: OnceLock<()>,
 }
 
 impl PostgresBackend {
-    pub(crate) fn new(pool: PgPool) -> Self {
+    pub(crate) fn new(pool: PgPool, listen: ListenSlot) -> Self {
         PostgresBackend {
             pool,
+            listen,
             wakeups: Wakeups::new(),
             listening: OnceLock::new(),
         }
@@ -149,12 +262,13 @@ impl PostgresBackend {
             let (key, storage_key) = (request.key.to_owned(), request.storage_key.to_owned());
             let (token, ttl) = (request.token.to_owned(), request.ttl);
             async move {
-                let abandon = || {
-                    let query = sqlx::query_scalar::<_, bool>(ABANDON)
-                        .bind(&storage_key)
-                        .bind(&token)
-                        .bind(millis(ttl));
-                    cx.call(NAME, &key, ttl, query.fetch_one(&pool))
+                let sql = abandon_sql(&storage_key, &token, ttl);
+                let abandon = || async {
+                    let row = cx
+                        .call(NAME, &key, ttl, sqlx::raw_sql(&sql).fetch_one(&pool))
+                        .await?;
+                    row.try_get::<bool, _>(0)
+                        .map_err(|e| Error::backend(NAME, &key, e))
                 };
                 let barred = cx.until_confirmed(NAME, &key, sent + ttl, abandon).await;
                 if barred == Some(false) {
@@ -162,22 +276,19 @@ impl PostgresBackend {
                 }
             }
         });
-        let query = sqlx::query_scalar::<_, i64>(ACQUIRE)
-            .bind(request.storage_key)
-            .bind(request.token)
-            .bind(millis(request.ttl))
-            .bind(i32::try_from(request.permits).unwrap_or(i32::MAX))
-            .bind(request.value.map(str::as_bytes))
-            .bind(announce);
-        let fence = cx
+        let sql = acquire_sql(request, announce);
+        let row = cx
             .call(
                 NAME,
                 request.key,
                 request.useful_for(),
-                query.fetch_one(&self.pool),
+                sqlx::raw_sql(&sql).fetch_one(&self.pool),
             )
             .await?;
         undo.disarm();
+        let fence: i64 = row
+            .try_get(0)
+            .map_err(|e| Error::backend(NAME, request.key, e))?;
         if fence < 0 {
             let held = u32::try_from(-fence).unwrap_or(u32::MAX);
             return Err(Error::permits_mismatch(request.key, request.permits, held));
@@ -189,16 +300,26 @@ impl PostgresBackend {
         }))
     }
 
-    /// Starts the locker's one listening connection, the first time a task waits.
-    fn listen(&self, cx: &Context) {
-        if self.listening.set(()).is_err() {
-            return;
+    /// Starts the locker's one listening connection, the first time a task waits. Answers
+    /// whether releases are listened for (`false` with [`Listen::Off`]).
+    fn listen(&self, cx: &Context) -> bool {
+        if matches!(*crate::backend::recover(self.listen.lock()), Listen::Off) {
+            return false;
         }
-        let (pool, wakeups, closing) = (
-            self.pool.clone(),
-            self.wakeups.clone(),
-            cx.closing().clone(),
-        );
+        if self.listening.set(()).is_err() {
+            return true;
+        }
+        let pool = match crate::backend::recover(self.listen.lock()).clone() {
+            Listen::Pool | Listen::Off => self.pool.clone(),
+            // A pool of one: `PgListener` reconnects through it after a lost connection.
+            Listen::Direct(options) => PgPoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_lazy_with(options),
+        };
+        let (wakeups, closing) = (self.wakeups.clone(), cx.closing().clone());
         cx.spawn(async move {
             let listening = async {
                 let mut pause = Duration::from_millis(100);
@@ -239,6 +360,7 @@ impl PostgresBackend {
                 _ = listening => {}
             }
         });
+        true
     }
 }
 
@@ -282,20 +404,23 @@ impl Backend for PostgresBackend {
                 return Ok(Some(grant));
             }
         }
-        self.listen(cx);
+        // Holders are marked (their release notifies) only when someone listens.
+        let announce = self.listen(cx);
         retry_until_acquired(Some(&self.wakeups), request, retry_interval, || {
-            self.attempt(cx, request, true)
+            self.attempt(cx, request, announce)
         })
         .await
     }
 
     async fn renew(&self, cx: &Context, lease: &Lease, token: &mut String) -> Result<Renewal> {
-        let query = sqlx::query(RENEW)
-            .bind(&lease.storage_key)
-            .bind(&*token)
-            .bind(millis(lease.ttl));
+        let sql = renew_sql(&lease.storage_key, token, lease.ttl);
         let done = cx
-            .call(NAME, &lease.key, lease.ttl, query.execute(&self.pool))
+            .call(
+                NAME,
+                &lease.key,
+                lease.ttl,
+                sqlx::raw_sql(&sql).execute(&self.pool),
+            )
             .await?;
         Ok(Renewal::still_ours(done.rows_affected() == 1))
     }
@@ -306,17 +431,19 @@ impl Backend for PostgresBackend {
         cx: &Context,
         locks: Vec<(&Lease, &mut String)>,
     ) -> Vec<Result<Renewal>> {
-        let keys: Vec<&str> = locks.iter().map(|(l, _)| l.storage_key.as_str()).collect();
-        let tokens: Vec<&str> = locks.iter().map(|(_, t)| t.as_str()).collect();
-        let ttls: Vec<i64> = locks.iter().map(|(l, _)| millis(l.ttl)).collect();
+        if locks.is_empty() {
+            return Vec::new();
+        }
         let limit = locks.iter().map(|(l, _)| l.ttl).min().unwrap_or_default();
-        let query = sqlx::query(RENEW_MANY)
-            .bind(&keys)
-            .bind(&tokens)
-            .bind(&ttls);
-        let first_key = keys.first().copied().unwrap_or_default();
+        let sql = renew_many_sql(&locks);
+        let first_key = locks[0].0.storage_key.as_str();
         match cx
-            .call(NAME, first_key, limit, query.fetch_all(&self.pool))
+            .call(
+                NAME,
+                first_key,
+                limit,
+                sqlx::raw_sql(&sql).fetch_all(&self.pool),
+            )
             .await
         {
             Ok(rows) => {
@@ -354,9 +481,14 @@ impl Backend for PostgresBackend {
         storage_key: &str,
         permits: u32,
     ) -> Result<Vec<Holder>> {
-        let query = sqlx::query(HOLDERS).bind(storage_key);
+        let sql = holders_sql(storage_key);
         let rows = cx
-            .call(NAME, key, Duration::MAX, query.fetch_all(&self.pool))
+            .call(
+                NAME,
+                key,
+                Duration::MAX,
+                sqlx::raw_sql(&sql).fetch_all(&self.pool),
+            )
             .await?;
         let mut holders = Vec::with_capacity(rows.len());
         for row in rows {
@@ -383,9 +515,16 @@ impl Backend for PostgresBackend {
         token: String,
         limit: Duration,
     ) -> Result<bool> {
-        let query = sqlx::query(RELEASE).bind(&lease.storage_key).bind(&token);
+        let sql = release_sql(&lease.storage_key, &token);
+        // Through the executor: sqlx 0.8's `RawSql::fetch_optional` is `fetch_one` (an
+        // error for no row).
         let row = cx
-            .call(NAME, &lease.key, limit, query.fetch_optional(&self.pool))
+            .call(
+                NAME,
+                &lease.key,
+                limit,
+                (&self.pool).fetch_optional(sqlx::raw_sql(&sql)),
+            )
             .await?;
         let released = match row {
             Some(row) => row
@@ -416,8 +555,11 @@ fn unbar_when_expired(
     cx.clone().spawn(async move {
         let unbar = async {
             tokio::time::sleep(ttl + UNBAR_MARGIN).await;
-            let query = sqlx::query(UNBAR).bind(&storage_key).bind(&token);
-            if let Err(e) = cx.call(NAME, &key, ttl, query.execute(&pool)).await {
+            let sql = unbar_sql(&storage_key, &token);
+            if let Err(e) = cx
+                .call(NAME, &key, ttl, sqlx::raw_sql(&sql).execute(&pool))
+                .await
+            {
                 tracing::debug!(component = "dlock", backend = NAME, key = %key, error = %e,
                     "an expired bar could not be deleted; a later attempt's sweep will");
             }
