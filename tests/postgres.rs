@@ -451,3 +451,35 @@ async fn wait_until_marked(admin: &sqlx::PgPool, key: &str) -> bool {
     }
     false
 }
+
+/// The backend writes every value into its SQL text (simple query protocol, for PgBouncer):
+/// keys and published values with quotes, backslashes, dollar quotes, a semicolon and
+/// non-ASCII text reach the server as they are, directly and through PgBouncer: the row's
+/// key is exactly the prefixed key, the leader's value is read back unchanged, and the
+/// locks are held, listed and released like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_values_with_sql_syntax_reach_the_server_as_they_are() {
+    let fx = PostgresThroughPgBouncer::start().await;
+    let key = r#"o'brien \x41 $$; DROP TABLE dlock_locks; -- ключ 🔒 "q""#;
+    let value = r#"'); DELETE FROM dlock_locks; --\\ $tag$ \x00 ünï"#;
+    let direct = fx.pg.locker(config("sql:")).await;
+    let bounced = fx.locker(config("sql:")).await;
+    for (name, locker) in [("direct", &direct), ("through pgbouncer", &bounced)] {
+        let leadership = locker
+            .election(key)
+            .campaign(value)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: campaign: {e}"));
+        let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM dlock_locks")
+            .fetch_all(&fx.pg.admin)
+            .await
+            .expect("keys");
+        assert_eq!(keys, [format!("sql:{key}")], "{name}");
+        let leader = locker.election(key).leader().await.expect("leader");
+        let leader = leader.unwrap_or_else(|| panic!("{name}: no leader"));
+        assert_eq!(leader.value.as_deref(), Some(value), "{name}");
+        assert_eq!(leader.fencing_token, leadership.term(), "{name}");
+        leadership.resign().await.expect("resign");
+        assert!(!fx.exists("sql:", key).await, "{name}: still held");
+    }
+}
