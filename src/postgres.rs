@@ -3,8 +3,9 @@
 //!
 //! Each holder of a lock is a row of `dlock_locks` with its token, fencing token (from the
 //! sequence `dlock_fence`), expiry by the server's clock and published value; acquire, renew
-//! and release are single statements. Nothing lives in a session, so pooled connections and
-//! PgBouncer in transaction mode are fine.
+//! and release are single statements, each in the simple query protocol. Nothing lives in a
+//! session, so pooled connections and PgBouncer in transaction mode are fine; only the
+//! release notifications' `LISTEN` must not go through transaction pooling ([`Listen`]).
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
