@@ -481,5 +481,14 @@ async fn keys_and_values_with_sql_syntax_reach_the_server_as_they_are() {
         assert_eq!(leader.fencing_token, leadership.term(), "{name}");
         leadership.resign().await.expect("resign");
         assert!(!fx.exists("sql:", key).await, "{name}: still held");
+        // PostgreSQL has no NUL in text: refused by the server, as with a bound parameter.
+        match locker.try_lock("nul\0key").await {
+            Err(Error::Backend { source, .. }) => {
+                let source = source.to_string();
+                assert!(source.contains("invalid byte sequence"), "{name}: {source}");
+            }
+            other => panic!("{name}: a key with a NUL: {other:?}"),
+        }
     }
 }
+
