@@ -492,3 +492,46 @@ async fn keys_and_values_with_sql_syntax_reach_the_server_as_they_are() {
     }
 }
 
+/// A release made before the waiter's locker listens: the waiter's attempt has marked the
+/// row, but its direct listening connection is held up (a partitioned proxy) until after
+/// the release, whose NOTIFY nobody hears. Once the connection listens, every waiting key
+/// retries once: the waiter, polling every 30 s, gets the lock within seconds of the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_pgbouncer_a_release_before_the_direct_listener_listens_still_wakes_the_waiter() {
+    let fx = PostgresThroughPgBouncer::start().await;
+    let proxy = support::Proxy::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        fx.pg.server.port(),
+    )))
+    .await;
+    proxy.blackhole();
+    let mut slow_polling = config("late-listen:");
+    slow_polling.retry_interval = Duration::from_secs(30);
+    let holder = fx.locker(slow_polling.clone()).await;
+    let through_proxy = fx.direct_options().port(proxy.port());
+    let waiter = fx
+        .locker_listening(slow_polling, Listen::Direct(through_proxy))
+        .await;
+    let held = holder.lock("k").await.expect("lock");
+    let waiting = support::spawn_waiter(&waiter, "k", Duration::from_secs(20));
+    let marked = wait_until_marked(&fx.pg.admin, "late-listen:k").await;
+    assert!(marked, "the waiter never marked the holder's row");
+    held.release().await.expect("release");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the waiter heard a release it could not hear"
+    );
+    let healed_at = tokio::time::Instant::now();
+    proxy.pass();
+    let guard = waiting
+        .await
+        .unwrap()
+        .expect("the waiter gets the lock once its listener listens");
+    let woken_after = healed_at.elapsed();
+    assert!(
+        woken_after < Duration::from_secs(10),
+        "the waiter took {woken_after:?} after its listener could listen: it polled"
+    );
+    guard.release().await.expect("release");
+}

@@ -99,10 +99,12 @@
 //! A waiter's attempts mark the holder's row; the release of a marked row sends
 //! `pg_notify('dlock_released', key)` in the same statement. Each locker `LISTEN`s on one
 //! connection of its pool, opened only when a first task waits (an uncontended service
-//! never opens it), and reopened after a lost connection. Polling every `retry_interval`
-//! stays the safety net, so a lost notification costs one poll, never a lock. Where the
-//! locker listens is [`LockerBuilder::postgres_listen`](crate::LockerBuilder::postgres_listen)'s
-//! choice ([`Listen`](crate::postgres::Listen)): behind PgBouncer, see the next section.
+//! never opens it), and reopened after a lost connection. Once it listens, every waiting
+//! key retries once (a release made while it was connecting notified nobody). Polling
+//! every `retry_interval` stays the safety net, so a lost notification costs one poll,
+//! never a lock. Where the locker listens is
+//! [`LockerBuilder::postgres_listen`](crate::LockerBuilder::postgres_listen)'s choice
+//! ([`Listen`](crate::postgres::Listen)): behind PgBouncer, see the next section.
 //!
 //! ## Behind PgBouncer
 //!
@@ -202,9 +204,10 @@
 //! | a release wakes a waiter of another locker by NOTIFY, not by its poll | `a_release_notifies_a_waiter_of_another_locker` |
 //! | the whole conformance suite through PgBouncer 1.18 in transaction pooling mode (4 server connections shared by every locker), nothing of the lockers' reaching PostgreSQL but through it (`Listen::Off`) | `conformance!(postgres_through_pgbouncer, PostgresThroughPgBouncer)` |
 //! | behind PgBouncer, a direct listening connection wakes a waiter of another locker (polling every 30 s) by NOTIFY | `behind_pgbouncer_a_direct_listener_wakes_a_waiter_of_another_locker` |
+//! | a release made before the direct listening connection has run its `LISTEN` (held in a partitioned proxy) still wakes the waiter once it listens, not at its 30 s poll | `behind_pgbouncer_a_release_before_the_direct_listener_listens_still_wakes_the_waiter` |
 //! | behind PgBouncer without `LISTEN`, a waiter of another locker gets the lock at its next poll, and marks no row | `behind_pgbouncer_without_listen_a_waiter_of_another_locker_polls` |
 //! | `fence_transaction` through PgBouncer: 200 fenced read-modify-write transactions over 2 lockers lose no increment; a deleted lock's transaction is refused | `behind_pgbouncer_fence_transaction_checks_each_transaction` |
-//! | keys and published values with quotes, backslashes, `$$` and non-ASCII text reach the server unchanged (values are written into the SQL as hex) | `keys_and_values_with_sql_syntax_reach_the_server_as_they_are` |
+//! | keys and published values with quotes, backslashes, `$$` and non-ASCII text reach the server unchanged (values are written into the SQL as constants); a NUL is refused by the server | `keys_and_values_with_sql_syntax_reach_the_server_as_they_are` |
 //! | the inventory example sells exactly its stock | `the_inventory_example_sells_exactly_the_stock` |
 //! | `dlock --postgres URL run`: a second run waits for the first; `status`; a missing schema is reported | `tests/cli.rs`: `postgres_second_run_waits_for_the_first_then_runs`, `postgres_no_wait_status_and_forwarded_sigterm`, `postgres_without_schema_bad_urls_and_unreachable_servers` |
 //!

@@ -356,6 +356,9 @@ impl PostgresBackend {
                         continue;
                     }
                     pause = Duration::from_millis(100);
+                    // A waiter's attempt may have marked a row before this LISTEN, and its
+                    // release notified nobody: each waiting key retries once now.
+                    wakeups.released_everywhere();
                     // `recv` reconnects (and listens again) after a lost connection.
                     loop {
                         match listener.recv().await {
