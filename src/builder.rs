@@ -34,7 +34,7 @@ pub struct LockerBuilder {
     #[cfg(feature = "redis")]
     redis_replica_ack: crate::backend::redis::AckSlot,
     #[cfg(feature = "postgres")]
-    postgres_listen: crate::backend::postgres::ListenSlot,
+    postgres_settings: crate::backend::postgres::SettingsSlot,
 }
 
 /// The default of [`LockerBuilder::call_timeout`].
@@ -58,7 +58,7 @@ impl LockerBuilder {
             #[cfg(feature = "redis")]
             redis_replica_ack: Default::default(),
             #[cfg(feature = "postgres")]
-            postgres_listen: Default::default(),
+            postgres_settings: Default::default(),
         }
     }
 
@@ -253,8 +253,10 @@ impl LockerBuilder {
     /// ```
     #[cfg(feature = "postgres")]
     pub fn postgres(self, pool: sqlx::PgPool) -> Self {
-        let listen = self.postgres_listen.clone();
-        self.install(crate::backend::postgres::PostgresBackend::new(pool, listen))
+        let settings = self.postgres_settings.clone();
+        self.install(crate::backend::postgres::PostgresBackend::new(
+            pool, settings,
+        ))
     }
 
     /// PostgreSQL only: where the locker listens for release notifications (default
@@ -282,7 +284,38 @@ impl LockerBuilder {
     /// ```
     #[cfg(feature = "postgres")]
     pub fn postgres_listen(self, listen: crate::postgres::Listen) -> Self {
-        *crate::backend::recover(self.postgres_listen.lock()) = listen;
+        crate::backend::recover(self.postgres_settings.lock()).listen = listen;
+        self
+    }
+
+    /// PostgreSQL only: send dlock's statements as prepared statements, cached per
+    /// connection by sqlx, instead of in the simple query protocol (the default). It saves
+    /// the server parsing and planning each statement again: on this project's (shared, noisy)
+    /// machine, lock + release pairs ran 2–20 % faster with it, and a pgbench of acquire +
+    /// renew + release ran up to about twice as many cycles per second on the server.
+    ///
+    /// Only when every connection of the pool keeps its prepared statements from one
+    /// statement to the next: PostgreSQL itself, PgBouncer in session mode, or PgBouncer
+    /// 1.21 and later with `max_prepared_statements` set. **Never behind PgBouncer before
+    /// 1.21 in transaction (or statement) mode**: sqlx prepares a statement in one exchange
+    /// and runs it in the next, which such a PgBouncer may send to another server
+    /// connection, where the name is unknown, taken, or another client's statement.
+    /// `fence_transaction` always uses the simple protocol. Before or after
+    /// `.postgres(..)`.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Straight to PostgreSQL: no PgBouncer in between.
+    /// let pool = sqlx::PgPool::connect("postgres://app@db.internal:5432/app").await?;
+    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Postgres))
+    ///     .postgres(pool)
+    ///     .postgres_prepared_statements(true)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres_prepared_statements(self, on: bool) -> Self {
+        crate::backend::recover(self.postgres_settings.lock()).prepared = on;
         self
     }
 
@@ -421,10 +454,11 @@ impl std::fmt::Debug for LockerBuilder {
             &crate::backend::recover(self.redis_pubsub.lock()).is_some(),
         );
         #[cfg(feature = "postgres")]
-        out.field(
-            "postgres_listen",
-            &*crate::backend::recover(self.postgres_listen.lock()),
-        );
+        {
+            let settings = crate::backend::recover(self.postgres_settings.lock());
+            out.field("postgres_listen", &settings.listen)
+                .field("postgres_prepared_statements", &settings.prepared);
+        }
         out.finish_non_exhaustive()
     }
 }

@@ -11,7 +11,9 @@ use dlock::postgres::Listen;
 use dlock::testing::{conformance, Fixture};
 use dlock::{Config, Driver, Error};
 
-use support::fixtures::{Postgres, PostgresLeastPrivilege, PostgresThroughPgBouncer};
+use support::fixtures::{
+    Postgres, PostgresLeastPrivilege, PostgresPrepared, PostgresThroughPgBouncer,
+};
 
 /// `examples/inventory_postgres.rs`, whose `run` is run below on this suite's server (the
 /// example itself needs a server of the user's, so scripts/test.sh does not run it).
@@ -22,6 +24,7 @@ mod inventory_example;
 conformance!(postgres_backend, Postgres);
 conformance!(postgres_least_privilege, PostgresLeastPrivilege);
 conformance!(postgres_through_pgbouncer, PostgresThroughPgBouncer);
+conformance!(postgres_prepared_statements, PostgresPrepared);
 
 fn config(prefix: &str) -> Config {
     dlock::testing::config(Driver::Postgres, prefix, Duration::from_secs(10))

@@ -658,3 +658,38 @@ impl Fixture for PostgresThroughPgBouncer {
         self.pg.write_counter(name, value).await
     }
 }
+
+/// [`Postgres`] whose lockers send prepared statements
+/// (`LockerBuilder::postgres_prepared_statements(true)`), straight to the server.
+#[cfg(feature = "postgres")]
+pub struct PostgresPrepared(pub Postgres);
+
+#[cfg(feature = "postgres")]
+impl Fixture for PostgresPrepared {
+    const DRIVER: Driver = Driver::Postgres;
+    async fn start() -> Self {
+        PostgresPrepared(Postgres::start_as_superuser().await)
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        Locker::builder(config)
+            .postgres(self.0.pool().await)
+            .postgres_prepared_statements(true)
+            .build()
+            .expect("build")
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        self.0.exists(prefix, key).await
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        self.0.delete(prefix, key).await
+    }
+    async fn stop_server(&mut self) {
+        self.0.stop_server().await
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        self.0.read_counter(name).await
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        self.0.write_counter(name, value).await
+    }
+}
