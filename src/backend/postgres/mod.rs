@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: locks are rows of `dlock_locks` (leases with an expiry by the
 //! server's clock), never session state, so a pooled connection or PgBouncer in transaction
-//! mode strands nothing (tested: `postgres_through_pgbouncer` in `tests/postgres.rs`). `schema.sql` beside this file is the whole schema.
+//! mode strands nothing (tested: `postgres_through_pgbouncer` in `tests/postgres.rs`).
+//! `schema.sql` beside this file is the whole schema.
 //!
 //! # One row per holder
 //!
@@ -45,9 +46,10 @@
 //!
 //! Every statement is written once, with parameters `$1`..`$n` ([`Statement`]), and sent
 //! by default in PostgreSQL's simple query protocol (`sqlx::raw_sql`) with its values
-//! written in: one message, one answer, no prepared statement. Behind PgBouncer in transaction pooling mode
-//! (1.18: no prepared statements there), each Sync may run on another server connection,
-//! and sqlx's extended protocol needs two: Parse+Describe, then Bind+Execute. Its named,
+//! written in: one message, one answer, no prepared statement. Behind PgBouncer in
+//! transaction pooling mode (1.18: no prepared statements there), each Sync may run on
+//! another server connection, and sqlx's extended protocol needs two: Parse+Describe,
+//! then Bind+Execute. Its named,
 //! cached statements (`sqlx_s_1`, ...) then meet another client's or none ("already
 //! exists", "does not exist"), and even its unnamed ones (`persistent(false)`) can be bound
 //! to another client's statement: "bind message supplies 2 parameters, but prepared
@@ -73,7 +75,8 @@
 //! sends `pg_notify('dlock_released', key)`. One connection per locker `LISTEN`s, opened
 //! only when a first task waits: one of the pool's, or one of its own
 //! ([`Listen`](crate::postgres::Listen)); with `Listen::Off` nothing listens and rows are
-//! not marked. Polling stays the safety net.
+//! not marked. Once it listens, each waiting key retries once: a release made while the
+//! connection was opening notified nobody. Polling stays the safety net.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
