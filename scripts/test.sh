@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing (Debian: redis-server, etcd-server,
-# protobuf-compiler, postgresql), then runs the whole test suite against real servers that the tests
+# protobuf-compiler, postgresql, pgbouncer), then runs the whole test suite against real servers that the tests
 # start themselves on free loopback ports, then runs every example.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,9 @@ command -v protoc >/dev/null || missing+=(protobuf-compiler)
 # PostgreSQL's server binaries are not on PATH: tests/support/postgres_server.rs finds them
 # under /usr/lib/postgresql/<version>/bin.
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+# Debian puts pgbouncer in /usr/sbin, not on an ordinary user's PATH:
+# tests/support/pgbouncer.rs looks there too.
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

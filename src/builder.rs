@@ -33,6 +33,8 @@ pub struct LockerBuilder {
     redis_pubsub: crate::backend::redis::PubsubSlot,
     #[cfg(feature = "redis")]
     redis_replica_ack: crate::backend::redis::AckSlot,
+    #[cfg(feature = "postgres")]
+    postgres_settings: crate::backend::postgres::SettingsSlot,
 }
 
 /// The default of [`LockerBuilder::call_timeout`].
@@ -55,6 +57,8 @@ impl LockerBuilder {
             redis_pubsub: Default::default(),
             #[cfg(feature = "redis")]
             redis_replica_ack: Default::default(),
+            #[cfg(feature = "postgres")]
+            postgres_settings: Default::default(),
         }
     }
 
@@ -249,7 +253,70 @@ impl LockerBuilder {
     /// ```
     #[cfg(feature = "postgres")]
     pub fn postgres(self, pool: sqlx::PgPool) -> Self {
-        self.install(crate::backend::postgres::PostgresBackend::new(pool))
+        let settings = self.postgres_settings.clone();
+        self.install(crate::backend::postgres::PostgresBackend::new(
+            pool, settings,
+        ))
+    }
+
+    /// PostgreSQL only: where the locker listens for release notifications (default
+    /// [`Listen::Pool`](crate::postgres::Listen::Pool), a connection of its pool). Behind
+    /// PgBouncer in transaction pooling mode, give
+    /// [`Listen::Direct`](crate::postgres::Listen::Direct) with options that reach
+    /// PostgreSQL itself, or [`Listen::Off`](crate::postgres::Listen::Off) to rely on polling
+    /// at `retry_interval`: see [`Listen`](crate::postgres::Listen) for why. Before or after
+    /// `.postgres(..)`; the last one given wins.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use dlock::postgres::Listen;
+    /// use sqlx::postgres::PgConnectOptions;
+    ///
+    /// // Every statement through PgBouncer (transaction pooling) on 6432...
+    /// let pool = sqlx::PgPool::connect("postgres://app@pgbouncer.internal:6432/app").await?;
+    /// // ...and release notifications straight from PostgreSQL.
+    /// let direct: PgConnectOptions = "postgres://app@db.internal:5432/app".parse()?;
+    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Postgres))
+    ///     .postgres(pool)
+    ///     .postgres_listen(Listen::Direct(direct))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres_listen(self, listen: crate::postgres::Listen) -> Self {
+        crate::backend::recover(self.postgres_settings.lock()).listen = listen;
+        self
+    }
+
+    /// PostgreSQL only: send dlock's statements as prepared statements, cached per
+    /// connection by sqlx, instead of in the simple query protocol (the default). It saves
+    /// the server parsing and planning each statement again: on this project's (shared, noisy)
+    /// machine, lock + release pairs ran 2–20 % faster with it, and a pgbench of acquire +
+    /// renew + release ran up to about twice as many cycles per second on the server.
+    ///
+    /// Only when every connection of the pool keeps its prepared statements from one
+    /// statement to the next: PostgreSQL itself, PgBouncer in session mode, or PgBouncer
+    /// 1.21 and later with `max_prepared_statements` set. **Never behind PgBouncer before
+    /// 1.21 in transaction (or statement) mode**: sqlx prepares a statement in one exchange
+    /// and runs it in the next, which such a PgBouncer may send to another server
+    /// connection, where the name is unknown, taken, or another client's statement.
+    /// `fence_transaction` always uses the simple protocol. Before or after
+    /// `.postgres(..)`.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Straight to PostgreSQL: no PgBouncer in between.
+    /// let pool = sqlx::PgPool::connect("postgres://app@db.internal:5432/app").await?;
+    /// let locker = dlock::Locker::builder(dlock::Config::new(dlock::Driver::Postgres))
+    ///     .postgres(pool)
+    ///     .postgres_prepared_statements(true)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres_prepared_statements(self, on: bool) -> Self {
+        crate::backend::recover(self.postgres_settings.lock()).prepared = on;
+        self
     }
 
     /// The store for [`Driver::Memory`]; without it the process-wide [`MemoryStore::global`]
@@ -386,6 +453,12 @@ impl std::fmt::Debug for LockerBuilder {
             "redis_pubsub",
             &crate::backend::recover(self.redis_pubsub.lock()).is_some(),
         );
+        #[cfg(feature = "postgres")]
+        {
+            let settings = crate::backend::recover(self.postgres_settings.lock());
+            out.field("postgres_listen", &settings.listen)
+                .field("postgres_prepared_statements", &settings.prepared);
+        }
         out.finish_non_exhaustive()
     }
 }

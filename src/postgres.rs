@@ -3,13 +3,71 @@
 //!
 //! Each holder of a lock is a row of `dlock_locks` with its token, fencing token (from the
 //! sequence `dlock_fence`), expiry by the server's clock and published value; acquire, renew
-//! and release are single statements. Nothing lives in a session, so pooled connections and
-//! PgBouncer in transaction mode are fine.
+//! and release are single statements, each in the simple query protocol. Nothing lives in a
+//! session, so pooled connections and PgBouncer in transaction mode are fine; only the
+//! release notifications' `LISTEN` must not go through transaction pooling ([`Listen`]).
 
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 
 use crate::error::Result;
 use crate::LockGuard;
+
+/// Where a PostgreSQL locker listens for release notifications (`LISTEN dlock_released`),
+/// given with [`LockerBuilder::postgres_listen`](crate::LockerBuilder::postgres_listen). The
+/// locker opens that one connection when a first task waits for a lock; a waiting `lock()`
+/// then retries as soon as the lock is released anywhere. Whatever the choice, releases made
+/// by the locker itself wake its own waiters at once, and every waiter also polls at the
+/// config's `retry_interval`.
+///
+/// `LISTEN` is session state. Behind PgBouncer in transaction (or statement) pooling mode,
+/// a `LISTEN` sent through the pool subscribes a server connection that PgBouncer then lends
+/// to other clients: a notification reaches one of them in the middle of its next query,
+/// which sqlx fails ("unexpected message: NotificationResponse"), yours included. So with
+/// such a pool, give [`Listen::Direct`] (a connection that bypasses PgBouncer) or
+/// [`Listen::Off`] (polling only). The guide's [PostgreSQL chapter](crate::guide::postgres)
+/// has the whole PgBouncer story.
+///
+/// ```
+/// use dlock::postgres::Listen;
+/// use sqlx::postgres::PgConnectOptions;
+///
+/// // The pool goes through PgBouncer (port 6432); notifications come straight from PostgreSQL.
+/// let direct = PgConnectOptions::new().host("db.internal").port(5432).username("app");
+/// let listen = Listen::Direct(direct);
+/// assert!(format!("{listen:?}").contains("db.internal:5432"));
+/// // The default listens on a connection of the locker's pool.
+/// assert!(matches!(Listen::default(), Listen::Pool));
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+// Built once per locker and kept in it: a boxed `Direct` would only make it harder to write.
+#[allow(clippy::large_enum_variant)]
+pub enum Listen {
+    /// On one connection taken from the locker's pool, for as long as the locker lives.
+    /// Right when the pool reaches PostgreSQL itself, or PgBouncer in session mode.
+    #[default]
+    Pool,
+    /// On a connection of its own with these options (a pool of one, reconnecting),
+    /// straight to PostgreSQL: for a pool behind PgBouncer in transaction mode.
+    Direct(PgConnectOptions),
+    /// No `LISTEN` at all: a waiter learns of another process's release at its next poll,
+    /// every `retry_interval` (so keep that short), and releases stop announcing themselves.
+    Off,
+}
+
+/// Names where it listens, never the options' password.
+impl std::fmt::Debug for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Pool => f.write_str("Pool"),
+            Listen::Direct(options) => {
+                write!(f, "Direct({}:{})", options.get_host(), options.get_port())
+            }
+            Listen::Off => f.write_str("Off"),
+        }
+    }
+}
 
 /// The SQL that [`migrate`] runs, for teams that run their own migrations: the sequence
 /// `dlock_fence`, the table `dlock_locks` and the functions `dlock_acquire` and
@@ -79,10 +137,10 @@ impl LockGuard {
             ));
         }
         let fence = i64::try_from(self.fencing_token()).unwrap_or(i64::MAX);
-        let held = sqlx::query(crate::backend::postgres::FENCE_TRANSACTION)
-            .bind(storage_key)
-            .bind(fence)
-            .fetch_optional(&mut **tx)
+        // One simple-protocol statement, like every statement of the backend: no prepared
+        // statement outlives the transaction on its server connection (PgBouncer).
+        let sql = crate::backend::postgres::fence_transaction_sql(storage_key, fence);
+        let held = sqlx::Executor::fetch_optional(&mut **tx, sqlx::raw_sql(&sql))
             .await
             .map_err(|e| {
                 crate::backend::permission::refused_right(crate::Error::backend(

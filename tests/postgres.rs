@@ -1,15 +1,19 @@
 //! The PostgreSQL backend on a real server (`tests/support/postgres_server.rs`): the whole
-//! conformance suite, as the superuser and as a role with the README's GRANT lines only; a
-//! kill -9 and restart with crash recovery; a missing right reported as such.
+//! conformance suite, as the superuser, as a role with the README's GRANT lines only, and
+//! through PgBouncer in transaction pooling mode; a kill -9 and restart with crash recovery;
+//! a missing right reported as such; wake-ups and lock-checked transactions behind PgBouncer.
 
 mod support;
 
 use std::time::Duration;
 
+use dlock::postgres::Listen;
 use dlock::testing::{conformance, Fixture};
 use dlock::{Config, Driver, Error};
 
-use support::fixtures::{Postgres, PostgresLeastPrivilege};
+use support::fixtures::{
+    Postgres, PostgresLeastPrivilege, PostgresPrepared, PostgresThroughPgBouncer,
+};
 
 /// `examples/inventory_postgres.rs`, whose `run` is run below on this suite's server (the
 /// example itself needs a server of the user's, so scripts/test.sh does not run it).
@@ -19,6 +23,8 @@ mod inventory_example;
 
 conformance!(postgres_backend, Postgres);
 conformance!(postgres_least_privilege, PostgresLeastPrivilege);
+conformance!(postgres_through_pgbouncer, PostgresThroughPgBouncer);
+conformance!(postgres_prepared_statements, PostgresPrepared);
 
 fn config(prefix: &str) -> Config {
     dlock::testing::config(Driver::Postgres, prefix, Duration::from_secs(10))
@@ -294,4 +300,241 @@ async fn the_inventory_example_sells_exactly_the_stock() {
         .await
         .expect("the inventory example");
     assert_eq!((sold, left), (50, 0));
+}
+
+/// Behind PgBouncer (transaction pooling): a waiter of another locker, polling every 30 s,
+/// whose locker listens on a direct connection to PostgreSQL
+/// (`Listen::Direct`), is woken by the release's NOTIFY long before its next poll, though
+/// every statement of both lockers goes through PgBouncer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_pgbouncer_a_direct_listener_wakes_a_waiter_of_another_locker() {
+    let fx = PostgresThroughPgBouncer::start().await;
+    let mut slow_polling = config("bouncer-notify:");
+    slow_polling.retry_interval = Duration::from_secs(30);
+    let holder = fx.locker(slow_polling.clone()).await;
+    let waiter = fx
+        .locker_listening(slow_polling, Listen::Direct(fx.direct_options()))
+        .await;
+    let held = holder.lock("k").await.expect("lock");
+    let waiting = support::spawn_waiter(&waiter, "k", Duration::from_secs(20));
+    let marked = wait_until_marked(&fx.pg.admin, "bouncer-notify:k").await;
+    assert!(marked, "the waiter never marked the holder's row");
+    let released_at = tokio::time::Instant::now();
+    held.release().await.expect("release");
+    let guard = waiting
+        .await
+        .unwrap()
+        .expect("the waiter gets the lock after the release");
+    let woken_after = released_at.elapsed();
+    assert!(
+        woken_after < Duration::from_secs(10),
+        "the waiter took {woken_after:?} after the release: it polled (every 30 s) instead \
+         of being notified"
+    );
+    guard.release().await.expect("release");
+}
+
+/// Behind PgBouncer without a listening connection (`Listen::Off`, the fixture's default):
+/// a waiter of another locker gets the lock at its next poll after the release, and its
+/// attempts do not mark the holder's row (nobody would hear the release's NOTIFY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_pgbouncer_without_listen_a_waiter_of_another_locker_polls() {
+    let fx = PostgresThroughPgBouncer::start().await;
+    let mut polling = config("bouncer-poll:");
+    polling.retry_interval = Duration::from_millis(200);
+    let holder = fx.locker(polling.clone()).await;
+    let waiter = fx.locker(polling).await;
+    let held = holder.lock("k").await.expect("lock");
+    let waiting = support::spawn_waiter(&waiter, "k", Duration::from_secs(20));
+    // Several polls of the waiter's.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "the waiter got a held lock");
+    let marked: bool =
+        sqlx::query_scalar("SELECT waited FROM dlock_locks WHERE key = 'bouncer-poll:k'")
+            .fetch_one(&fx.pg.admin)
+            .await
+            .expect("waited");
+    assert!(
+        !marked,
+        "a waiter that does not listen marked the holder's row"
+    );
+    let released_at = tokio::time::Instant::now();
+    held.release().await.expect("release");
+    let guard = waiting
+        .await
+        .unwrap()
+        .expect("the waiter gets the lock after the release");
+    let woken_after = released_at.elapsed();
+    assert!(
+        woken_after < Duration::from_secs(2),
+        "the waiter took {woken_after:?} after the release, polling every 200 ms"
+    );
+    guard.release().await.expect("release");
+}
+
+/// `fence_transaction` through PgBouncer: a transaction is one server connection in
+/// transaction pooling mode. 8 tasks over 2 lockers, 25 increments each, every one read
+/// and written in a transaction through PgBouncer that `fence_transaction` checked (the
+/// same pooled client connections fence many transactions, on whichever server connection
+/// each gets): no increment lost. Then a guard whose row an operator deleted is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_pgbouncer_fence_transaction_checks_each_transaction() {
+    let fx = PostgresThroughPgBouncer::start().await;
+    let pool = fx.pool().await;
+    sqlx::raw_sql("INSERT INTO dlock_test_counters VALUES ('fenced', 0)")
+        .execute(&fx.pg.admin)
+        .await
+        .expect("counter");
+    let lockers = [
+        fx.locker(config("bouncer-fence:")).await,
+        fx.locker(config("bouncer-fence:")).await,
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (locker, pool) = (lockers[i % 2].clone(), pool.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let guard = locker.lock("counter").await.expect("lock");
+                let mut tx = pool.begin().await.expect("begin");
+                guard.fence_transaction(&mut tx).await.expect("fenced");
+                // The caller's own statements in the transaction: unnamed, so that no
+                // prepared statement outlives it on its server connection.
+                let value: i64 =
+                    sqlx::query_scalar("SELECT value FROM dlock_test_counters WHERE name = $1")
+                        .persistent(false)
+                        .bind("fenced")
+                        .fetch_one(&mut *tx)
+                        .await
+                        .expect("read");
+                tokio::task::yield_now().await;
+                sqlx::query("UPDATE dlock_test_counters SET value = $2 WHERE name = $1")
+                    .persistent(false)
+                    .bind("fenced")
+                    .bind(value + 1)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("write");
+                tx.commit().await.expect("commit");
+                guard.release().await.expect("release");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let value: i64 =
+        sqlx::query_scalar("SELECT value FROM dlock_test_counters WHERE name = 'fenced'")
+            .fetch_one(&fx.pg.admin)
+            .await
+            .expect("read");
+    assert_eq!(value, 8 * 25, "fenced increments were lost");
+
+    let guard = lockers[0].lock("gone").await.expect("lock");
+    fx.delete("bouncer-fence:", "gone").await;
+    let mut tx = pool.begin().await.expect("begin");
+    match guard.fence_transaction(&mut tx).await {
+        Err(Error::OwnershipLost { key }) => assert_eq!(key, "gone"),
+        other => panic!("a deleted lock's transaction was fenced: {other:?}"),
+    }
+}
+
+/// Whether a waiter has marked the live row of `key` (its release will notify), within 5 s.
+async fn wait_until_marked(admin: &sqlx::PgPool, key: &str) -> bool {
+    for _ in 0..100 {
+        let marked: Option<bool> =
+            sqlx::query_scalar("SELECT waited FROM dlock_locks WHERE key = $1 AND permits > 0")
+                .bind(key)
+                .fetch_optional(admin)
+                .await
+                .expect("waited");
+        if marked == Some(true) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The backend writes every value into its SQL text (simple query protocol, for PgBouncer):
+/// keys and published values with quotes, backslashes, dollar quotes, a semicolon and
+/// non-ASCII text reach the server as they are, directly and through PgBouncer: the row's
+/// key is exactly the prefixed key, the leader's value is read back unchanged, and the
+/// locks are held, listed and released like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_values_with_sql_syntax_reach_the_server_as_they_are() {
+    let fx = PostgresThroughPgBouncer::start().await;
+    let key = r#"o'brien \x41 $$; DROP TABLE dlock_locks; -- ключ 🔒 "q""#;
+    let value = r#"'); DELETE FROM dlock_locks; --\\ $tag$ \x00 ünï"#;
+    let direct = fx.pg.locker(config("sql:")).await;
+    let bounced = fx.locker(config("sql:")).await;
+    for (name, locker) in [("direct", &direct), ("through pgbouncer", &bounced)] {
+        let leadership = locker
+            .election(key)
+            .campaign(value)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: campaign: {e}"));
+        let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM dlock_locks")
+            .fetch_all(&fx.pg.admin)
+            .await
+            .expect("keys");
+        assert_eq!(keys, [format!("sql:{key}")], "{name}");
+        let leader = locker.election(key).leader().await.expect("leader");
+        let leader = leader.unwrap_or_else(|| panic!("{name}: no leader"));
+        assert_eq!(leader.value.as_deref(), Some(value), "{name}");
+        assert_eq!(leader.fencing_token, leadership.term(), "{name}");
+        leadership.resign().await.expect("resign");
+        assert!(!fx.exists("sql:", key).await, "{name}: still held");
+        // PostgreSQL has no NUL in text: refused by the server, as with a bound parameter.
+        match locker.try_lock("nul\0key").await {
+            Err(Error::Backend { source, .. }) => {
+                let source = source.to_string();
+                assert!(source.contains("invalid byte sequence"), "{name}: {source}");
+            }
+            other => panic!("{name}: a key with a NUL: {other:?}"),
+        }
+    }
+}
+
+/// A release made before the waiter's locker listens: the waiter's attempt has marked the
+/// row, but its direct listening connection is held up (a partitioned proxy) until after
+/// the release, whose NOTIFY nobody hears. Once the connection listens, every waiting key
+/// retries once: the waiter, polling every 30 s, gets the lock within seconds of the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_pgbouncer_a_release_before_the_direct_listener_listens_still_wakes_the_waiter() {
+    let fx = PostgresThroughPgBouncer::start().await;
+    let proxy = support::Proxy::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        fx.pg.server.port(),
+    )))
+    .await;
+    proxy.blackhole();
+    let mut slow_polling = config("late-listen:");
+    slow_polling.retry_interval = Duration::from_secs(30);
+    let holder = fx.locker(slow_polling.clone()).await;
+    let through_proxy = fx.direct_options().port(proxy.port());
+    let waiter = fx
+        .locker_listening(slow_polling, Listen::Direct(through_proxy))
+        .await;
+    let held = holder.lock("k").await.expect("lock");
+    let waiting = support::spawn_waiter(&waiter, "k", Duration::from_secs(20));
+    let marked = wait_until_marked(&fx.pg.admin, "late-listen:k").await;
+    assert!(marked, "the waiter never marked the holder's row");
+    held.release().await.expect("release");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the waiter heard a release it could not hear"
+    );
+    let healed_at = tokio::time::Instant::now();
+    proxy.pass();
+    let guard = waiting
+        .await
+        .unwrap()
+        .expect("the waiter gets the lock once its listener listens");
+    let woken_after = healed_at.elapsed();
+    assert!(
+        woken_after < Duration::from_secs(10),
+        "the waiter took {woken_after:?} after its listener could listen: it polled"
+    );
+    guard.release().await.expect("release");
 }

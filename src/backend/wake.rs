@@ -85,6 +85,15 @@ impl Wakeups {
         }
     }
 
+    /// Wakes one waiter of every key, for one retry each: when a notification channel
+    /// starts listening, releases made before it did went unheard.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn released_everywhere(&self) {
+        for line in self.waiting().values() {
+            line.released.notify_one();
+        }
+    }
+
     /// How many keys have waiters (for tests of the no-growth rule).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

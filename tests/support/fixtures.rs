@@ -581,3 +581,115 @@ impl Fixture for PostgresLeastPrivilege {
         self.0.write_counter(name, value).await
     }
 }
+
+/// [`Postgres`] behind a PgBouncer of its own in transaction pooling mode
+/// (`tests/support/pgbouncer.rs`): each locker's pool (sqlx's default options) connects
+/// through PgBouncer, so consecutive statements of one client connection may run on
+/// different server connections. Its lockers do not `LISTEN` ([`Listen::Off`]): nothing of
+/// theirs reaches PostgreSQL but through PgBouncer. The server-side view (`exists`,
+/// counters) stays direct.
+///
+/// [`Listen::Off`]: dlock::postgres::Listen::Off
+#[cfg(feature = "postgres")]
+pub struct PostgresThroughPgBouncer {
+    pub bouncer: super::PgBouncer,
+    pub pg: Postgres,
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresThroughPgBouncer {
+    /// A pool of its own through PgBouncer, as the fixture's role, with sqlx's defaults.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        self.bouncer
+            .pool_as(&self.pg.role, 10)
+            .await
+            .expect("connect to postgres through pgbouncer")
+    }
+
+    /// Options that reach PostgreSQL itself, bypassing PgBouncer.
+    pub fn direct_options(&self) -> sqlx::postgres::PgConnectOptions {
+        sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(self.pg.server.port())
+            .username(&self.pg.role)
+            .database("postgres")
+    }
+
+    /// A locker whose pool goes through PgBouncer, listening as `listen` says.
+    pub async fn locker_listening(
+        &self,
+        config: Config,
+        listen: dlock::postgres::Listen,
+    ) -> Locker {
+        Locker::builder(config)
+            .postgres(self.pool().await)
+            .postgres_listen(listen)
+            .build()
+            .expect("build")
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Fixture for PostgresThroughPgBouncer {
+    const DRIVER: Driver = Driver::Postgres;
+    async fn start() -> Self {
+        let pg = Postgres::start_as_superuser().await;
+        let bouncer = super::PgBouncer::start(&pg.server, &[&pg.role]).await;
+        PostgresThroughPgBouncer { bouncer, pg }
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        self.locker_listening(config, dlock::postgres::Listen::Off)
+            .await
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        self.pg.exists(prefix, key).await
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        self.pg.delete(prefix, key).await
+    }
+    /// Kills PostgreSQL behind PgBouncer, which keeps running.
+    async fn stop_server(&mut self) {
+        self.pg.stop_server().await
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        self.pg.read_counter(name).await
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        self.pg.write_counter(name, value).await
+    }
+}
+
+/// [`Postgres`] whose lockers send prepared statements
+/// (`LockerBuilder::postgres_prepared_statements(true)`), straight to the server.
+#[cfg(feature = "postgres")]
+pub struct PostgresPrepared(pub Postgres);
+
+#[cfg(feature = "postgres")]
+impl Fixture for PostgresPrepared {
+    const DRIVER: Driver = Driver::Postgres;
+    async fn start() -> Self {
+        PostgresPrepared(Postgres::start_as_superuser().await)
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        Locker::builder(config)
+            .postgres(self.0.pool().await)
+            .postgres_prepared_statements(true)
+            .build()
+            .expect("build")
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        self.0.exists(prefix, key).await
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        self.0.delete(prefix, key).await
+    }
+    async fn stop_server(&mut self) {
+        self.0.stop_server().await
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        self.0.read_counter(name).await
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        self.0.write_counter(name, value).await
+    }
+}

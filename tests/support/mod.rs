@@ -8,12 +8,16 @@ mod etcd_server;
 #[cfg(feature = "testing")]
 pub mod fixtures;
 #[cfg(feature = "postgres")]
+mod pgbouncer;
+#[cfg(feature = "postgres")]
 mod postgres_server;
 mod proxy;
 mod redis_server;
 mod sentinel;
 
 pub use etcd_server::{client_at, EtcdCluster, EtcdServer};
+#[cfg(feature = "postgres")]
+pub use pgbouncer::PgBouncer;
 #[cfg(feature = "postgres")]
 pub use postgres_server::PostgresServer;
 pub use proxy::Proxy;

@@ -16,7 +16,7 @@ use super::{free_port, TempDir};
 const BIN_ROOT: &str = "/usr/lib/postgresql";
 
 /// The user the server runs as when the tests run as root.
-const UNPRIVILEGED: &str = "nobody";
+pub(super) const UNPRIVILEGED: &str = "nobody";
 const UNPRIVILEGED_GROUP: &str = "nogroup";
 
 /// The superuser `initdb` creates.
@@ -46,14 +46,18 @@ fn bin_dir() -> PathBuf {
     }
 }
 
-fn running_as_root() -> bool {
+pub(super) fn running_as_root() -> bool {
     let out = Command::new("id").arg("-u").output().expect("run `id -u`");
     String::from_utf8_lossy(&out.stdout).trim() == "0"
 }
 
 /// `program` from the server's bin dir, run as [`UNPRIVILEGED`] when we are root.
 fn server_command(program: &str, as_nobody: bool) -> Command {
-    let path = bin_dir().join(program);
+    unprivileged_command(&bin_dir().join(program), as_nobody)
+}
+
+/// `path` run as [`UNPRIVILEGED`] (through `setpriv`, which execs) when `as_nobody`.
+pub(super) fn unprivileged_command(path: &std::path::Path, as_nobody: bool) -> Command {
     if as_nobody {
         let mut command = Command::new("setpriv");
         command
