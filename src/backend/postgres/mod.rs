@@ -283,7 +283,7 @@ impl Backend for PostgresBackend {
             }
         }
         self.listen(cx);
-        retry_until_acquired(Some(&self.wakeups), request, retry_interval, || {
+        retry_until_acquired(Some(&self.wakeups), request, retry_interval, None, || {
             self.attempt(cx, request, true)
         })
         .await
