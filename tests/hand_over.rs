@@ -93,3 +93,115 @@ async fn a_waiter_that_leaves_during_a_hand_over_leaves_no_lock() {
         "a lock handed to a waiter that left is still held"
     );
 }
+
+/// A connection that holds back the reply to hand_over.lua for `delay` once armed: the
+/// script has run on the server, its caller does not know yet.
+#[derive(Clone)]
+struct SlowHandOver {
+    inner: redis::aio::ConnectionManager,
+    delay: Arc<Mutex<Option<Duration>>>,
+}
+
+impl SlowHandOver {
+    fn is_hand_over(cmd: &redis::Cmd) -> bool {
+        static HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            redis::Script::new(include_str!("../src/backend/redis/hand_over.lua"))
+                .get_hash()
+                .to_owned()
+        });
+        let packed = cmd.get_packed_command();
+        let text = String::from_utf8_lossy(&packed);
+        text.contains(HASH.as_str()) || text.contains("Hand a held lock over")
+    }
+}
+
+impl redis::aio::ConnectionLike for SlowHandOver {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        let delay = Self::is_hand_over(cmd)
+            .then(|| *self.delay.lock().unwrap())
+            .flatten();
+        let mut conn = self.inner.clone();
+        Box::pin(async move {
+            let reply = conn.req_packed_command(cmd).await;
+            if let Some(delay) = delay {
+                sleep(delay).await;
+            }
+            reply
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        let mut conn = self.inner.clone();
+        Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// The torture checker's overlap (election mode, 2 runs of 10), made deterministic: the
+/// holder hands the lock to the head of its locker's line, and the reply to hand_over.lua is
+/// slow. Meanwhile the head's own poll reaches the server, finds the lock already under its
+/// token (obtain.lua answers it as its own) and returns a guard. The holder then finds the
+/// head's channel closed, took that for "the waiter left", and released the head's token:
+/// the head's guard lived on while the lock was free, and another locker took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_racing_the_takers_own_attempt_leaves_the_taker_holding() {
+    let server = support::RedisServer::start().await;
+    let delay = Arc::new(Mutex::new(None));
+    let conn = SlowHandOver {
+        inner: server.connection_manager().await,
+        delay: delay.clone(),
+    };
+    let locker = Locker::builder(config()).redis(conn).build().expect("build");
+    let other = Locker::builder(config())
+        .redis(server.connection_manager().await)
+        .build()
+        .expect("build");
+    // The scripts are loaded first (an unknown script's EVALSHA is sent again as EVAL).
+    let warm = locker.lock("race").await.expect("lock");
+    let taker = {
+        let locker = locker.clone();
+        tokio::spawn(async move { locker.lock("race").await.expect("lock") })
+    };
+    sleep(Duration::from_millis(100)).await;
+    warm.release().await.expect("release");
+    // Handed over once: both scripts are loaded.
+    taker.await.expect("taker").release().await.expect("release");
+    let holder = locker.lock("race").await.expect("lock");
+
+    // The head waits in line (polling every 20 ms) while the holder holds.
+    let taker = {
+        let locker = locker.clone();
+        tokio::spawn(async move { locker.lock("race").await.expect("lock") })
+    };
+    sleep(Duration::from_millis(100)).await;
+    // The hand-over's reply takes 300 ms: the head polls about 15 times meanwhile.
+    *delay.lock().unwrap() = Some(Duration::from_millis(300));
+    holder.release().await.expect("release");
+    *delay.lock().unwrap() = None;
+    let taken = taker.await.expect("taker");
+    assert!(!taken.is_lost(), "the head's guard is lost");
+    let intruder = other.try_lock("race").await.expect("try_lock");
+    assert!(
+        intruder.is_none(),
+        "another locker took the lock while the head's guard (fencing token {}) holds it",
+        taken.fencing_token()
+    );
+    let holder = other.holder("race").await.expect("holder");
+    assert_eq!(
+        holder.map(|h| h.fencing_token),
+        Some(taken.fencing_token()),
+        "the server does not name the head's guard as the holder"
+    );
+    taken.release().await.expect("release");
+}
