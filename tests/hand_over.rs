@@ -162,7 +162,10 @@ async fn a_hand_over_racing_the_takers_own_attempt_leaves_the_taker_holding() {
         inner: server.connection_manager().await,
         delay: delay.clone(),
     };
-    let locker = Locker::builder(config()).redis(conn).build().expect("build");
+    let locker = Locker::builder(config())
+        .redis(conn)
+        .build()
+        .expect("build");
     let other = Locker::builder(config())
         .redis(server.connection_manager().await)
         .build()
@@ -176,7 +179,12 @@ async fn a_hand_over_racing_the_takers_own_attempt_leaves_the_taker_holding() {
     sleep(Duration::from_millis(100)).await;
     warm.release().await.expect("release");
     // Handed over once: both scripts are loaded.
-    taker.await.expect("taker").release().await.expect("release");
+    taker
+        .await
+        .expect("taker")
+        .release()
+        .await
+        .expect("release");
     let holder = locker.lock("race").await.expect("lock");
 
     // The head waits in line (polling every 20 ms) while the holder holds.

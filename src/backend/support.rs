@@ -378,9 +378,6 @@ where
     }
     let no_wakeups = Notify::new();
     loop {
-        if let (Some(waiter), Some(offer), None) = (&waiter, &take_over, &handed) {
-            handed = Some(waiter.offer(offer.token, offer.ttl, offer.value));
-        }
         let released = match &waiter {
             Some(waiter) => waiter.released(),
             None => no_wakeups.notified(),
@@ -390,12 +387,28 @@ where
         if held {
             // The head before us holds the lock: its release (or the poll) comes first.
             held = false;
-        } else if let Some(grant) = attempt().await? {
-            // A semaphore may still have a permit for the next head.
-            if let Some(waiter) = waiter.as_ref().filter(|_| request.permits == 1) {
-                waiter.acquired();
+        } else {
+            // Never an attempt while a hand-over to this waiter is under way: the offer is
+            // taken back first, or, if a holder has it, its outcome awaited (`withdraw`).
+            if let (Some(waiter), Some(_)) = (&waiter, &handed) {
+                if waiter.withdraw() {
+                    handed = None;
+                } else if let Some(grant) = handed_grant::<H>(&mut handed).await {
+                    waiter.acquired();
+                    return Ok(Some(grant));
+                }
             }
-            return Ok(Some(grant));
+            if let Some(grant) = attempt().await? {
+                // A semaphore may still have a permit for the next head.
+                if let Some(waiter) = waiter.as_ref().filter(|_| request.permits == 1) {
+                    waiter.acquired();
+                }
+                return Ok(Some(grant));
+            }
+        }
+        // Until the next attempt, a holder of this store may hand the lock over.
+        if let (Some(waiter), Some(offer), None) = (&waiter, &take_over, &handed) {
+            handed = Some(waiter.offer(offer.token, offer.ttl, offer.value));
         }
         tokio::select! {
             _ = released => {}

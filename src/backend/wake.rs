@@ -213,6 +213,23 @@ impl Waiter {
         super::recover(self.line.offers.lock()).insert(self.place, offer);
         handed
     }
+
+    /// Takes this waiter's offer back before the waiter tries the server itself: `true`
+    /// when it was still in the line (no holder can hand the lock over to it now), `false`
+    /// when a holder took it: that hand-over is under way, and its outcome comes on the
+    /// offer's receiver.
+    ///
+    /// A waiter's own attempt and a hand-over to it must never overlap. The attempt uses
+    /// the same token: if it lands after the hand-over, obtain.lua finds the lock under that
+    /// token and answers it as the waiter's, the waiter returns a guard and closes its
+    /// receiver, and the holder, finding the receiver closed, would take the waiter for gone
+    /// and release the lock under the live guard (`tests/hand_over.rs`,
+    /// `a_hand_over_racing_the_takers_own_attempt_leaves_the_taker_holding`).
+    pub(crate) fn withdraw(&self) -> bool {
+        super::recover(self.line.offers.lock())
+            .remove(&self.place)
+            .is_some()
+    }
 }
 
 impl Drop for Waiter {
