@@ -86,6 +86,9 @@
 //!   waiters race for it (`hand_over::a_release_hands_the_lock_to_a_waiter_of_the_same_locker_in_one_script`
 //!   also checks exclusion and increasing tokens; a waiter that leaves during a hand-over
 //!   leaves no lock: `hand_over::a_waiter_that_leaves_during_a_hand_over_leaves_no_lock`).
+//!   A waiter never tries the server while a hand-over to it is under way, so the holder
+//!   never mistakes a waiter that acquired by itself for one that left
+//!   (`hand_over::a_hand_over_racing_the_takers_own_attempt_leaves_the_taker_holding`).
 //! - **No guard is born lost.** An acquire reply that arrives after the safety deadline (a slow
 //!   link) is undone and reported as `Error::Backend`, never returned as a guard
 //!   (`safety::a_late_acquire_reply_never_yields_a_guard`).
