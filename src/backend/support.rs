@@ -322,32 +322,60 @@ pub(crate) async fn poll_until_acquired<B: Backend + ?Sized>(
     retry_interval: Duration,
 ) -> Result<Option<Grant<B::Held>>> {
     let wakeups = backend.wakeups();
-    retry_until_acquired(wakeups, request, retry_interval, || {
+    retry_until_acquired(wakeups, request, retry_interval, None, || {
         backend.try_acquire(cx, request)
     })
     .await
+}
+
+/// The acquisition a waiter offers to take the lock over as, from a holder of the same
+/// store (`wake.rs`, [`Offer`](super::wake::Offer)).
+pub(crate) struct TakeOver<'a> {
+    pub token: &'a str,
+    pub ttl: Duration,
+    pub value: Option<&'a str>,
 }
 
 /// Runs `attempt` until it acquires. Between attempts it sleeps `retry_interval` ±20 %, or
 /// less when `wakeups` announce a release of the request's storage key. The wake-up is registered
 /// before each attempt, so a release that lands between a failed attempt and the sleep is
 /// not missed. With `wakeups`, the tasks of the store that wait for the key take turns: only
-/// the head of their line tries the server (see `wake.rs`).
+/// the head of their line tries the server (see `wake.rs`); with `take_over` too, the head
+/// offers to take the lock over from a holder of the same store, which then hands it over
+/// instead of releasing it.
 pub(crate) async fn retry_until_acquired<H, F, Fut>(
     wakeups: Option<&std::sync::Arc<super::Wakeups>>,
     request: &Request<'_>,
     retry_interval: Duration,
+    take_over: Option<TakeOver<'_>>,
     mut attempt: F,
 ) -> Result<Option<Grant<H>>>
 where
+    H: Send + 'static,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<Grant<H>>>>,
 {
     let mut waiter = wakeups.map(|w| w.wait_for(request.storage_key));
-    let mut held = match &mut waiter {
-        Some(waiter) => waiter.turn().await,
-        None => false,
-    };
+    // The offer goes in at once, in this waiter's place: a holder may hand the lock over
+    // before this waiter heads the line.
+    let mut handed = None;
+    let mut held = false;
+    if let Some(waiter) = &mut waiter {
+        if let Some(offer) = &take_over {
+            handed = Some(waiter.offer(offer.token, offer.ttl, offer.value));
+        }
+        let handing = handed_grant::<H>(&mut handed);
+        tokio::select! {
+            last_head_held = waiter.turn() => held = last_head_held,
+            grant = handing => match grant {
+                Some(grant) => {
+                    waiter.acquired();
+                    return Ok(Some(grant));
+                }
+                None => held = waiter.turn().await,
+            },
+        }
+    }
     let no_wakeups = Notify::new();
     loop {
         let released = match &waiter {
@@ -359,18 +387,58 @@ where
         if held {
             // The head before us holds the lock: its release (or the poll) comes first.
             held = false;
-        } else if let Some(grant) = attempt().await? {
-            // A semaphore may still have a permit for the next head.
-            if let Some(waiter) = waiter.as_ref().filter(|_| request.permits == 1) {
-                waiter.acquired();
+        } else {
+            // Never an attempt while a hand-over to this waiter is under way: the offer is
+            // taken back first, or, if a holder has it, its outcome awaited (`withdraw`).
+            if let (Some(waiter), Some(_)) = (&waiter, &handed) {
+                if waiter.withdraw() {
+                    handed = None;
+                } else if let Some(grant) = handed_grant::<H>(&mut handed).await {
+                    waiter.acquired();
+                    return Ok(Some(grant));
+                }
             }
-            return Ok(Some(grant));
+            if let Some(grant) = attempt().await? {
+                // A semaphore may still have a permit for the next head.
+                if let Some(waiter) = waiter.as_ref().filter(|_| request.permits == 1) {
+                    waiter.acquired();
+                }
+                return Ok(Some(grant));
+            }
+        }
+        // Until the next attempt, a holder of this store may hand the lock over.
+        if let (Some(waiter), Some(offer), None) = (&waiter, &take_over, &handed) {
+            handed = Some(waiter.offer(offer.token, offer.ttl, offer.value));
         }
         tokio::select! {
             _ = released => {}
             _ = sleep(jittered(retry_interval)) => {}
+            grant = handed_grant::<H>(&mut handed) => {
+                if let Some(grant) = grant {
+                    if let Some(waiter) = &waiter {
+                        waiter.acquired();
+                    }
+                    return Ok(Some(grant));
+                }
+            }
         }
     }
+}
+
+/// The grant a holder of the same store handed over on `handed`; `None` when it released
+/// on the server instead (the offer is then spent: `handed` is emptied). Never completes
+/// without an offer.
+async fn handed_grant<H: Send + 'static>(
+    handed: &mut Option<tokio::sync::oneshot::Receiver<Box<dyn std::any::Any + Send>>>,
+) -> Option<Grant<H>> {
+    let Some(receiver) = handed.as_mut() else {
+        return std::future::pending().await;
+    };
+    let grant = receiver.await.ok();
+    *handed = None;
+    grant
+        .and_then(|grant| grant.downcast::<Grant<H>>().ok())
+        .map(|grant| *grant)
 }
 
 fn jittered(interval: Duration) -> Duration {

@@ -77,6 +77,18 @@
 //!   `engine::dropped_guards_are_released_once_and_never_renewed_again`). A renewal that never
 //!   answers cannot hold `lost()` past its deadline
 //!   (`engine::lost_fires_at_the_deadline_while_a_renewal_hangs`).
+//! - **Waiting without a herd, and without starving other processes.** The tasks of one
+//!   store waiting for one key form a line: only its head tries the server, and a task that
+//!   just released joins the back (`wakeups::a_release_meets_one_contender_per_store`: 1.00
+//!   attempts per acquisition). On Redis a holder hands the lock to the first waiter of its
+//!   own locker in one script, with a new fencing token and the lock never free in between;
+//!   at most 8 times in a row, then the release goes to the server where other processes'
+//!   waiters race for it (`hand_over::a_release_hands_the_lock_to_a_waiter_of_the_same_locker_in_one_script`
+//!   also checks exclusion and increasing tokens; a waiter that leaves during a hand-over
+//!   leaves no lock: `hand_over::a_waiter_that_leaves_during_a_hand_over_leaves_no_lock`).
+//!   A waiter never tries the server while a hand-over to it is under way, so the holder
+//!   never mistakes a waiter that acquired by itself for one that left
+//!   (`hand_over::a_hand_over_racing_the_takers_own_attempt_leaves_the_taker_holding`).
 //! - **No guard is born lost.** An acquire reply that arrives after the safety deadline (a slow
 //!   link) is undone and reported as `Error::Backend`, never returned as a guard
 //!   (`safety::a_late_acquire_reply_never_yields_a_guard`).

@@ -566,7 +566,7 @@ impl Backend for PostgresBackend {
         }
         // Holders are marked (their release notifies) only when someone listens.
         let announce = self.listen(cx);
-        retry_until_acquired(Some(&self.wakeups), request, retry_interval, || {
+        retry_until_acquired(Some(&self.wakeups), request, retry_interval, None, || {
             self.attempt(cx, request, announce)
         })
         .await

@@ -25,6 +25,7 @@ mod permits;
 mod replicas;
 mod sentinel;
 
+use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ use tokio::time::Instant;
 
 use self::notifications::Notifications;
 pub(crate) use self::notifications::Source as PubsubSource;
+use super::support::TakeOver;
+use super::wake::Offer;
 use super::{
     recover, retry_until_acquired, Backend, Context, Grant, Lease, Renewal, Request, Wakeups,
 };
@@ -45,6 +48,7 @@ pub(crate) use self::replicas::AckSlot;
 pub use self::sentinel::SentinelConnection;
 
 static OBTAIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("obtain.lua")));
+static HAND_OVER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("hand_over.lua")));
 static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("refresh.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 static HOLDER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("holder.lua")));
@@ -106,6 +110,30 @@ where
     }
 
     /// One acquire attempt; `announce`: the waiter's mark (obtain.lua's ARGV[3]) that makes
+    /// Undoes `request`'s acquisition, whose outcome is unknown (sent at `sent`): releases
+    /// it if it took the lock; otherwise bars its token for its TTL, so that it takes nothing
+    /// if it reaches the server later (sent on a connection replaced meanwhile: release.lua,
+    /// ARGV[4]). Wherever the undo lands, the attempt's key is nobody's (`abandoned.rs`).
+    fn undo(
+        &self,
+        cx: &Context,
+        request: &Request<'_>,
+        sent: Instant,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let expiry = sent + request.ttl;
+        self.abandoned
+            .add(request.storage_key, request.token, expiry);
+        let (scripts, cx) = (self.scripts.clone(), cx.clone());
+        let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
+        let (token, ttl, permits) = (request.token.to_owned(), request.ttl, request.permits);
+        async move {
+            let (limit, bar) = (cx.bound(ttl), "bar");
+            let target = Target::new(&lock_key, &token, permits);
+            let release = || scripts.release_or_bar(&cx, &key, &target, limit, ttl, bar);
+            cx.until_confirmed("redis", &key, expiry, release).await;
+        }
+    }
+
     /// the release of a held lock publish the way this waiter listens. A lock attempt that
     /// meets a semaphore nobody holds any more clears it and tries again.
     /// `patience`: how long a waiting semaphore attempt keeps its place in line without
@@ -146,24 +174,7 @@ where
         // dropped or the call fails, release whatever our token may hold.
         let sent = Instant::now();
         let permits = request.permits;
-        let undo = cx.undo_on_drop(request, || {
-            // Wherever the undo lands, the attempt's key is nobody's (`abandoned.rs`).
-            let expiry = sent + request.ttl;
-            self.abandoned
-                .add(request.storage_key, request.token, expiry);
-            let (scripts, cx) = (self.scripts.clone(), cx.clone());
-            let (key, lock_key) = (request.key.to_owned(), request.storage_key.to_owned());
-            let (token, ttl) = (request.token.to_owned(), request.ttl);
-            async move {
-                // Releases the attempt if it took the lock; otherwise bars its token for its
-                // TTL, so that it takes nothing if it reaches the server later (sent on a
-                // connection replaced meanwhile: release.lua, ARGV[4]).
-                let (limit, bar) = (cx.bound(ttl), "bar");
-                let target = Target::new(&lock_key, &token, permits);
-                let release = || scripts.release_or_bar(&cx, &key, &target, limit, ttl, bar);
-                cx.until_confirmed("redis", &key, sent + ttl, release).await;
-            }
-        });
+        let undo = cx.undo_on_drop(request, || self.undo(cx, request, sent));
         let (script, keys, args) = if permits > 1 {
             let args = vec![
                 request.token.to_owned(),
@@ -326,10 +337,28 @@ where
         let wakeups = Some(&self.scripts.wakeups);
         // A waiter for a permit takes its place in the semaphore's line (permits.rs).
         let patience = permits::patience(retry_interval, request.ttl);
-        retry_until_acquired(wakeups, request, retry_interval, || {
+        // A holder of this backend hands the lock over to the head of its waiters rather
+        // than release it (`hand_over`); replica acknowledgement is the attempt's business.
+        let take_over =
+            (self.replica_ack.get().is_none() && request.permits == 1).then_some(TakeOver {
+                token: request.token,
+                ttl: request.ttl,
+                value: request.value,
+            });
+        // A lock handed over to this call and not yet taken from its channel when the call
+        // ends otherwise (dropped, or failed) would be nobody's: undone then.
+        // (Its TTL counts from the drop: any lock handed over was granted before.)
+        let undo = take_over
+            .is_some()
+            .then(|| cx.undo_on_drop(request, || self.undo(cx, request, Instant::now())));
+        let acquired = retry_until_acquired(wakeups, request, retry_interval, take_over, || {
             self.attempt(cx, request, announce, patience)
         })
-        .await
+        .await;
+        if let (Ok(Some(_)), Some(undo)) = (&acquired, undo) {
+            undo.disarm();
+        }
+        acquired
     }
 
     async fn renew(&self, cx: &Context, lease: &Lease, token: &mut String) -> Result<Renewal> {
@@ -431,6 +460,9 @@ where
         }
     }
 
+    /// Hands the lock over to the head of this backend's waiters for it, when there is one
+    /// (at most 8 times in a row: then the release goes to the server, where the waiters of
+    /// other processes get their chance); otherwise releases it.
     async fn release(
         &self,
         cx: &Context,
@@ -438,6 +470,17 @@ where
         token: String,
         limit: Duration,
     ) -> Result<bool> {
+        let offer = (lease.permits == 1)
+            .then(|| self.scripts.wakeups.take_offer(&lease.storage_key))
+            .flatten();
+        if let Some(offer) = offer {
+            // On an error, handed over or not: the release below finds out (release.lua
+            // recognises a lock handed over from this token as released), and frees it in
+            // the second case.
+            if let Ok(handed) = self.hand_over(cx, lease, &token, offer, limit).await {
+                return Ok(handed);
+            }
+        }
         let target = Target::new(&lease.storage_key, &token, lease.permits);
         self.scripts.release(cx, &lease.key, &target, limit).await
     }
@@ -457,6 +500,49 @@ impl<'a> Target<'a> {
             token,
             permits,
         }
+    }
+}
+
+impl<C> RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// One hand_over.lua call: `Ok(true)` handed over (the taker has its grant, or, gone
+    /// meanwhile, had it released), `Ok(false)` the lock was not ours any more.
+    async fn hand_over(
+        &self,
+        cx: &Context,
+        lease: &Lease,
+        token: &str,
+        offer: Offer,
+        limit: Duration,
+    ) -> Result<bool> {
+        let sent = Instant::now();
+        let mut hand_over = HAND_OVER.prepare_invoke();
+        hand_over
+            .key(&lease.storage_key)
+            .arg(token)
+            .arg(&offer.token)
+            .arg(millis(offer.ttl))
+            .arg(published(offer.value.as_deref()));
+        let fence: u64 = self.scripts.call(cx, &lease.key, limit, &hand_over).await?;
+        if fence == 0 {
+            return Ok(false); // the offer is dropped: its waiter tries the server
+        }
+        let grant = Grant {
+            fencing_token: fence,
+            confirmed_at: sent,
+            held: offer.token.clone(),
+        };
+        if offer.taker.send(Box::new(grant)).is_err() {
+            // The waiter left meanwhile: nobody owns the taker's acquisition.
+            let target = Target::new(&lease.storage_key, &offer.token, 1);
+            let _ = self
+                .scripts
+                .release(cx, &lease.key, &target, offer.ttl)
+                .await;
+        }
+        Ok(true)
     }
 }
 
