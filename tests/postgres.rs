@@ -1,6 +1,6 @@
 //! The PostgreSQL backend on a real server (`tests/support/postgres_server.rs`): the whole
-//! conformance suite, as the superuser and as a role with the README's GRANT lines only; a
-//! kill -9 and restart with crash recovery; a missing right reported as such.
+//! conformance suite, as the superuser, as a role with the README's GRANT lines only and on
+//! a schema upgraded in place from the first release's; a kill -9 and restart with crash recovery; a missing right reported as such.
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 use dlock::testing::{conformance, Fixture};
 use dlock::{Config, Driver, Error};
 
-use support::fixtures::{Postgres, PostgresLeastPrivilege};
+use support::fixtures::{Postgres, PostgresLeastPrivilege, PostgresUpgraded};
 
 /// `examples/inventory_postgres.rs`, whose `run` is run below on this suite's server (the
 /// example itself needs a server of the user's, so scripts/test.sh does not run it).
@@ -19,6 +19,7 @@ mod inventory_example;
 
 conformance!(postgres_backend, Postgres);
 conformance!(postgres_least_privilege, PostgresLeastPrivilege);
+conformance!(postgres_upgraded_schema, PostgresUpgraded);
 
 fn config(prefix: &str) -> Config {
     dlock::testing::config(Driver::Postgres, prefix, Duration::from_secs(10))
