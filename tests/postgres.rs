@@ -1,7 +1,8 @@
 //! The PostgreSQL backend on a real server (`tests/support/postgres_server.rs`): the whole
-//! conformance suite, as the superuser, as a role with the README's GRANT lines only, and
-//! through PgBouncer in transaction pooling mode; a kill -9 and restart with crash recovery;
-//! a missing right reported as such; wake-ups and lock-checked transactions behind PgBouncer.
+//! conformance suite, as the superuser, as a role with the README's GRANT lines only, on a
+//! schema upgraded in place from the first release's, with prepared statements, and through
+//! PgBouncer in transaction pooling mode; a kill -9 and restart with crash recovery; a
+//! missing right reported as such; wake-ups and lock-checked transactions behind PgBouncer.
 
 mod support;
 
@@ -12,7 +13,7 @@ use dlock::testing::{conformance, Fixture};
 use dlock::{Config, Driver, Error};
 
 use support::fixtures::{
-    Postgres, PostgresLeastPrivilege, PostgresPrepared, PostgresThroughPgBouncer,
+    Postgres, PostgresLeastPrivilege, PostgresPrepared, PostgresThroughPgBouncer, PostgresUpgraded,
 };
 
 /// `examples/inventory_postgres.rs`, whose `run` is run below on this suite's server (the
@@ -25,6 +26,7 @@ conformance!(postgres_backend, Postgres);
 conformance!(postgres_least_privilege, PostgresLeastPrivilege);
 conformance!(postgres_through_pgbouncer, PostgresThroughPgBouncer);
 conformance!(postgres_prepared_statements, PostgresPrepared);
+conformance!(postgres_upgraded_schema, PostgresUpgraded);
 
 fn config(prefix: &str) -> Config {
     dlock::testing::config(Driver::Postgres, prefix, Duration::from_secs(10))

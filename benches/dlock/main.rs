@@ -15,7 +15,8 @@
 //!    and 16 tasks), handoff to a blocked waiter (p50/p90) and, on Redis, the commands and
 //!    time of one pair, against the floors (issue 21);
 //! 7. `postgres`: PostgreSQL (issue 22): pairs/s (1 and 16 tasks, distinct keys and one hot
-//!    key), handoff p50/p90, and the statements and server time of one pair
+//!    key), handoff p50/p90, pairs/s on a fresh key and after 10,000 pairs on it, and the
+//!    statements and server time of one pair
 //!    (`pg_stat_statements`) with `EXPLAIN ANALYZE` of the acquire, against the floor (one
 //!    `INSERT .. ON CONFLICT` + `DELETE`) and the peer (`pg_advisory_lock`).
 //!

@@ -15,7 +15,8 @@
 //! Every contender has pools of the same size (10 connections, the fixture's). Then, on
 //! the same server restarted with `pg_stat_statements` (`track = all`, so the statements
 //! inside dlock's PL/pgSQL function count too): the statements and the server's execution
-//! time of one uncontended pair, and `EXPLAIN ANALYZE` of each acquire.
+//! time of one uncontended pair, and `EXPLAIN ANALYZE` of each acquire. Between the two,
+//! the pairs/s of one task on a fresh key and on a key after 10,000 pairs on it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,7 +194,84 @@ pub async fn run(pg: &mut Postgres, s: &Settings) {
         let _ = l.close().await;
     }
 
+    past_acquisitions(pg, s).await;
     profile(pg, s).await;
+}
+
+/// Whether a pair's cost grows with the key's past acquisitions: pairs/s of one task on a
+/// key after many pairs on it, against fresh keys, alternated three times, the better of
+/// each kept; autovacuum off on both tables meanwhile (their dead rows stay, as between two
+/// vacuums of a busy table). A test of issue 22's cause: dlock's acquire used to read every
+/// past acquisition of its key.
+async fn past_acquisitions(pg: &Postgres, s: &Settings) {
+    let timed = (s.cost_pairs / 20).max(100);
+    let past = s.cost_pairs / 2;
+    println!("\n### A key's past acquisitions (1 task)\n");
+    println!(
+        "{past} pairs on one key first; then, alternated three times, {timed} pairs on a fresh"
+    );
+    println!(
+        "key and {timed} on that key, the better pairs/s of each kept. Autovacuum off on both"
+    );
+    println!("tables meanwhile.\n");
+    println!(
+        "| | fresh key pairs/s | used key pairs/s | used / fresh | dead rows in the table then |"
+    );
+    println!("|---|---|---|---|---|");
+    let autovacuum = |on: bool| {
+        format!(
+            "ALTER TABLE dlock_locks SET (autovacuum_enabled = {on}); \
+             ALTER TABLE bench_floor SET (autovacuum_enabled = {on})"
+        )
+    };
+    sqlx::raw_sql(&autovacuum(false))
+        .execute(&pg.admin)
+        .await
+        .expect("autovacuum off");
+    let dlock_locker = locker(pg).await;
+    let floor = Floor(pg.pool().await);
+    let contenders = [
+        (
+            "dlock",
+            "dlock_locks",
+            dlock_op(vec![dlock_locker.clone()], false),
+        ),
+        ("floor", "bench_floor", floor_op(vec![floor], false)),
+    ];
+    for (name, table, op) in contenders {
+        // Task t: the key `k{t}`; 1000 and up are used by no other section.
+        let pairs = |task: usize, n: u64| {
+            let op = op.clone();
+            async move {
+                let start = Instant::now();
+                for i in 0..n {
+                    op(task, i).await;
+                }
+                n as f64 / start.elapsed().as_secs_f64()
+            }
+        };
+        pairs(1000, past).await;
+        let (mut fresh, mut used) = (0f64, 0f64);
+        for round in 1..=3 {
+            fresh = fresh.max(pairs(1000 + round, timed).await);
+            used = used.max(pairs(1000, timed).await);
+        }
+        let dead: i64 =
+            sqlx::query_scalar("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = $1")
+                .bind(table)
+                .fetch_one(&pg.admin)
+                .await
+                .expect("pg_stat_user_tables");
+        println!(
+            "| {name} | {fresh:.0} | {used:.0} | {:.2}x | {dead} |",
+            used / fresh
+        );
+    }
+    let _ = dlock_locker.close().await;
+    sqlx::raw_sql(&autovacuum(true))
+        .execute(&pg.admin)
+        .await
+        .expect("autovacuum on");
 }
 
 /// dlock's `lock` + `release`: a key per task, or one key.
@@ -433,9 +511,10 @@ async fn profile(pg: &mut Postgres, s: &Settings) {
     }
 }
 
-/// The two statements of `dlock_acquire` that the profile shows slow, explained with a
-/// generic plan (as PL/pgSQL runs them once its plan cache settles) after the pairs above,
-/// beside the table's live and dead rows.
+/// The two statements of `dlock_acquire` that the profile showed slow before issue 22's
+/// fix, explained as PL/pgSQL runs them once its plan cache settles (a generic plan, bitmap
+/// scans off as the function sets them) after the pairs above, beside the table's live and
+/// dead rows.
 async fn explain_inner(admin: &PgPool) {
     let stats = sqlx::query(
         "SELECT relname::text, n_live_tup, n_dead_tup, \
@@ -456,7 +535,8 @@ async fn explain_inner(admin: &PgPool) {
     println!(
         "\nInside `dlock_acquire`, with a generic plan (`plan_cache_mode = force_generic_plan`),"
     );
-    println!("on the key the pairs above used, in a rolled-back transaction:\n");
+    println!("and bitmap scans off as the function sets them, on the key the pairs above used, in");
+    println!("a rolled-back transaction:\n");
     for sql in [
         "PREPARE p(text) AS DELETE FROM dlock_locks WHERE key = $1 AND expires <= now()",
         "PREPARE p(text) AS SELECT count(*), max(permits) FILTER (WHERE permits <> 1) \
@@ -464,7 +544,8 @@ async fn explain_inner(admin: &PgPool) {
     ] {
         let mut tx = admin.begin().await.expect("begin");
         let script = format!(
-            "SET LOCAL plan_cache_mode = force_generic_plan; {sql}; \
+            "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_bitmapscan = off; \
+             {sql}; \
              EXPLAIN (ANALYZE, BUFFERS) EXECUTE p('bench:k0'); DEALLOCATE p;"
         );
         let rows = sqlx::raw_sql(&script).fetch_all(&mut *tx).await;

@@ -431,6 +431,37 @@ impl Postgres {
         let server = super::PostgresServer::start().await;
         let admin = server.pool().await;
         dlock::postgres::migrate(&admin).await.expect("migrate");
+        Postgres::with_counters(server, admin).await
+    }
+
+    /// A server first migrated by the schema of the first release
+    /// (`postgres_schema_v1.sql`, its `dlock_acquire` without `enable_bitmapscan = off`),
+    /// then by today's `migrate`, twice: an upgrade in place, checked to have taken.
+    pub async fn start_upgraded() -> Postgres {
+        let server = super::PostgresServer::start().await;
+        let admin = server.pool().await;
+        sqlx::raw_sql(include_str!("postgres_schema_v1.sql"))
+            .execute(&admin)
+            .await
+            .expect("the first release's schema");
+        for _ in 0..2 {
+            dlock::postgres::migrate(&admin).await.expect("migrate");
+        }
+        let config: Vec<String> = sqlx::query_scalar(
+            "SELECT unnest(proconfig) FROM pg_proc WHERE proname = 'dlock_acquire'",
+        )
+        .fetch_all(&admin)
+        .await
+        .expect("dlock_acquire's settings");
+        assert_eq!(
+            config,
+            ["enable_bitmapscan=off"],
+            "the upgrade did not take"
+        );
+        Postgres::with_counters(server, admin).await
+    }
+
+    async fn with_counters(server: super::PostgresServer, admin: sqlx::PgPool) -> Postgres {
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS dlock_test_counters (name text PRIMARY KEY, value bigint NOT NULL)",
         )
@@ -531,6 +562,37 @@ impl Proxied for Postgres {
             .postgres(pool)
             .build()
             .expect("build")
+    }
+}
+
+/// [`Postgres`] on a schema upgraded in place from the first release's
+/// ([`Postgres::start_upgraded`]).
+#[cfg(feature = "postgres")]
+pub struct PostgresUpgraded(pub Postgres);
+
+#[cfg(feature = "postgres")]
+impl Fixture for PostgresUpgraded {
+    const DRIVER: Driver = Driver::Postgres;
+    async fn start() -> Self {
+        PostgresUpgraded(Postgres::start_upgraded().await)
+    }
+    async fn locker(&self, config: Config) -> Locker {
+        self.0.locker(config).await
+    }
+    async fn exists(&self, prefix: &str, key: &str) -> bool {
+        self.0.exists(prefix, key).await
+    }
+    async fn delete(&self, prefix: &str, key: &str) {
+        self.0.delete(prefix, key).await
+    }
+    async fn stop_server(&mut self) {
+        self.0.stop_server().await
+    }
+    async fn read_counter(&self, name: &str) -> u64 {
+        self.0.read_counter(name).await
+    }
+    async fn write_counter(&self, name: &str, value: u64) {
+        self.0.write_counter(name, value).await
     }
 }
 

@@ -11,6 +11,11 @@
 //! `(key, token)`, so they act on this acquisition only (token-checked); each is checked by
 //! PostgreSQL's row-level re-check of the `WHERE` on the row's latest version.
 //!
+//! So every acquisition leaves a dead row and a dead index entry under its key once
+//! released. `dlock_acquire` reads a key's rows with plain index scans only (it runs with
+//! `enable_bitmapscan = off`): they mark those entries dead as they pass, where a bitmap
+//! scan would read every past acquisition of the key again until a vacuum (issue 22).
+//!
 //! # Why N + 1 can never hold
 //!
 //! An attempt is one statement, `SELECT dlock_acquire(..)`, a PL/pgSQL function. Its first

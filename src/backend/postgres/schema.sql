@@ -22,10 +22,14 @@ CREATE INDEX IF NOT EXISTS dlock_locks_expires ON dlock_locks (expires);
 -- of a semaphore that holds the key. See `src/backend/postgres/mod.rs` for why N + 1 can
 -- never hold: the advisory lock serialises attempts on a key, and each statement below
 -- takes a fresh snapshot after it was granted.
+-- Its reads of a key's rows are plain index scans (bitmap scans are off in it): each
+-- acquisition leaves a dead index entry under its key once released, and only a plain
+-- index scan marks such entries dead for the scans after it, where a bitmap scan would
+-- walk every past acquisition of the key again until a vacuum.
 CREATE OR REPLACE FUNCTION dlock_acquire(
     p_key text, p_token text, p_ttl_ms bigint, p_permits integer, p_value bytea,
     p_announce boolean
-) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+) RETURNS bigint LANGUAGE plpgsql VOLATILE SET enable_bitmapscan = off AS $$
 DECLARE
     v_fence   bigint;
     v_permits integer;
