@@ -29,6 +29,29 @@ pub trait Proxied: Fixture {
     fn locker_via(&self, proxy: &Proxy, config: Config) -> impl Future<Output = Locker> + Send;
 }
 
+/// The server-side half of a fixture that wraps another (its field `$inner`): `exists`,
+/// `delete`, `stop_server` and the counters are the wrapped fixture's; only how it starts
+/// and how its lockers connect differ.
+macro_rules! server_side_of {
+    ($inner:tt) => {
+        async fn exists(&self, prefix: &str, key: &str) -> bool {
+            self.$inner.exists(prefix, key).await
+        }
+        async fn delete(&self, prefix: &str, key: &str) {
+            self.$inner.delete(prefix, key).await
+        }
+        async fn stop_server(&mut self) {
+            self.$inner.stop_server().await
+        }
+        async fn read_counter(&self, name: &str) -> u64 {
+            self.$inner.read_counter(name).await
+        }
+        async fn write_counter(&self, name: &str, value: u64) {
+            self.$inner.write_counter(name, value).await
+        }
+    };
+}
+
 /// The in-process store; "stopping the server" takes it offline.
 pub struct Memory {
     store: dlock::MemoryStore,
@@ -210,21 +233,7 @@ impl Fixture for RedisMultiplexed {
         let conn = self.connection().await;
         Locker::builder(config).redis(conn).build().expect("build")
     }
-    async fn exists(&self, prefix: &str, key: &str) -> bool {
-        self.0.exists(prefix, key).await
-    }
-    async fn delete(&self, prefix: &str, key: &str) {
-        self.0.delete(prefix, key).await
-    }
-    async fn stop_server(&mut self) {
-        self.0.stop_server().await
-    }
-    async fn read_counter(&self, name: &str) -> u64 {
-        self.0.read_counter(name).await
-    }
-    async fn write_counter(&self, name: &str, value: u64) {
-        self.0.write_counter(name, value).await
-    }
+    server_side_of!(0);
 }
 
 impl WithPubsub for RedisMultiplexed {
@@ -579,21 +588,7 @@ impl Fixture for PostgresUpgraded {
     async fn locker(&self, config: Config) -> Locker {
         self.0.locker(config).await
     }
-    async fn exists(&self, prefix: &str, key: &str) -> bool {
-        self.0.exists(prefix, key).await
-    }
-    async fn delete(&self, prefix: &str, key: &str) {
-        self.0.delete(prefix, key).await
-    }
-    async fn stop_server(&mut self) {
-        self.0.stop_server().await
-    }
-    async fn read_counter(&self, name: &str) -> u64 {
-        self.0.read_counter(name).await
-    }
-    async fn write_counter(&self, name: &str, value: u64) {
-        self.0.write_counter(name, value).await
-    }
+    server_side_of!(0);
 }
 
 /// The README's GRANT lines for the lockers' role (`dlock_app` there): rights on dlock's
@@ -627,21 +622,7 @@ impl Fixture for PostgresLeastPrivilege {
     async fn locker(&self, config: Config) -> Locker {
         self.0.locker(config).await
     }
-    async fn exists(&self, prefix: &str, key: &str) -> bool {
-        self.0.exists(prefix, key).await
-    }
-    async fn delete(&self, prefix: &str, key: &str) {
-        self.0.delete(prefix, key).await
-    }
-    async fn stop_server(&mut self) {
-        self.0.stop_server().await
-    }
-    async fn read_counter(&self, name: &str) -> u64 {
-        self.0.read_counter(name).await
-    }
-    async fn write_counter(&self, name: &str, value: u64) {
-        self.0.write_counter(name, value).await
-    }
+    server_side_of!(0);
 }
 
 /// [`Postgres`] behind a PgBouncer of its own in transaction pooling mode
@@ -703,22 +684,8 @@ impl Fixture for PostgresThroughPgBouncer {
         self.locker_listening(config, dlock::postgres::Listen::Off)
             .await
     }
-    async fn exists(&self, prefix: &str, key: &str) -> bool {
-        self.pg.exists(prefix, key).await
-    }
-    async fn delete(&self, prefix: &str, key: &str) {
-        self.pg.delete(prefix, key).await
-    }
-    /// Kills PostgreSQL behind PgBouncer, which keeps running.
-    async fn stop_server(&mut self) {
-        self.pg.stop_server().await
-    }
-    async fn read_counter(&self, name: &str) -> u64 {
-        self.pg.read_counter(name).await
-    }
-    async fn write_counter(&self, name: &str, value: u64) {
-        self.pg.write_counter(name, value).await
-    }
+    // `stop_server` kills PostgreSQL behind PgBouncer, which keeps running.
+    server_side_of!(pg);
 }
 
 /// [`Postgres`] whose lockers send prepared statements
@@ -739,19 +706,5 @@ impl Fixture for PostgresPrepared {
             .build()
             .expect("build")
     }
-    async fn exists(&self, prefix: &str, key: &str) -> bool {
-        self.0.exists(prefix, key).await
-    }
-    async fn delete(&self, prefix: &str, key: &str) {
-        self.0.delete(prefix, key).await
-    }
-    async fn stop_server(&mut self) {
-        self.0.stop_server().await
-    }
-    async fn read_counter(&self, name: &str) -> u64 {
-        self.0.read_counter(name).await
-    }
-    async fn write_counter(&self, name: &str, value: u64) {
-        self.0.write_counter(name, value).await
-    }
+    server_side_of!(0);
 }
