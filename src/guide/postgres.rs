@@ -103,8 +103,8 @@
 //! key retries once (a release made while it was connecting notified nobody). Polling
 //! every `retry_interval` stays the safety net, so a lost notification costs one poll,
 //! never a lock. Where the locker listens is
-//! [`LockerBuilder::postgres_listen`](crate::LockerBuilder::postgres_listen)'s choice
-//! ([`Listen`](crate::postgres::Listen)): behind PgBouncer, see the next section.
+//! `LockerBuilder::postgres_listen`'s choice
+//! (`dlock::postgres::Listen`): behind PgBouncer, see the next section.
 //!
 //! ## Behind PgBouncer
 //!
@@ -131,10 +131,10 @@
 //! ("unexpected message: NotificationResponse", in dlock's queries and in yours), and the
 //! locker itself hears nothing. So behind PgBouncer choose one of:
 //!
-//! - [`Listen::Direct`](crate::postgres::Listen::Direct)`(options)`: one connection per
+//! - `Listen::Direct(options)`: one connection per
 //!   locker straight to PostgreSQL, for `LISTEN` only; everything else goes through
 //!   PgBouncer. Waiters are woken by a release anywhere, as without PgBouncer.
-//! - [`Listen::Off`](crate::postgres::Listen::Off): no `LISTEN`. A waiter learns of a
+//! - `Listen::Off`: no `LISTEN`. A waiter learns of a
 //!   release by another process at its next poll, every `retry_interval` (keep it short:
 //!   100 ms polls cost one cheap statement per waiter each); releases in the same locker
 //!   still wake its own waiters at once. For deployments where only PgBouncer is reachable.
@@ -170,7 +170,7 @@
 //! each statement again (on this project's machine, lock + release pairs ran 2–20 % slower
 //! than with prepared statements). A pool that reaches PostgreSQL itself, or PgBouncer in
 //! session mode, or PgBouncer 1.21+ with `max_prepared_statements`, can take
-//! [`LockerBuilder::postgres_prepared_statements`](crate::LockerBuilder::postgres_prepared_statements)`(true)`:
+//! `LockerBuilder::postgres_prepared_statements(true)`:
 //! values bound to sqlx's cached prepared statements. Never behind an older PgBouncer in
 //! transaction mode.
 //!
