@@ -214,9 +214,15 @@ async fn a_paused_holder_never_commits_after_the_rival() {
     let cont = Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     assert!(cont.success(), "SIGCONT the holder");
     let outcome = tokio::task::spawn_blocking(move || {
-        lines
+        let mut lines = lines;
+        let outcome = lines
+            .by_ref()
             .map_while(Result::ok)
-            .find(|line| line == "COMMITTED" || line.starts_with("FAILED"))
+            .find(|line| line == "COMMITTED" || line.starts_with("FAILED"));
+        // Read on to the child's exit: its test harness still prints its summary, and a
+        // closed pipe made it print "io error when listing tests: Broken pipe".
+        lines.for_each(drop);
+        outcome
     });
     let outcome = tokio::time::timeout(Duration::from_secs(60), outcome)
         .await
