@@ -126,24 +126,30 @@ pub async fn run(pg: &mut Postgres, s: &Settings) {
     println!("Alternated twice each, the better window kept. Distinct keys: a key per task, one");
     println!("locker (pool). Hot key: one key, tasks split over 2 lockers (pools), as two");
     println!("processes would be.\n");
-    println!("| keys | tasks | dlock pairs/s | floor pairs/s | dlock / floor | peer pairs/s | dlock / peer |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "\"dlock\" sends its statements in the simple query protocol (the default, safe behind"
+    );
+    println!("PgBouncer); \"prepared\" is a locker with `postgres_prepared_statements(true)`.\n");
+    println!("| keys | tasks | dlock pairs/s | prepared pairs/s | floor pairs/s | dlock / floor | prepared / floor | peer pairs/s | dlock / peer |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for hot in [false, true] {
         for tasks in TASKS {
             let pools = if hot { 2 } else { 1 };
-            let mut lockers = Vec::new();
+            let (mut lockers, mut prepared) = (Vec::new(), Vec::new());
             let (mut floors, mut peers) = (Vec::new(), Vec::new());
             for _ in 0..pools {
                 lockers.push(locker(&*pg).await);
+                prepared.push(prepared_locker(pg).await);
                 floors.push(Floor(pg.pool().await));
                 peers.push(Peer(pg.pool().await));
             }
             let ops = [
                 dlock_op(lockers.clone(), hot),
+                dlock_op(prepared.clone(), hot),
                 floor_op(floors, hot),
                 peer_op(peers, hot),
             ];
-            let mut best = [0f64; 3];
+            let mut best = [0f64; 4];
             for _ in 0..2 {
                 for (op, best) in ops.iter().zip(best.iter_mut()) {
                     let op = op.clone();
@@ -151,14 +157,15 @@ pub async fn run(pg: &mut Postgres, s: &Settings) {
                     *best = best.max(rate(tasks, window, move |t, i| op(t, i)).await);
                 }
             }
-            let [d, f, p] = best;
+            let [d, dp, f, p] = best;
             let keys = if hot { "one hot key" } else { "distinct" };
             println!(
-                "| {keys} | {tasks} | {d:.0} | {f:.0} | {:.2}x | {p:.0} | {:.2}x |",
+                "| {keys} | {tasks} | {d:.0} | {dp:.0} | {f:.0} | {:.2}x | {:.2}x | {p:.0} | {:.2}x |",
                 d / f,
+                dp / f,
                 d / p
             );
-            for l in lockers {
+            for l in lockers.into_iter().chain(prepared) {
                 let _ = l.close().await;
             }
         }
@@ -275,6 +282,15 @@ async fn past_acquisitions(pg: &Postgres, s: &Settings) {
 }
 
 /// dlock's `lock` + `release`: a key per task, or one key.
+/// A locker like [`locker`]'s whose statements are sqlx's cached prepared statements.
+async fn prepared_locker(pg: &Postgres) -> Locker {
+    Locker::builder(super::measure::config::<Postgres>())
+        .postgres(pg.pool().await)
+        .postgres_prepared_statements(true)
+        .build()
+        .expect("build")
+}
+
 fn dlock_op(lockers: Vec<Locker>, hot: bool) -> Op {
     Arc::new(move |task, _| {
         let locker = lockers[task % lockers.len()].clone();
