@@ -167,8 +167,8 @@
 //! ```
 //!
 //! The simple protocol has a price where nothing needs it: the server parses and plans
-//! each statement again (on this project's machine, lock + release pairs ran 2–20 % slower
-//! than with prepared statements). A pool that reaches PostgreSQL itself, or PgBouncer in
+//! each statement again (in this project's benchmark, lock + release pairs/s were 0.6–0.7x
+//! those with prepared statements: BENCHMARKS.md, issue 22, session 7). A pool that reaches PostgreSQL itself, or PgBouncer in
 //! session mode, or PgBouncer 1.21+ with `max_prepared_statements`, can take
 //! `LockerBuilder::postgres_prepared_statements(true)`:
 //! values bound to sqlx's cached prepared statements. Never behind an older PgBouncer in
