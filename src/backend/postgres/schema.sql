@@ -44,10 +44,13 @@ BEGIN
         RETURN CASE WHEN v_permits = 0 THEN 0 ELSE v_fence END;
     END IF;
     DELETE FROM dlock_locks WHERE key = p_key AND expires <= now();
-    -- Now and then, expired rows of keys nobody takes any more.
+    -- Now and then, expired rows of keys nobody takes any more: the oldest 100, found by
+    -- the expiry index and deleted by their row ids (a TID scan), so that a sweep never
+    -- reads the whole table, even before the table's statistics catch up with its size.
     IF random() < 0.02 THEN
-        DELETE FROM dlock_locks WHERE ctid IN (
-            SELECT ctid FROM dlock_locks WHERE expires < now() LIMIT 100 FOR UPDATE SKIP LOCKED);
+        DELETE FROM dlock_locks WHERE ctid = ANY (ARRAY(
+            SELECT ctid FROM dlock_locks WHERE expires < now()
+                ORDER BY expires LIMIT 100 FOR UPDATE SKIP LOCKED));
     END IF;
     SELECT count(*), max(permits) FILTER (WHERE permits <> p_permits)
         INTO v_live, v_other FROM dlock_locks WHERE key = p_key AND permits > 0;
