@@ -101,7 +101,11 @@ impl Wakeups {
             }
             entry.remove();
         }
-        offers.first_key_value()?;
+        if offers.is_empty() {
+            // This release goes to the server: the count of hand-overs in a row starts again.
+            line.handed_in_a_row.store(0, Ordering::SeqCst);
+            return None;
+        }
         if line.handed_in_a_row.fetch_add(1, Ordering::SeqCst) >= HAND_OVERS_IN_A_ROW {
             line.handed_in_a_row.store(0, Ordering::SeqCst);
             return None;
