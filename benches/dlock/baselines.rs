@@ -5,6 +5,9 @@
 //! - Redis floor: `SET key token NX PX ttl`, then a compare-and-delete script (`GET` = token
 //!   → `DEL`): no fencing token, no renewal, no notification.
 //! - Redis peer: `rslock` (Redlock with one server), `lock` + `unlock`.
+//! - Redis handoff floor ([`RedisLockFloor`], the `handoff` section): the same lock, its
+//!   waiter subscribed to a channel of the key first, its release one script that
+//!   compares, deletes and publishes: one round trip to release, one message, one `SET NX`.
 //! - etcd floor: one lease granted up front and shared, then per pair a put-if-absent
 //!   transaction on that lease and a delete: two writes.
 //! - etcd peer: etcd's own lock service (`Lock` + `Unlock` RPCs of etcd-client) on a shared
@@ -133,6 +136,65 @@ pub async fn etcd_peer(etcd: &Etcd) -> Op {
             lock_client.unlock(locked.key()).await.unwrap();
         })
     })
+}
+
+/// The Redis lock handoff floor: `SET NX PX` to take, one script to release that deletes
+/// the key if it holds the token and publishes on `<key>:free`; a waiter subscribes first,
+/// then tries again at each message (and every second in any case).
+#[derive(Clone)]
+pub struct RedisLockFloor {
+    conn: redis::aio::ConnectionManager,
+    release: Arc<Script>,
+}
+
+impl RedisLockFloor {
+    /// A connection of its own, like a locker.
+    pub async fn new(redis: &Redis) -> RedisLockFloor {
+        let release = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+            redis.call('DEL', KEYS[1]) redis.call('PUBLISH', KEYS[1] .. ':free', '') return 1 \
+            end return 0";
+        RedisLockFloor {
+            conn: redis.connection().await,
+            release: Arc::new(Script::new(release)),
+        }
+    }
+
+    /// One attempt: true if `token` now holds `key`.
+    pub async fn try_lock(&self, key: &str, token: &str) -> bool {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(TTL.as_millis() as u64)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        set.is_some()
+    }
+
+    /// Waits for `key`, subscribed to its channel before the first attempt so that no
+    /// release is missed.
+    pub async fn lock_notified(&self, key: &str, token: &str, pubsub: &redis::Client) {
+        let mut pubsub = pubsub.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(format!("{key}:free")).await.unwrap();
+        let mut announced = pubsub.on_message();
+        while !self.try_lock(key, token).await {
+            let _ = tokio::time::timeout(Duration::from_secs(1), announced.next()).await;
+        }
+    }
+
+    /// Compare, delete and publish, in one script.
+    pub async fn release(&self, key: &str, token: &str) {
+        let released: i64 = self
+            .release
+            .key(key)
+            .arg(token)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        assert_eq!(released, 1, "floor: {key} was not held by {token}");
+    }
 }
 
 /// The Redis semaphore floor: `key` is a sorted set of holder tokens scored by expiry

@@ -6,34 +6,39 @@ use std::time::Duration;
 use dlock::{LockGuard, LockOptions, Locker};
 use tokio::time::Instant;
 
+use super::baselines::RedisLockFloor;
 use super::measure::{config, locker, ms, percentile};
 use super::support::fixtures::{Etcd, Memory, Redis, WithPubsub};
 use super::Settings;
 
 pub async fn run(redis: &Redis, etcd: &Etcd, memory: &Memory, s: &Settings) {
     println!("\n## 2. Handoff latency: waiter blocked in lock(), another locker releases\n");
+    println!("Floor (Redis with pub/sub): `SET NX PX`, a waiter subscribed first, a release");
+    println!("script that compares, deletes and publishes (benches/dlock/baselines.rs).");
     println!("Peers, same server, same run: rslock 0.10's `acquire` (a waiting loop of its own);");
     println!(
         "etcd's lock service (`Lock` waits on the server). Comparison point: a waiter calling"
     );
     println!("try_lock every 100 ms (the Go component's behaviour).\n");
     println!(
-        "| backend | waiter waited | dlock p50 | dlock p99 | peer | peer p50 | peer p99 | polling 100 ms p50 | polling p99 |"
+        "| backend | waiter waited | dlock p50 | dlock p99 | floor p50 | floor p99 | peer | peer p50 | peer p99 | polling 100 ms p50 | polling p99 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
 
     let holder = locker(redis).await;
     let pubsub = redis
         .locker_with_pubsub(config::<Redis>(), redis.pubsub_client())
         .await;
     let peer = Peer::Rslock(redis.url());
-    rows("redis (pub/sub)", &holder, &pubsub, &peer, s).await;
+    let floor = Some(redis);
+    rows("redis (pub/sub)", &holder, &pubsub, &peer, floor, s).await;
     let polls = locker(redis).await;
-    rows("redis (no pub/sub: polls)", &holder, &polls, &peer, s).await;
+    rows("redis (no pub/sub: polls)", &holder, &polls, &peer, None, s).await;
     let peer = Peer::EtcdLockService(Box::new(etcd.client().await));
-    rows("etcd", &locker(etcd).await, &locker(etcd).await, &peer, s).await;
+    let (holder, waiter) = (locker(etcd).await, locker(etcd).await);
+    rows("etcd", &holder, &waiter, &peer, None, s).await;
     let (holder, waiter) = (locker(memory).await, locker(memory).await);
-    rows("memory", &holder, &waiter, &Peer::None, s).await;
+    rows("memory", &holder, &waiter, &Peer::None, None, s).await;
 }
 
 /// What a user would pick instead, measured the same way.
@@ -119,16 +124,31 @@ async fn etcd_handoff(client: &etcd_client::Client, key: &str, waited: Duration)
     latency
 }
 
-async fn rows(name: &str, holder: &Locker, waiter: &Locker, peer: &Peer, s: &Settings) {
+/// One row per waiting time; `floor`: the server to measure [`RedisLockFloor`] on as well.
+async fn rows(
+    name: &str,
+    holder: &Locker,
+    waiter: &Locker,
+    peer: &Peer,
+    floor: Option<&Redis>,
+    s: &Settings,
+) {
     for (waited, samples) in [
         (Duration::from_millis(50), s.handoff_samples),
         (Duration::from_secs(1), s.long_wait_samples),
     ] {
         let fast = handoff(holder, waiter, waited, samples, false).await;
+        let least = match floor {
+            Some(redis) => floor_handoffs(redis, waited, samples).await,
+            None => Vec::new(),
+        };
         let theirs = peer.handoff(waited, samples).await;
         let slow = handoff(holder, waiter, waited, samples.min(10), true).await;
         let wait = format!("{} ms wait", waited.as_millis());
         super::charts::handoff(name, &format!("dlock, {wait}"), &fast);
+        if !least.is_empty() {
+            super::charts::handoff(name, &format!("floor, {wait}"), &least);
+        }
         if !theirs.is_empty() {
             super::charts::handoff(name, &format!("{}, {wait}", peer.name()), &theirs);
         }
@@ -142,8 +162,17 @@ async fn rows(name: &str, holder: &Locker, waiter: &Locker, peer: &Peer, s: &Set
                 ms(percentile(&theirs, 0.99))
             )
         };
+        let floor_cells = if least.is_empty() {
+            " | ".to_owned()
+        } else {
+            format!(
+                "{} | {}",
+                ms(percentile(&least, 0.5)),
+                ms(percentile(&least, 0.99))
+            )
+        };
         println!(
-            "| {name} | {} ms (n={samples}) | {} | {} | {peer_cells} | {} | {} |",
+            "| {name} | {} ms (n={samples}) | {} | {} | {floor_cells} | {peer_cells} | {} | {} |",
             waited.as_millis(),
             ms(percentile(&fast, 0.5)),
             ms(percentile(&fast, 0.99)),
@@ -151,6 +180,31 @@ async fn rows(name: &str, holder: &Locker, waiter: &Locker, peer: &Peer, s: &Set
             ms(percentile(&slow, 0.99)),
         );
     }
+}
+
+/// The floor's handoffs, measured like dlock's: from the holder's release call to the
+/// waiter holding the key.
+async fn floor_handoffs(redis: &Redis, waited: Duration, samples: usize) -> Vec<Duration> {
+    let holder = RedisLockFloor::new(redis).await;
+    let waiter = RedisLockFloor::new(redis).await;
+    let mut out = Vec::new();
+    for i in 0..samples {
+        let key = format!("floor-handoff-{}-{i}", waited.as_millis());
+        assert!(holder.try_lock(&key, "h").await, "floor: {key} was held");
+        let (waiter, pubsub, waited_key) = (waiter.clone(), redis.pubsub_client(), key.clone());
+        let task = tokio::spawn(async move {
+            waiter.lock_notified(&waited_key, "w", &pubsub).await;
+            let got = Instant::now();
+            waiter.release(&waited_key, "w").await;
+            got
+        });
+        tokio::time::sleep(waited + Duration::from_millis(fastrand::u64(0..20))).await;
+        let released = Instant::now();
+        holder.release(&key, "h").await;
+        out.push(task.await.unwrap().saturating_duration_since(released));
+    }
+    out.sort();
+    out
 }
 
 /// Latency from the holder's release call to the waiter's `lock()` returning, for waiters
