@@ -268,10 +268,9 @@ pub(super) async fn enqueue<'a>(
     }
 }
 
-/// Sends a txn that may put a key: it runs to its answer on a task of its own, even if this
-/// future is dropped, and `landed` knows until then. The undo (`delete`) waits for it, since
-/// etcd may apply a delete sent after a put before that put, which would then leave its key
-/// behind.
+/// Sends a txn that may put a key: it runs to its answer even if this future is dropped, and
+/// `landed` knows until then. The undo (`delete`) waits for it, since etcd may apply a
+/// delete sent after a put before that put, which would then leave its key behind.
 async fn put_txn(
     client: &Client,
     cx: &Context,
@@ -282,19 +281,43 @@ async fn put_txn(
 ) -> Result<TxnResponse> {
     let mut kv = client.kv_client();
     let in_flight = landed.puts.subscribe();
-    let put = tokio::spawn(async move {
+    let put = ToItsAnswer(Some(Box::pin(async move {
         let reply = kv.txn(txn).await;
         drop(in_flight);
         reply
-    });
+    })));
     // etcd's own error stays the source, so that `Context::call` can read a refused right.
-    let put = async {
-        match put.await {
-            Ok(reply) => reply.map_err(crate::error::BoxError::from),
-            Err(joined) => Err(crate::error::BoxError::from(joined)),
-        }
-    };
+    let put = async { put.await.map_err(crate::error::BoxError::from) };
     cx.call("etcd", key, limit, put).await
+}
+
+/// A put polled in the caller's task, not on a task of its own (a spawn and a wake-up from
+/// another worker per acquire): only if it is dropped before its answer (a timeout, a
+/// dropped acquire) does the rest run on a task of its own, to its answer.
+struct ToItsAnswer<T: Send + 'static>(
+    Option<std::pin::Pin<Box<dyn Future<Output = T> + Send + 'static>>>,
+);
+
+impl<T: Send + 'static> Future for ToItsAnswer<T> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        let put = self.0.as_mut().expect("polled after its answer");
+        let answer = std::task::ready!(put.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(answer)
+    }
+}
+
+impl<T: Send + 'static> Drop for ToItsAnswer<T> {
+    fn drop(&mut self) {
+        if let (Some(put), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(put);
+        }
+    }
 }
 
 /// One key at the front of a queue.
