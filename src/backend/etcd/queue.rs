@@ -1,10 +1,10 @@
 //! A lock's or semaphore's queue: putting an acquisition's key in it, waiting for the keys
 //! before it to go, and taking it out.
 //!
-//! Key names say how many holders their queue admits: `<queue><token>` for a lock (1),
-//! `<queue>~<N>~<token>` for a semaphore of N. A token is a ULID (`[0-9A-Z]`), so a lock's
-//! key never starts with `~` after the queue, and each N has a key range of its own: a
-//! range read or two around it find any key that names another N.
+//! Key names say how many holders their queue admits: `<queue><lease>.<n>` for a lock (1),
+//! `<queue>~<N>~<lease>.<n>` for a semaphore of N (`Session::reserve`). A lease id is hex
+//! (`[0-9a-f]`), so a lock's key never starts with `~` after the queue, and each N has a key
+//! range of its own: a range read or two around it find any key that names another N.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,13 +16,18 @@ use etcd_client::{
     WatchResponse, WatchStream,
 };
 
+use super::super::recover;
 use super::super::{Context, Request};
-use super::session::{lease_not_found, Attachment, Session};
+use super::session::{lease_not_found, Attachment, Name, Session};
 use crate::error::{Error, Result};
 
-/// The puts of one attempt still in flight: each holds a receiver until it has its answer.
+/// The puts of one attempt still in flight (each holds a receiver until it has its answer),
+/// and the key name they put, once reserved: what the attempt's undo deletes.
 #[derive(Default)]
-pub(super) struct Landed(Arc<tokio::sync::watch::Sender<()>>);
+pub(super) struct Landed {
+    puts: Arc<tokio::sync::watch::Sender<()>>,
+    name: std::sync::Mutex<Option<Arc<Name>>>,
+}
 
 /// One acquisition's key in its queue.
 pub(super) struct Entry<'a> {
@@ -58,15 +63,6 @@ impl Enqueue {
             ),
             Enqueue::Failed(e) => e,
         }
-    }
-}
-
-/// The key of one acquisition: `<queue><token>` for a lock, `<queue>~<N>~<token>` for a
-/// semaphore of N.
-pub(super) fn own_key(request: &Request<'_>) -> String {
-    match request.permits {
-        1 => format!("{}{}", request.storage_key, request.token),
-        n => format!("{}~{n}~{}", request.storage_key, request.token),
     }
 }
 
@@ -196,15 +192,18 @@ pub(super) async fn enqueue<'a>(
     landed: &Landed,
 ) -> std::result::Result<Option<Entry<'a>>, Enqueue> {
     let (queue, permits) = (request.storage_key, request.permits);
-    let own_key = own_key(request);
+    // Reserved before the put is sent, and kept by the undo if there is one: no other
+    // acquisition of this session puts the name while this one's key may still land.
+    let name = session.reserve(queue, permits);
+    *recover(landed.name.lock()) = Some(name.clone());
     let put = TxnOp::put(
-        own_key.as_str(),
+        name.key.as_bytes(),
         request.value.unwrap_or_default(),
         Some(PutOptions::new().with_lease(session.lease_id)),
     );
     // Attached before the put is sent (session invariant 4): if this future is dropped
     // with the put in flight, the key the put may still write is an orphan to remove.
-    let attachment = session.attach(own_key.into());
+    let attachment = session.attach(name);
     let deadline = tokio::time::Instant::now() + request.useful_for();
     // The revision of a census that found room (0: none yet, the queue must be empty).
     let mut room_at = 0;
@@ -269,10 +268,9 @@ pub(super) async fn enqueue<'a>(
     }
 }
 
-/// Sends a txn that may put a key: it runs to its answer on a task of its own, even if this
-/// future is dropped, and `landed` knows until then. The undo (`delete`) waits for it, since
-/// etcd may apply a delete sent after a put before that put, which would then leave its key
-/// behind.
+/// Sends a txn that may put a key: it runs to its answer even if this future is dropped, and
+/// `landed` knows until then. The undo (`delete`) waits for it, since etcd may apply a
+/// delete sent after a put before that put, which would then leave its key behind.
 async fn put_txn(
     client: &Client,
     cx: &Context,
@@ -282,20 +280,44 @@ async fn put_txn(
     landed: &Landed,
 ) -> Result<TxnResponse> {
     let mut kv = client.kv_client();
-    let in_flight = landed.0.subscribe();
-    let put = tokio::spawn(async move {
+    let in_flight = landed.puts.subscribe();
+    let put = ToItsAnswer(Some(Box::pin(async move {
         let reply = kv.txn(txn).await;
         drop(in_flight);
         reply
-    });
+    })));
     // etcd's own error stays the source, so that `Context::call` can read a refused right.
-    let put = async {
-        match put.await {
-            Ok(reply) => reply.map_err(crate::error::BoxError::from),
-            Err(joined) => Err(crate::error::BoxError::from(joined)),
-        }
-    };
+    let put = async { put.await.map_err(crate::error::BoxError::from) };
     cx.call("etcd", key, limit, put).await
+}
+
+/// A put polled in the caller's task, not on a task of its own (a spawn and a wake-up from
+/// another worker per acquire): only if it is dropped before its answer (a timeout, a
+/// dropped acquire) does the rest run on a task of its own, to its answer.
+struct ToItsAnswer<T: Send + 'static>(
+    Option<std::pin::Pin<Box<dyn Future<Output = T> + Send + 'static>>>,
+);
+
+impl<T: Send + 'static> Future for ToItsAnswer<T> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        let put = self.0.as_mut().expect("polled after its answer");
+        let answer = std::task::ready!(put.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(answer)
+    }
+}
+
+impl<T: Send + 'static> Drop for ToItsAnswer<T> {
+    fn drop(&mut self) {
+        if let (Some(put), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(put);
+        }
+    }
 }
 
 /// One key at the front of a queue.
@@ -337,8 +359,9 @@ pub(super) async fn front(
 }
 
 /// Deletes an acquisition's key, whatever it holds, for the background: the undo of an
-/// attempt whose outcome is unknown. Retried for a TTL; if that fails, the session's next
-/// key check deletes the orphan (session.rs, invariant 4).
+/// attempt whose outcome is unknown. Retried for a TTL; if that fails, the name is retired
+/// and the session's next key check deletes the orphan (session.rs, invariant 4). The name
+/// stays reserved until then. Nothing to do if no name was reserved: no put was sent.
 pub(super) fn delete(
     client: &Client,
     cx: &Context,
@@ -346,19 +369,32 @@ pub(super) fn delete(
     landed: &Landed,
 ) -> impl Future<Output = ()> + Send + 'static {
     let (kv, cx) = (client.kv_client(), cx.clone());
-    let (key, own_key, ttl) = (request.key.to_owned(), own_key(request), request.ttl);
+    let (key, ttl) = (request.key.to_owned(), request.ttl);
     let expiry = tokio::time::Instant::now() + ttl;
-    let puts = landed.0.clone();
+    let puts = landed.puts.clone();
+    let name = recover(landed.name.lock()).clone();
     async move {
+        let Some(name) = name else {
+            return;
+        };
         // Every put of this attempt has its answer (or its task is gone): none can land
         // after the delete.
         puts.closed().await;
         let delete = || {
-            let (mut kv, own_key) = (kv.clone(), own_key.clone());
+            let (mut kv, own_key) = (kv.clone(), name.key.clone());
             let (cx, key) = (&cx, &key);
-            async move { cx.call("etcd", key, ttl, kv.delete(own_key, None)).await }
+            async move {
+                cx.call("etcd", key, ttl, kv.delete(own_key.as_bytes(), None))
+                    .await
+            }
         };
-        cx.until_confirmed("etcd", &key, expiry, delete).await;
+        if cx
+            .until_confirmed("etcd", &key, expiry, delete)
+            .await
+            .is_none()
+        {
+            name.retire();
+        }
     }
 }
 

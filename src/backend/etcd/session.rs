@@ -126,6 +126,10 @@ struct Attached {
     /// the key is gone).
     keys: HashMap<Arc<str>, (u64, CancellationToken)>,
     generation: u64,
+    /// Key names in use ([`Name`]): an acquisition's, or a delete's that may still land.
+    reserved: HashSet<Arc<str>>,
+    /// Names never handed out again: a delete of theirs went unanswered and may land late.
+    retired: HashSet<Arc<str>>,
 }
 
 /// The generation of a key whose put is not yet known to be written (invariant 3).
@@ -160,10 +164,37 @@ impl Session {
         self.ended.cancel();
     }
 
-    /// Attaches `own_key`, about to be put with this session's lease: from now on the key
-    /// is not an orphan; once [`Attachment::confirm`]ed, it can be found missing.
-    pub fn attach(self: &Arc<Self>, own_key: Arc<str>) -> Attachment {
+    /// A key name of this session in `queue` for one of `permits` holders, reserved until
+    /// the returned value is dropped: `<queue><lease>.<n>` (a semaphore's:
+    /// `<queue>~<N>~<lease>.<n>`) with the smallest `n` free. Names are reused from one
+    /// acquisition to the next: etcd keeps each deleted key in its index until the history
+    /// is compacted, and the put's compare walks the queue's whole range, tombstones
+    /// included, so a fresh name per acquisition made every acquire slower than the last.
+    pub fn reserve(self: &Arc<Self>, queue: &str, permits: u32) -> Arc<Name> {
+        let mut attached = recover(self.attached.lock());
+        let lease_id = self.lease_id;
+        for n in 0u64.. {
+            let key: Arc<str> = match permits {
+                1 => format!("{queue}{lease_id:x}.{n}"),
+                permits => format!("{queue}~{permits}~{lease_id:x}.{n}"),
+            }
+            .into();
+            if !attached.reserved.contains(&key) && !attached.retired.contains(&key) {
+                attached.reserved.insert(key.clone());
+                return Arc::new(Name {
+                    session: self.clone(),
+                    key,
+                });
+            }
+        }
+        unreachable!("u64 names run out")
+    }
+
+    /// Attaches `name`, about to be put with this session's lease: from now on the key is
+    /// not an orphan; once [`Attachment::confirm`]ed, it can be found missing.
+    pub fn attach(self: &Arc<Self>, name: Arc<Name>) -> Attachment {
         let gone = self.ended.child_token();
+        let own_key = name.key.clone();
         let mut attached = recover(self.attached.lock());
         attached
             .keys
@@ -171,6 +202,7 @@ impl Session {
         Attachment {
             session: self.clone(),
             own_key,
+            name,
             gone,
         }
     }
@@ -195,16 +227,28 @@ impl Session {
         attached.generation
     }
 
-    /// Listed keys that nobody has attached (invariant 4).
-    fn orphans(&self, listed: &HashSet<&[u8]>) -> Vec<Vec<u8>> {
-        let attached = recover(self.attached.lock());
-        listed
-            .iter()
-            .filter(|key| {
-                std::str::from_utf8(key).is_ok_and(|key| !attached.keys.contains_key(key))
-            })
-            .map(|key| key.to_vec())
-            .collect()
+    /// Listed keys that nobody has attached (invariant 4), each reserved for its delete: no
+    /// acquisition puts the name again while that delete may still land.
+    fn orphans(self: &Arc<Self>, listed: &HashSet<&[u8]>) -> Vec<Arc<Name>> {
+        let mut attached = recover(self.attached.lock());
+        let mut orphans = Vec::new();
+        for key in listed {
+            let Ok(key) = std::str::from_utf8(key) else {
+                continue;
+            };
+            // Attached keys are reserved too; a reserved one without an attachment has a
+            // delete of its own in flight (an undo).
+            if attached.reserved.contains(key) {
+                continue;
+            }
+            let key: Arc<str> = key.into();
+            attached.reserved.insert(key.clone());
+            orphans.push(Arc::new(Name {
+                session: self.clone(),
+                key,
+            }));
+        }
+        orphans
     }
 
     /// Attached keys of an earlier generation than `generation` that `listed` lacks.
@@ -224,11 +268,39 @@ impl Session {
     }
 }
 
+/// A key name of one session, reserved while anything may still put or delete it (an
+/// acquisition, its undo, a release or an orphan's delete): nobody else is handed it
+/// meanwhile, so a late delete of one acquisition's key can never delete another's.
+pub(super) struct Name {
+    session: Arc<Session>,
+    pub key: Arc<str>,
+}
+
+impl Name {
+    /// A delete of this name went unanswered and may still land: the session never hands the
+    /// name out again (its key, if still there, is an orphan for the key check to delete).
+    pub fn retire(&self) {
+        recover(self.session.attached.lock())
+            .retired
+            .insert(self.key.clone());
+    }
+}
+
+impl Drop for Name {
+    fn drop(&mut self) {
+        recover(self.session.attached.lock())
+            .reserved
+            .remove(&self.key);
+    }
+}
+
 /// A key attached to a session: its holder or waiter learns from `gone` that the key is no
 /// longer there (or that the whole session ended). Dropping it detaches the key.
 pub(super) struct Attachment {
     pub session: Arc<Session>,
     pub own_key: Arc<str>,
+    /// The key's name, reserved while attached (and after, while a delete may land).
+    pub name: Arc<Name>,
     gone: CancellationToken,
 }
 
@@ -387,7 +459,7 @@ const FRESH_STREAMS: usize = 3;
 struct Renewer<'a> {
     client: &'a Client,
     cx: &'a Context,
-    session: &'a Session,
+    session: &'a Arc<Session>,
     stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 }
 
@@ -448,10 +520,20 @@ impl Renewer<'_> {
         let listed: HashSet<&[u8]> = reply.keys().iter().map(Vec::as_slice).collect();
         for orphan in self.session.orphans(&listed) {
             let mut kv = self.client.kv_client();
-            let key = String::from_utf8_lossy(&orphan).into_owned();
-            self.cx
-                .call("etcd", &key, self.session.ttl, kv.delete(orphan, None))
-                .await?;
+            let key = &orphan.key;
+            let deleted = self
+                .cx
+                .call(
+                    "etcd",
+                    key,
+                    self.session.ttl,
+                    kv.delete(key.as_bytes(), None),
+                )
+                .await;
+            if deleted.is_err() {
+                orphan.retire();
+            }
+            deleted?;
             tracing::debug!(component = "dlock", backend = "etcd", key = %key,
                 "deleted a queue key whose acquire was dropped while its put was in flight");
         }
