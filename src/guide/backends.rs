@@ -8,7 +8,7 @@
 //! | | Redis | etcd | in-process |
 //! |---|---|---|---|
 //! | connect with | `.redis(conn)`: any redis-rs async connection (`ConnectionManager`, `MultiplexedConnection`, Cluster) | `.etcd(etcd_client::Client)` | `.memory(MemoryStore)` or nothing |
-//! | held lock | `<prefix>{<key>}` = `<token>:<fencing token>`, `PX` TTL, marked `!` once a waiter announced itself; after release a tombstone for ≤ 5 s | `<prefix><key>/<ulid>` on the locker's session lease (one lease per locker and TTL) | a map entry |
+//! | held lock | `<prefix>{<key>}` = `<token>:<fencing token>`, `PX` TTL, marked `!` once a waiter announced itself; after release a tombstone for ≤ 5 s | `<prefix><key>/<lease>.<n>` on the locker's session lease (one lease per locker and TTL; `<n>` the smallest number free in the session, so a name is reused) | a map entry |
 //! | renewal | script every TTL/3 | per session, not per lock: one keep-alive and one check of the lease's key list every TTL/3 | every TTL/3 |
 //! | waiting | one task per process tries at a time; a holder hands the lock to the next waiter of its locker (8 in a row, then releases); other processes retry on release notification (pub/sub; a release publishes only if a waiter marked the lock); polling as the safety net | FIFO: watch the predecessor's deletion | woken on release |
 //! | fencing token | server clock in µs, drawn by the acquire script | the key's create revision | a store-wide counter |

@@ -84,7 +84,7 @@
 //!   released 1,000 times a second keeps about 5,000 of them. The least-privilege ACL line
 //!   of [production connections](super::production) includes the commands the semaphore
 //!   scripts call.
-//! - **etcd**: a semaphore's keys are `<prefix><name>/~<N>~<token>`, attached to the
+//! - **etcd**: a semaphore's keys are `<prefix><name>/~<N>~<lease>.<n>`, attached to the
 //!   locker's session lease like a lock's.
 //! - **In-process**: up to N entries per name.
 //!

@@ -247,7 +247,8 @@ impl WithPubsub for RedisMultiplexed {
     }
 }
 
-/// An `etcd` of its own; a lock's keys are `<prefix><key>/<ulid>`, one per acquisition.
+/// An `etcd` of its own; a lock's keys are `<prefix><key>/<lease>.<n>`, one per acquisition
+/// at a time (a name is reused once its last acquisition is gone).
 pub struct Etcd {
     server: super::EtcdServer,
     admin: etcd_client::Client,
