@@ -94,7 +94,7 @@ pub fn redis_peer(redis: &Redis) -> Op {
 
 /// A client of its own and one lease, long enough for the run, that every pair shares.
 async fn shared_lease(etcd: &Etcd) -> (etcd_client::Client, i64) {
-    let client = etcd.client().await;
+    let client = etcd.default_client().await;
     let lease = client.lease_client().grant(60, None).await.unwrap().id();
     (client, lease)
 }

@@ -417,6 +417,18 @@ impl Etcd {
         self.server.client().await
     }
 
+    /// A new client with etcd-client's default options, as a user of another library would
+    /// connect: no HTTP/2 keep-alive pings (the fault tests' clients ping every second,
+    /// which etcd's server, enforcing at least 5 s between pings, may answer by closing the
+    /// connection).
+    #[allow(dead_code)]
+    pub async fn default_client(&self) -> etcd_client::Client {
+        let endpoints = [self.server.endpoint()];
+        etcd_client::Client::connect(&endpoints, None)
+            .await
+            .unwrap_or_else(|e| panic!("connect to etcd at {endpoints:?}: {e}"))
+    }
+
     /// The server's process id.
     #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
