@@ -46,7 +46,8 @@
 //!   64 tasks, on Redis, etcd and the in-process store, beside the floors and the peers.
 //! - **`handoff`**: the latency from a release to a waiter already blocked in `lock()` (p50,
 //!   p99), the release made by a second locker with its own connection; with and without
-//!   release notifications, and against the peers' own waiting.
+//!   release notifications, against a Redis floor (`SET NX PX`, the waiter subscribed first,
+//!   a release script that compares, deletes and publishes) and the peers' own waiting.
 //! - **`contention`**: one hot key, many tasks over two lockers: acquisitions per second,
 //!   attempts per acquisition, and how evenly the tasks were served, against rslock.
 //! - **`hold`**: 100,000 locks held at once: the heap per guard, the CPU the client and the
@@ -61,6 +62,12 @@
 //!   on a pooled connection); then the statements and the server's time per pair
 //!   (`pg_stat_statements`, the statements inside dlock's function included) and `EXPLAIN
 //!   ANALYZE` of the acquires. See [the PostgreSQL chapter](super::postgres).
+//!
+//! Where a Redis server's time goes, without dlock's client in the way:
+//! `scripts/redis-server-cost.sh` sends a plain `SET NX PX`, dlock's acquire script and
+//! scripts that keep part of its work with `redis-benchmark`, and 100,000 renewals a round
+//! as plain `PEXPIRE`s, as dlock's batches and as steps between, with `redis-cli --pipe`,
+//! and reports the server's CPU time for each.
 //!
 //! The code is `benches/dlock/`: `main.rs` (arguments, section selection, output),
 //! `measure.rs` (the rate loop, percentiles), `baselines.rs` (the floors and peers), one module
