@@ -662,8 +662,10 @@ async fn names_ever_put(
     let mut names = std::collections::HashSet::new();
     let mut seen = 0;
     while seen < now {
-        let Ok(Ok(Some(reply))) = timeout(Duration::from_millis(500), stream.message()).await
-        else {
+        // The last write was this prefix's own (a release), so its event ends the loop; the
+        // bound only ends a history whose last event is another prefix's, generously, so
+        // that a loaded machine's slow first message is not mistaken for the end.
+        let Ok(Ok(Some(reply))) = timeout(Duration::from_secs(10), stream.message()).await else {
             break; // the history is all delivered; no event reaches `now` on this prefix
         };
         for event in reply.events() {
