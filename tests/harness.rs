@@ -37,6 +37,22 @@ async fn etcd_cluster_survives_its_leader() {
     }
 }
 
+/// `free_port` frees the port it found before redis-server binds it, so another test's
+/// server can take it first: the fixture must then not mistake that server for its own (it
+/// did: `bad_input::odd_keys_on_redis` once talked to a Redis Cluster node of
+/// `odd_keys_on_redis_cluster`, which answered "ClusterDown: Hash slot not served").
+#[tokio::test]
+async fn a_redis_fixture_never_takes_another_servers_port_for_its_own() {
+    let other = support::RedisServer::start().await;
+    let dir = support::TempDir::new("redis");
+    let started = support::RedisServer::try_start_on(other.port(), dir, &[]).await;
+    assert!(
+        started.is_err(),
+        "the fixture took the server already on port {} for its own",
+        other.port()
+    );
+}
+
 #[tokio::test]
 async fn redis_restart_loses_everything() {
     use redis::AsyncCommands;

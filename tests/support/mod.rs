@@ -30,10 +30,21 @@ pub use sentinel::{ReplicatedRedis, SentinelGroup, SERVICE as SENTINEL_SERVICE};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A port nobody listens on right now (bind to port 0, read it, let it go).
+/// A port nobody listens on right now (bind to port 0, read it, let it go), and never
+/// handed out before in this process: the tests of one binary run side by side, and the port
+/// is free again until the server meant for it binds it, so the system could offer it to
+/// another test's server first (`harness::a_redis_fixture_never_takes_another_servers_port_for_its_own`).
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// Panics with the install command when `binary` is not on PATH.

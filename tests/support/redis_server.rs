@@ -25,21 +25,34 @@ impl RedisServer {
         require_binary("redis-server", "redis-server");
         let mut dir = TempDir::new("redis");
         for _ in 0..5 {
-            let mut server = RedisServer {
-                port: free_port(),
-                dir,
-                child: None,
-                extra: extra.iter().map(|a| a.to_string()).collect(),
-            };
-            if server.spawn().await {
-                return server;
+            match Self::try_start_on(free_port(), dir, extra).await {
+                Ok(server) => return server,
+                Err(unused) => dir = unused,
             }
-            dir = server.take_dir();
         }
         panic!(
             "redis-server did not start on any of 5 free ports; see the log in {}",
             dir.path().display()
         );
+    }
+
+    /// Starts a server on `port` in `dir`; gives `dir` back if it did not come up there.
+    pub async fn try_start_on(
+        port: u16,
+        dir: TempDir,
+        extra: &[&str],
+    ) -> Result<RedisServer, TempDir> {
+        let mut server = RedisServer {
+            port,
+            dir,
+            child: None,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
+        if server.spawn().await {
+            Ok(server)
+        } else {
+            Err(server.take_dir())
+        }
     }
 
     fn take_dir(mut self) -> TempDir {
@@ -64,7 +77,7 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::time::Instant::now() < deadline {
-            if self.ping().await {
+            if self.answers_as_own().await {
                 return true;
             }
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -75,7 +88,13 @@ impl RedisServer {
         false
     }
 
-    async fn ping(&self) -> bool {
+    /// Whether the server answering on this fixture's port is the process it started:
+    /// `free_port` frees the port before redis-server binds it, so another test's server
+    /// may hold it, and answer PING, while ours exits.
+    async fn answers_as_own(&self) -> bool {
+        let Some(pid) = self.child.as_ref().map(std::process::Child::id) else {
+            return false;
+        };
         let Ok(client) = redis::Client::open(self.url()) else {
             return false;
         };
@@ -87,8 +106,14 @@ impl RedisServer {
         else {
             return false;
         };
-        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-        pong.is_ok()
+        let info: redis::RedisResult<String> = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await;
+        info.is_ok_and(|info| {
+            info.lines()
+                .any(|line| line.trim() == format!("process_id:{pid}"))
+        })
     }
 
     pub fn port(&self) -> u16 {
