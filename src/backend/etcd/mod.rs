@@ -317,7 +317,7 @@ impl Backend for EtcdBackend {
         // The key's name is this acquisition's until the delete is answered (or for good,
         // if it is not): deleting it can only ever delete our own acquisition, so no compare
         // is needed (a txn costs etcd more).
-        let own_key = held.attachment.own_key.as_bytes();
+        let own_key = held.attachment.name.key.as_bytes();
         let mut tries = 0;
         loop {
             let mut kv = self.client.kv_client();

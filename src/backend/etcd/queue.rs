@@ -551,7 +551,7 @@ impl Count {
     /// can no longer be placed (its previous version is compacted), the count is not
     /// exact any more. Fails when our own key is gone.
     fn deletions(&mut self, entry: &Entry<'_>, reply: &WatchResponse) -> Result<bool> {
-        let own_key = entry.attachment.own_key.as_bytes();
+        let own_key = entry.attachment.name.key.as_bytes();
         // One revision's events all come in one message.
         let mut last = self.seen;
         let mut exact = true;
@@ -597,7 +597,7 @@ async fn read_ahead(
     entry: &Entry<'_>,
     ahead: GetOptions,
 ) -> Result<(Option<GetResponse>, i64)> {
-    let own_key = entry.attachment.own_key.as_bytes();
+    let own_key = entry.attachment.name.key.as_bytes();
     let ahead = ahead.with_max_create_revision(entry.revision - 1);
     let read = Txn::new().and_then([
         TxnOp::get(own_key, None),

@@ -194,14 +194,12 @@ impl Session {
     /// not an orphan; once [`Attachment::confirm`]ed, it can be found missing.
     pub fn attach(self: &Arc<Self>, name: Arc<Name>) -> Attachment {
         let gone = self.ended.child_token();
-        let own_key = name.key.clone();
         let mut attached = recover(self.attached.lock());
         attached
             .keys
-            .insert(own_key.clone(), (UNCONFIRMED, gone.clone()));
+            .insert(name.key.clone(), (UNCONFIRMED, gone.clone()));
         Attachment {
             session: self.clone(),
-            own_key,
             name,
             gone,
         }
@@ -298,7 +296,6 @@ impl Drop for Name {
 /// longer there (or that the whole session ended). Dropping it detaches the key.
 pub(super) struct Attachment {
     pub session: Arc<Session>,
-    pub own_key: Arc<str>,
     /// The key's name, reserved while attached (and after, while a delete may land).
     pub name: Arc<Name>,
     gone: CancellationToken,
@@ -309,7 +306,7 @@ impl Attachment {
     pub fn confirm(&self) {
         let mut attached = recover(self.session.attached.lock());
         let generation = attached.generation;
-        if let Some(entry) = attached.keys.get_mut(&self.own_key) {
+        if let Some(entry) = attached.keys.get_mut(&self.name.key) {
             entry.0 = generation;
         }
     }
@@ -342,7 +339,7 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         let mut attached = recover(self.session.attached.lock());
-        attached.keys.remove(&self.own_key);
+        attached.keys.remove(&self.name.key);
         if attached.keys.is_empty() {
             self.session.emptied.notify_waiters();
         }
